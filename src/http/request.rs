@@ -1,0 +1,484 @@
+//! Request-head parsing and message framing for the server side (RFC 9112 §2–§7).
+//!
+//! [`parse_head`] turns the bytes of a complete head into a [`RequestHead`] whose fields are
+//! offset ranges into the caller's buffer, so the hot path allocates nothing but the header
+//! index it reuses across requests. Everything that makes framing ambiguous is rejected here,
+//! before a single body byte is read or forwarded — this is the smuggling boundary.
+
+use super::{list_elements, parse_content_length, range_in, Framing, HttpError};
+use std::ops::Range;
+
+/// Most header fields the parser has room for without heap allocation.
+const STACK_HEADERS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// The request-target form (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetForm {
+    Origin,
+    Absolute,
+    Asterisk,
+}
+
+/// One header field as ranges into the request buffer.
+#[derive(Debug, Clone)]
+pub struct HeaderRange {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// A parsed request head. Ranges index the buffer passed to [`parse_head`].
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Range<usize>,
+    pub version: Version,
+    pub form: TargetForm,
+    /// Path and query to route on and to forward (origin-form even for absolute-form input).
+    pub path: Range<usize>,
+    /// The authority: from an absolute-form target, else the Host field (may be empty).
+    pub host: Range<usize>,
+    pub framing: Framing,
+    /// Whether the client allows the connection to stay open after this exchange.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` field (WebSocket handshakes).
+    pub upgrade: bool,
+    /// Length of the head including the final CRLF.
+    pub head_len: usize,
+    /// Whether the request carries a body (for 100-continue and discard decisions).
+    pub has_body: bool,
+}
+
+impl RequestHead {
+    pub fn method<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.method.clone()]
+    }
+    pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.path.clone()]
+    }
+    pub fn is_head(&self, buf: &[u8]) -> bool {
+        self.method(buf) == b"HEAD"
+    }
+}
+
+/// Limits applied while parsing; a head over them is answered with 431 (or 414).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    /// More bytes are needed; nothing was consumed.
+    Partial,
+    Complete(RequestHead),
+}
+
+/// Parses one request head from the start of `buf`, filling `headers` (cleared first) with
+/// the header index. Returns `Partial` while the head is incomplete and within limits.
+pub fn parse_head(
+    buf: &[u8],
+    limits: Limits,
+    headers: &mut Vec<HeaderRange>,
+) -> Result<Parsed, HttpError> {
+    headers.clear();
+    let max = limits.max_headers;
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap;
+    let slots: &mut [httparse::Header<'_>] = if max <= STACK_HEADERS {
+        &mut stack[..max]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; max];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(slots);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::new(
+                431,
+                "too_many_headers",
+                format!("more than {max} header fields"),
+            ))
+        }
+        Err(httparse::Error::Version) => {
+            return Err(HttpError::new(
+                505,
+                "http_version_not_supported",
+                "only HTTP/1.0 and HTTP/1.1 are served",
+            ))
+        }
+        Err(e) => return Err(HttpError::bad_request(format!("malformed request head: {e}"))),
+    };
+    let head_len = match status {
+        httparse::Status::Partial => return check_partial(buf, limits).map(|()| Parsed::Partial),
+        httparse::Status::Complete(n) => n,
+    };
+    if head_len > limits.max_head_bytes {
+        return Err(too_large(buf, limits));
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HttpError::bad_request("incomplete request line"));
+    };
+    let version = if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    for h in req.headers.iter() {
+        headers.push(HeaderRange {
+            name: range_in(buf, h.name.as_bytes()),
+            value: range_in(buf, h.value),
+        });
+    }
+    let fields = Fields { buf, headers };
+    let method_r = range_in(buf, method.as_bytes());
+    let target_r = range_in(buf, target.as_bytes());
+    build_head(&fields, method_r, target_r, version, head_len)
+}
+
+fn check_partial(buf: &[u8], limits: Limits) -> Result<(), HttpError> {
+    if buf.len() >= limits.max_head_bytes {
+        return Err(too_large(buf, limits));
+    }
+    Ok(())
+}
+
+fn too_large(buf: &[u8], limits: Limits) -> HttpError {
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    if line_end.map_or(true, |e| e >= limits.max_head_bytes) {
+        HttpError::new(414, "uri_too_long", "request line exceeds the head size limit")
+    } else {
+        HttpError::new(
+            431,
+            "request_header_fields_too_large",
+            format!("request head exceeds {} bytes", limits.max_head_bytes),
+        )
+    }
+}
+
+struct Fields<'a> {
+    buf: &'a [u8],
+    headers: &'a [HeaderRange],
+}
+
+impl<'a> Fields<'a> {
+    fn values(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let buf = self.buf;
+        self.headers
+            .iter()
+            .filter(move |h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |h| &buf[h.value.clone()])
+    }
+
+    fn ranges(&self, name: &'a str) -> impl Iterator<Item = &'a HeaderRange> + 'a {
+        let buf = self.buf;
+        self.headers
+            .iter()
+            .filter(move |h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+fn build_head(
+    f: &Fields<'_>,
+    method: Range<usize>,
+    target: Range<usize>,
+    version: Version,
+    head_len: usize,
+) -> Result<Parsed, HttpError> {
+    let buf = f.buf;
+    let method_b = &buf[method.clone()];
+    let target_b = &buf[target.clone()];
+
+    // Host: exactly one in HTTP/1.1 (RFC 9112 §3.2), at most one in 1.0.
+    let mut hosts = f.ranges("host");
+    let host_field = hosts.next().map(|h| h.value.clone());
+    if hosts.next().is_some() {
+        return Err(HttpError::bad_request("more than one Host header field"));
+    }
+    if version == Version::Http11 && host_field.is_none() {
+        return Err(HttpError::bad_request("HTTP/1.1 request without Host"));
+    }
+    if let Some(h) = &host_field {
+        validate_host(&buf[h.clone()])?;
+    }
+
+    let (form, path, host) = classify_target(buf, method_b, target.clone(), host_field)?;
+    let _ = target_b;
+
+    let framing = request_framing(f, version)?;
+    let has_body = framing != Framing::Length(0);
+
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut upgrade_token = false;
+    for v in f.values("connection") {
+        for token in list_elements(v) {
+            if token.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                keep_alive_token = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                upgrade_token = true;
+            }
+        }
+    }
+    let keep_alive = !close && (version == Version::Http11 || keep_alive_token);
+    let upgrade = upgrade_token && f.values("upgrade").next().is_some();
+
+    let mut expect_continue = false;
+    for v in f.values("expect") {
+        for e in list_elements(v) {
+            if e.eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(HttpError::new(
+                    417,
+                    "expectation_failed",
+                    "only Expect: 100-continue is supported",
+                ));
+            }
+        }
+    }
+    // A 1.0 client cannot understand 100 Continue (RFC 9110 §10.1.1).
+    if version == Version::Http10 {
+        expect_continue = false;
+    }
+
+    Ok(Parsed::Complete(RequestHead {
+        method,
+        version,
+        form,
+        path,
+        host,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        head_len,
+        has_body,
+    }))
+}
+
+/// Decides the request body's framing (RFC 9112 §6.1–§6.3), refusing every ambiguous case.
+fn request_framing(f: &Fields<'_>, version: Version) -> Result<Framing, HttpError> {
+    let mut te = f.values("transfer-encoding").peekable();
+    if te.peek().is_some() {
+        if version == Version::Http10 {
+            return Err(HttpError::bad_request(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        if f.values("content-length").next().is_some() {
+            return Err(HttpError::bad_request(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let codings: Vec<&[u8]> = te.flat_map(list_elements).collect();
+        let Some((last, rest)) = codings.split_last() else {
+            return Err(HttpError::bad_request("empty Transfer-Encoding"));
+        };
+        if !last.eq_ignore_ascii_case(b"chunked") {
+            return Err(HttpError::bad_request(
+                "Transfer-Encoding does not end in chunked",
+            ));
+        }
+        if rest.iter().any(|c| c.eq_ignore_ascii_case(b"chunked")) {
+            return Err(HttpError::bad_request("chunked applied more than once"));
+        }
+        if !rest.is_empty() {
+            return Err(HttpError::new(
+                501,
+                "not_implemented",
+                "transfer codings other than chunked are not supported",
+            ));
+        }
+        return Ok(Framing::Chunked);
+    }
+    Ok(Framing::Length(
+        parse_content_length(f.values("content-length"))?.unwrap_or(0),
+    ))
+}
+
+/// Works out the target form, the path to route on and the authority (RFC 9112 §3.2–3.3).
+fn classify_target(
+    buf: &[u8],
+    method: &[u8],
+    target: Range<usize>,
+    host_field: Option<Range<usize>>,
+) -> Result<(TargetForm, Range<usize>, Range<usize>), HttpError> {
+    let t = &buf[target.clone()];
+    let empty = target.start..target.start;
+    if method == b"CONNECT" {
+        return Err(HttpError::new(
+            405,
+            "method_not_allowed",
+            "CONNECT is not supported",
+        ));
+    }
+    if t.contains(&b'#') {
+        return Err(HttpError::bad_request("fragment in request target"));
+    }
+    if t.first() == Some(&b'/') {
+        return Ok((TargetForm::Origin, target, host_field.unwrap_or(empty)));
+    }
+    if t == b"*" {
+        if method != b"OPTIONS" {
+            return Err(HttpError::bad_request("asterisk-form is only for OPTIONS"));
+        }
+        return Ok((TargetForm::Asterisk, target, host_field.unwrap_or(empty)));
+    }
+    // absolute-form: scheme "://" authority [path-abempty] [? query]
+    let lower_scheme_end = t.windows(3).position(|w| w == b"://");
+    let Some(scheme_end) = lower_scheme_end else {
+        return Err(HttpError::bad_request("unrecognised request-target form"));
+    };
+    let scheme = &t[..scheme_end];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Err(HttpError::bad_request("absolute-form target must be http or https"));
+    }
+    let rest_start = target.start + scheme_end + 3;
+    let rest = &buf[rest_start..target.end];
+    let auth_len = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let authority = rest_start..rest_start + auth_len;
+    validate_host(&buf[authority.clone()])?;
+    if authority.is_empty() {
+        return Err(HttpError::bad_request("absolute-form target without authority"));
+    }
+    let path_start = rest_start + auth_len;
+    // "http://h?q" has an empty path; callers treat an empty path as "/".
+    Ok((TargetForm::Absolute, path_start..target.end, authority))
+}
+
+/// A Host value must be a valid authority without userinfo (RFC 9110 §7.2).
+fn validate_host(h: &[u8]) -> Result<(), HttpError> {
+    if h.is_empty() {
+        return Ok(());
+    }
+    let ok = h.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%' | b'!' | b'$' | b'&'
+                    | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            )
+    });
+    if !ok || std::str::from_utf8(h)
+        .ok()
+        .and_then(|s| s.parse::<http::uri::Authority>().ok())
+        .is_none()
+    {
+        return Err(HttpError::bad_request("invalid Host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        max_head_bytes: 1024,
+        max_headers: 8,
+    };
+
+    fn parse(s: &str) -> Result<Parsed, HttpError> {
+        parse_head(s.as_bytes(), L, &mut Vec::new())
+    }
+
+    fn head(s: &str) -> RequestHead {
+        match parse(s) {
+            Ok(Parsed::Complete(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn status(s: &str) -> u16 {
+        match parse(s) {
+            Err(e) => e.status,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let s = "GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let h = head(s);
+        assert_eq!(h.path(s.as_bytes()), b"/a?b");
+        assert!(h.keep_alive);
+        assert_eq!(h.framing, Framing::Length(0));
+        assert_eq!(h.head_len, s.len());
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn partial_and_limits() {
+        assert!(matches!(parse("GET / HTTP/1.1\r\nHo"), Ok(Parsed::Partial)));
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(2000));
+        assert_eq!(status(&long), 414);
+        let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{}", "{}".repeat(0))
+            + &"X-A: 1\r\n".repeat(9)
+            + "\r\n";
+        assert_eq!(status(&many), 431);
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(1100));
+        assert_eq!(status(&big), 431);
+    }
+
+    #[test]
+    fn framing_ambiguity_is_rejected() {
+        let te_cl = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status(te_cl), 400);
+        let dup = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(status(dup), 400);
+        let not_last = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(status(not_last), 400);
+        let twice = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status(twice), 400);
+        let te10 = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status(te10), 400);
+        let gz = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(status(gz), 501);
+        let ok = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert_eq!(head(ok).framing, Framing::Chunked);
+        let same = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(head(same).framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: u@h\r\n\r\n"), 400);
+        let s = "GET http://example.com:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n";
+        let h = head(s);
+        assert_eq!(&s.as_bytes()[h.host.clone()], b"example.com:81");
+        assert_eq!(h.path(s.as_bytes()), b"/p?q");
+    }
+
+    #[test]
+    fn odd_syntax_is_rejected() {
+        assert_eq!(status("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/2.0\r\nHost: x\r\n\r\n"), 505);
+        assert_eq!(status("GET /#f HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+        assert_eq!(status("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+        assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), 405);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"), 417);
+    }
+}

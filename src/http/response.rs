@@ -1,0 +1,143 @@
+//! Response-head parsing and framing for the client side (RFC 9112 §6.3): used when
+//! reading a provider's responses and by the load generator.
+
+use super::request::HeaderRange;
+use super::{list_elements, parse_content_length, range_in, Framing, HttpError};
+use std::ops::Range;
+
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: Range<usize>,
+    /// HTTP/1.1 (true) or HTTP/1.0.
+    pub http11: bool,
+    pub framing: Framing,
+    /// The peer allows another request on this connection after this response.
+    pub keep_alive: bool,
+    pub head_len: usize,
+}
+
+#[derive(Debug)]
+pub enum ParsedResponse {
+    Partial,
+    Complete(ResponseHead),
+}
+
+/// Parses a response head. `request_was_head` and the status decide whether a body
+/// follows at all; otherwise Transfer-Encoding beats Content-Length, and a message with
+/// neither runs until the connection closes.
+pub fn parse_response(
+    buf: &[u8],
+    request_was_head: bool,
+    max_head: usize,
+    headers: &mut Vec<HeaderRange>,
+) -> Result<ParsedResponse, HttpError> {
+    headers.clear();
+    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let status = resp
+        .parse(buf)
+        .map_err(|e| HttpError::new(502, "bad_response", format!("malformed response head: {e}")))?;
+    let head_len = match status {
+        httparse::Status::Partial => {
+            if buf.len() >= max_head {
+                return Err(HttpError::new(502, "bad_response", "response head too large"));
+            }
+            return Ok(ParsedResponse::Partial);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+        return Err(HttpError::new(502, "bad_response", "incomplete status line"));
+    };
+    let reason = range_in(buf, resp.reason.unwrap_or("").as_bytes());
+    for h in resp.headers.iter() {
+        headers.push(HeaderRange {
+            name: range_in(buf, h.name.as_bytes()),
+            value: range_in(buf, h.value),
+        });
+    }
+    let values = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |h| &buf[h.value.clone()])
+    };
+    let http11 = minor == 1;
+    let mut close = false;
+    let mut ka = false;
+    for v in values("connection") {
+        for t in list_elements(v) {
+            close |= t.eq_ignore_ascii_case(b"close");
+            ka |= t.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    let mut keep_alive = !close && (http11 || ka);
+    let no_body = request_was_head || (100..200).contains(&code) || code == 204 || code == 304;
+    let framing = if no_body {
+        Framing::Length(0)
+    } else if values("transfer-encoding").next().is_some() {
+        let last_chunked = values("transfer-encoding")
+            .flat_map(list_elements)
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        // TE with CL: TE wins, but the connection must not be reused (RFC 9112 §6.3).
+        if values("content-length").next().is_some() {
+            keep_alive = false;
+        }
+        if last_chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match parse_content_length(values("content-length")) {
+            Ok(Some(n)) => Framing::Length(n),
+            Ok(None) => Framing::UntilClose,
+            Err(_) => {
+                return Err(HttpError::new(502, "bad_response", "invalid Content-Length in response"))
+            }
+        }
+    };
+    if framing == Framing::UntilClose {
+        keep_alive = false;
+    }
+    Ok(ParsedResponse::Complete(ResponseHead {
+        status: code,
+        reason,
+        http11,
+        framing,
+        keep_alive,
+        head_len,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str, head: bool) -> ResponseHead {
+        match parse_response(s.as_bytes(), head, 8192, &mut Vec::new()) {
+            Ok(ParsedResponse::Complete(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn framing() {
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::Length(5));
+        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing, Framing::Length(0));
+        assert_eq!(parse("HTTP/1.1 204 No Content\r\n\r\n", false).framing, Framing::Length(0));
+        assert_eq!(parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false).framing, Framing::Length(0));
+        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.keep_alive);
+        let h = parse("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.keep_alive);
+        assert!(!parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).keep_alive);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false, 8192, &mut Vec::new()).is_err());
+    }
+}

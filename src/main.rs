@@ -1,0 +1,122 @@
+//! The `coregate` command line: `serve`, `check`, `doctor`, `mock-provider`.
+
+use clap::{Parser, Subcommand};
+use coregate::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "coregate", version, about = "Thread-per-core HTTP/1.1 gateway for voice-AI providers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (with no config: the embedded default, gateway + mock provider).
+    Serve {
+        /// TOML config file (every key has a default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Cores to run one shard on each, e.g. `0-3,6` (default: all online cores).
+        #[arg(long)]
+        cores: Option<String>,
+        /// Data-plane address (default 0.0.0.0:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Admin address for /stats and /metrics (default 127.0.0.1:9901; "" disables).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Shortcut: one provider at ADDR, every path except / and /health routed to it.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Validate a config file and print the effective config.
+    Check { file: PathBuf },
+    /// Check this host against what the config needs (exit 0 ok, 1 warnings, 2 failures).
+    Doctor {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the mock voice-AI provider (see docs/mock-provider.md).
+    MockProvider {
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        listen: String,
+        /// Cores, e.g. `0-1` (default: all online cores).
+        #[arg(long, default_value = "all")]
+        cores: String,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    cores: Option<String>,
+    listen: Option<String>,
+    admin: Option<String>,
+    upstream: Option<String>,
+) -> Result<(), String> {
+    let mut cfg = load(config.as_ref())?;
+    if let Some(c) = cores {
+        cfg.server.cores = c;
+    }
+    if let Some(l) = listen {
+        cfg.server.listen = l;
+    }
+    if let Some(a) = admin {
+        cfg.admin.listen = a;
+    }
+    if let Some(u) = upstream {
+        cfg.providers.push(coregate::upstream::ProviderConfig {
+            name: "upstream".into(),
+            endpoints: vec![u],
+            ..Default::default()
+        });
+        cfg.routes.push(coregate::route::RouteConfig {
+            prefix: "/".into(),
+            provider: "upstream".into(),
+            ..Default::default()
+        });
+    }
+    cfg.validate("<command line>").map_err(|e| e.to_string())?;
+    coregate::server::serve(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, cores, listen, admin, upstream } => serve(config, cores, listen, admin, upstream),
+        Command::Check { file } => Config::load(&file).map(|c| print!("{}", c.to_toml())).map_err(|e| e.to_string()),
+        Command::Doctor { config } => {
+            return match load(config.as_ref()) {
+                Ok(cfg) => ExitCode::from(coregate::doctor::report(&cfg) as u8),
+                Err(e) => {
+                    eprintln!("coregate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::MockProvider { listen, cores } => {
+            coregate::cores::parse_core_list(&cores, &coregate::cores::online_cores())
+                .map_err(|e| format!("--cores: {e}"))
+                .and_then(|c| coregate::mock::run(&listen, &c))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            coregate::log::error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

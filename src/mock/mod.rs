@@ -1,0 +1,457 @@
+//! `coregate mock-provider`: a fast, thread-per-core stand-in for voice-AI providers.
+//!
+//! Endpoints (see docs/mock-provider.md for every knob):
+//! * `POST /tts` — the text body is answered with N chunked audio frames at a pace;
+//! * `POST /stt` — the audio body is answered with a JSON transcript;
+//! * `GET /bytes?size=N` — a fixed body of N bytes;
+//! * `POST /echo` — the request body streamed back as it arrives;
+//! * `GET /` — health.
+//!
+//! It serves the tests, the benchmarks and the embedded default, so it is built like the
+//! gateway: one pinned glommio executor per core, each with its own SO_REUSEPORT listener.
+
+pub mod knobs;
+
+use crate::config::{Config, ConfigError};
+use crate::http::chunked::{encode_chunk, LAST_CHUNK};
+use crate::http::reply::{push_u64, reason, DateCache};
+use crate::http::request::{parse_head, HeaderRange, Limits, Parsed, RequestHead};
+use crate::route::RouteConfig;
+use crate::upstream::ProviderConfig;
+use crate::wire::{BodyState, Wire};
+use glommio::{LocalExecutorBuilder, Placement};
+use knobs::{Knobs, Reset};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+const LIMITS: Limits = Limits {
+    max_head_bytes: 64 * 1024,
+    max_headers: 128,
+};
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Most text read for `/tts`.
+const MAX_TTS_TEXT: u64 = 1 << 20;
+
+/// Adds the embedded mock provider to `config` (provider `mock`, route `/v1/mock/` → `/`)
+/// and starts it on its own thread.
+pub fn embed(config: &mut Config) -> Result<(), String> {
+    let listen = config.mock.listen.clone();
+    if !config.providers.iter().any(|p| p.name == "mock") {
+        config.providers.push(ProviderConfig {
+            name: "mock".into(),
+            endpoints: vec![listen.clone()],
+            ..ProviderConfig::default()
+        });
+        config.routes.push(RouteConfig {
+            prefix: "/v1/mock/".into(),
+            provider: "mock".into(),
+            rewrite: Some("/".into()),
+            ..RouteConfig::default()
+        });
+    }
+    config
+        .validate("<embedded mock>")
+        .map_err(|e: ConfigError| e.to_string())?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("coregate-mock".into())
+        .spawn(move || run_executor(None, listen, tx))
+        .map_err(|e| format!("cannot start the embedded mock provider: {e}"))?;
+    rx.recv()
+        .map_err(|_| "the embedded mock provider exited during start-up".to_string())?
+}
+
+/// `coregate mock-provider`: one pinned executor per core; blocks until they exit.
+pub fn run(listen: &str, cores: &[usize]) -> Result<(), String> {
+    let (tx, rx) = crossbeam_channel::bounded(cores.len());
+    let mut threads = Vec::new();
+    for &core in cores {
+        let (listen, tx) = (listen.to_string(), tx.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("coregate-mock-{core}"))
+                .spawn(move || run_executor(Some(core), listen, tx))
+                .map_err(|e| format!("cannot start mock shard: {e}"))?,
+        );
+    }
+    for _ in cores {
+        rx.recv().map_err(|_| "a mock shard exited during start-up".to_string())??;
+    }
+    crate::log::info(&format!("mock provider listening on {listen}, cores {cores:?}"));
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn run_executor(core: Option<usize>, listen: String, ready: crossbeam_channel::Sender<Result<(), String>>) {
+    if let Some(c) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+            let _ = ready.send(Err(format!("cannot pin mock shard to core {c}")));
+            return;
+        }
+    }
+    let ex = match LocalExecutorBuilder::new(Placement::Unbound)
+        .name("mock")
+        .io_memory(crate::doctor::IO_MEMORY_PER_SHARD)
+        .make() {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = ready.send(Err(format!("mock provider: cannot start executor: {e}")));
+            return;
+        }
+    };
+    ex.run(async move {
+        let listener = match crate::accept::bind_listener(&listen, 4096) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("mock provider: cannot listen on {listen}: {e}")));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let state = Rc::new(MockShard {
+            date: RefCell::new(DateCache::default()),
+            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id())),
+        });
+        let ticker = state.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                ticker.date.borrow_mut().refresh();
+            }
+        })
+        .detach();
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    glommio::spawn_local(serve(state.clone(), Wire::new(stream, 8192))).detach();
+                }
+                Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+}
+
+struct MockShard {
+    date: RefCell<DateCache>,
+    rng: Cell<u64>,
+}
+
+impl MockShard {
+    /// Uniform in [0, 1): xorshift64*, per shard, no sharing.
+    fn random(&self) -> f64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One request as the mock sees it.
+struct MockRequest {
+    head: RequestHead,
+    is_head: bool,
+    path: String,
+    knobs: Knobs,
+}
+
+async fn serve(shard: Rc<MockShard>, mut wire: Wire) {
+    let mut headers: Vec<HeaderRange> = Vec::new();
+    loop {
+        let req = match read_request(&mut wire, &mut headers).await {
+            Some(r) => r,
+            None => break,
+        };
+        match respond(&shard, &mut wire, req).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {
+                // A reset knob: SO_LINGER 0 is set, dropping the socket sends RST.
+                return;
+            }
+            Err(_) => break,
+        }
+    }
+    wire.close().await;
+}
+
+async fn read_request(wire: &mut Wire, headers: &mut Vec<HeaderRange>) -> Option<MockRequest> {
+    loop {
+        if !wire.buffered().is_empty() {
+            match parse_head(wire.buffered(), LIMITS, headers) {
+                Ok(Parsed::Complete(head)) => {
+                    let buf = wire.buffered();
+                    let full = String::from_utf8_lossy(head.path(buf)).into_owned();
+                    let (path, query) = full.split_once('?').unwrap_or((&full, ""));
+                    let hs = headers.iter().map(|h| {
+                        let name = std::str::from_utf8(&buf[h.name.clone()]).unwrap_or("");
+                        (name, &buf[h.value.clone()])
+                    });
+                    let knobs = Knobs::parse(query, hs);
+                    let path = path.to_string();
+                    let is_head = head.is_head(buf);
+                    wire.consume(head.head_len);
+                    return Some(MockRequest { head, is_head, path, knobs });
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => {
+                    let body = crate::http::reply::json_error(e.status, e.code, &e.message, None);
+                    write_head(wire, e.status, "application/json", Len::Fixed(body.len() as u64), true, &[]);
+                    wire.wbuf.extend_from_slice(&body);
+                    return None;
+                }
+            }
+        }
+        if wire.flush().await.is_err() {
+            return None;
+        }
+        wire.make_room(LIMITS.max_head_bytes);
+        match wire.read_some(TIMEOUT).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// How the body length is announced in a response head.
+#[derive(Clone, Copy)]
+enum Len {
+    Fixed(u64),
+    Chunked,
+    /// No framing header: the body ends when the connection closes.
+    UntilClose,
+}
+
+fn write_head(wire: &mut Wire, status: u16, ctype: &str, length: Len, close: bool, extra: &[&str]) {
+    let out = &mut wire.wbuf;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: coregate-mock\r\nContent-Type: ");
+    out.extend_from_slice(ctype.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match length {
+        Len::Fixed(n) if status != 204 && status != 304 && status >= 200 => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Len::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        _ => {}
+    }
+    for e in extra {
+        out.extend_from_slice(e.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Arms a TCP reset: with SO_LINGER 0 the close that follows sends RST. The returned
+/// error tells `serve` to drop the socket without a graceful close.
+fn reset(wire: &Wire) -> std::io::Error {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the fd belongs to `wire.stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(wire.stream.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+    std::io::ErrorKind::ConnectionAborted.into()
+}
+
+/// How a body is sent: fixed length, chunked, or until close.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Length,
+    Chunked,
+    UntilClose,
+}
+
+/// Handles one request; `Ok(true)` keeps the connection.
+async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::io::Result<bool> {
+    let k = &req.knobs;
+    let head_only = req.is_head;
+    let mut body = BodyState::new(req.head.framing);
+    let mut close = k.close || !req.head.keep_alive;
+    if k.latency > Duration::ZERO {
+        glommio::timer::sleep(k.latency).await;
+    }
+    if k.reset == Some(Reset::BeforeHead) {
+        // Read the body first so the reset is not caused by unread data alone.
+        let _ = wire.discard_body(&mut body, u64::MAX, TIMEOUT).await;
+        return Err(reset(wire));
+    }
+    let mut status = k.status.unwrap_or(200);
+    if k.error_rate > 0.0 && shard.random() < k.error_rate {
+        status = 500;
+    }
+    let out = if k.until_close {
+        close = true;
+        Out::UntilClose
+    } else if k.chunked {
+        Out::Chunked
+    } else {
+        Out::Length
+    };
+    match req.path.as_str() {
+        "/echo" => return echo(wire, &mut body, status, out, close).await,
+        "/tts" => {
+            let text = read_all(wire, &mut body, MAX_TTS_TEXT).await?;
+            let frames = k.frames.unwrap_or_else(|| (text.len() as u64 / 8).clamp(1, 50));
+            let frame_bytes = k.frame_bytes.unwrap_or(640) as usize;
+            let interval = k.frame_interval.unwrap_or(Duration::from_millis(20));
+            let out = if out == Out::Length { Out::Chunked } else { out };
+            start(wire, status, "audio/L16;rate=16000;channels=1", out, frames * frame_bytes as u64, close);
+            stall_and_maybe_reset(wire, k).await?;
+            let frame: Vec<u8> = (0..frame_bytes).map(|i| (i % 251) as u8).collect();
+            for i in 0..frames {
+                if i > 0 && !interval.is_zero() {
+                    glommio::timer::sleep(interval).await;
+                }
+                body_part(wire, out, &frame).await?;
+            }
+            finish(wire, out).await?;
+        }
+        "/stt" => {
+            let audio = read_all(wire, &mut body, u64::MAX).await?;
+            let json = serde_json::json!({
+                "transcript": format!("mock transcript of {} audio bytes", audio.len()),
+                "bytes": audio.len(),
+                "duration_ms": audio.len() as u64 / 32,
+                "confidence": 0.98,
+            })
+            .to_string();
+            start(wire, status, "application/json", out, json.len() as u64, close);
+            stall_and_maybe_reset(wire, k).await?;
+            body_part(wire, out, json.as_bytes()).await?;
+            finish(wire, out).await?;
+        }
+        "/bytes" | "/api/small" | "/api/big" => {
+            let _ = read_all(wire, &mut body, 1 << 20).await?;
+            let size = k.size.unwrap_or(match req.path.as_str() {
+                "/api/big" => 16384,
+                _ => 100,
+            });
+            start(wire, status, "application/octet-stream", out, size, close);
+            stall_and_maybe_reset(wire, k).await?;
+            if !head_only && status != 204 && status != 304 {
+                let block = vec![b'x'; 16 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    body_part(wire, out, &block[..n]).await?;
+                    left -= n as u64;
+                }
+            }
+            finish(wire, out).await?;
+        }
+        "/" | "/health" => {
+            let _ = read_all(wire, &mut body, 1 << 20).await?;
+            let json = b"{\"status\":\"ok\"}";
+            start(wire, status, "application/json", out, json.len() as u64, close);
+            body_part(wire, out, json).await?;
+            finish(wire, out).await?;
+        }
+        _ => {
+            let _ = read_all(wire, &mut body, 1 << 20).await?;
+            let json = b"{\"error\":\"no such mock endpoint\"}";
+            start(wire, 404, "application/json", out, json.len() as u64, close);
+            body_part(wire, out, json).await?;
+            finish(wire, out).await?;
+        }
+    }
+    Ok(!close)
+}
+
+async fn stall_and_maybe_reset(wire: &mut Wire, k: &Knobs) -> std::io::Result<()> {
+    if k.reset == Some(Reset::AfterHead) {
+        wire.wbuf.extend_from_slice(b"partial");
+        wire.flush().await?;
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        return Err(reset(wire));
+    }
+    if !k.stall.is_zero() {
+        wire.flush().await?;
+        glommio::timer::sleep(k.stall).await;
+    }
+    Ok(())
+}
+
+fn start(wire: &mut Wire, status: u16, ctype: &str, out: Out, len: u64, close: bool) {
+    let length = match out {
+        Out::Length => Len::Fixed(len),
+        Out::Chunked => Len::Chunked,
+        Out::UntilClose => Len::UntilClose,
+    };
+    write_head(wire, status, ctype, length, close || out == Out::UntilClose, &[]);
+}
+
+async fn body_part(wire: &mut Wire, out: Out, data: &[u8]) -> std::io::Result<()> {
+    if out == Out::Chunked {
+        let mut frame = Vec::with_capacity(data.len() + 16);
+        encode_chunk(&mut frame, data);
+        wire.send(&frame).await
+    } else {
+        wire.send(data).await
+    }
+}
+
+async fn finish(wire: &mut Wire, out: Out) -> std::io::Result<()> {
+    if out == Out::Chunked {
+        wire.send(LAST_CHUNK).await?;
+    }
+    wire.flush().await
+}
+
+/// Reads a whole body (up to `limit` bytes kept; the rest is read and dropped).
+async fn read_all(wire: &mut Wire, body: &mut BodyState, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        match wire.body_chunk(body, TIMEOUT).await {
+            Ok(Some(r)) => {
+                if (data.len() as u64) < limit {
+                    data.extend_from_slice(wire.slice(r));
+                }
+            }
+            Ok(None) => return Ok(data),
+            Err(e) => return Err(std::io::Error::other(format!("{e:?}"))),
+        }
+    }
+}
+
+/// Streams the request body back as it arrives.
+async fn echo(wire: &mut Wire, body: &mut BodyState, status: u16, out: Out, close: bool) -> std::io::Result<bool> {
+    let (out, len) = match (out, &*body) {
+        (Out::Length, BodyState::Length(n)) => (Out::Length, *n),
+        (Out::Length, BodyState::Done) => (Out::Length, 0),
+        (Out::UntilClose, _) => (Out::UntilClose, 0),
+        _ => (Out::Chunked, 0),
+    };
+    start(wire, status, "application/octet-stream", out, len, close);
+    wire.flush().await?;
+    let mut frame = Vec::new();
+    loop {
+        match wire.body_chunk(body, TIMEOUT).await {
+            Ok(Some(r)) => {
+                let data = wire.slice(r);
+                frame.clear();
+                if out == Out::Chunked {
+                    encode_chunk(&mut frame, data);
+                } else {
+                    frame.extend_from_slice(data);
+                }
+                wire.send(&frame).await?;
+            }
+            Ok(None) => break,
+            Err(e) => return Err(std::io::Error::other(format!("{e:?}"))),
+        }
+    }
+    finish(wire, out).await?;
+    Ok(!close && out != Out::UntilClose)
+}

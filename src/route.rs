@@ -1,0 +1,229 @@
+//! The route table: which requests the gateway answers itself and which go to a provider.
+//!
+//! Each shard owns its own copy, built once from the config; lookups are a linear scan over
+//! a handful of prefixes (longest prefix wins), cheaper than any shared structure.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix to match (must start with `/`).
+    pub prefix: String,
+    /// Match only requests for this Host (case-insensitive, port ignored); empty = any host.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// Name of the `[[providers]]` entry to forward to.
+    pub provider: String,
+    /// Remove the prefix from the forwarded path (`/stt/v1/x` → `/v1/x`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the prefix with this path instead (takes precedence over `strip_prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+    /// Headers added to (or replacing those of) the forwarded request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add_headers: BTreeMap<String, String>,
+    /// Headers removed from the forwarded request (case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_headers: Vec<String>,
+}
+
+/// Checks routes against the providers; errors carry the dotted key.
+pub fn validate_routes(
+    routes: &[RouteConfig],
+    providers: &[crate::upstream::ProviderConfig],
+) -> Result<(), (String, String)> {
+    for (i, r) in routes.iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        if !r.prefix.starts_with('/') {
+            return Err((key("prefix"), format!("{:?} must start with '/'", r.prefix)));
+        }
+        if !providers.iter().any(|p| p.name == r.provider) {
+            return Err((
+                key("provider"),
+                format!("no provider named {:?} is defined", r.provider),
+            ));
+        }
+        if let Some(rw) = &r.rewrite {
+            if !rw.starts_with('/') {
+                return Err((key("rewrite"), format!("{rw:?} must start with '/'")));
+            }
+        }
+        for (name, value) in &r.add_headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err((key("add_headers"), format!("{name:?} is not a header name")));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err((key("add_headers"), format!("value of {name:?} is not valid")));
+            }
+        }
+        for name in &r.remove_headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err((key("remove_headers"), format!("{name:?} is not a header name")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `GET /` and `GET /health`: answered by the shard itself.
+    Health,
+    /// Forward with route `n` of the table.
+    Route(usize),
+    NotFound,
+}
+
+/// A compiled route: provider resolved to its index, header names lower-cased.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: Vec<u8>,
+    pub host: Vec<u8>,
+    pub provider: usize,
+    /// What replaces the prefix in the forwarded path (`None` = keep the path as is).
+    pub replace_prefix: Option<Vec<u8>>,
+    pub add_headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Lower-cased names to drop, including those replaced by `add_headers`.
+    pub remove_headers: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[RouteConfig], providers: &[crate::upstream::ProviderConfig]) -> RouteTable {
+        let mut compiled: Vec<Route> = routes
+            .iter()
+            .filter_map(|r| {
+                let provider = providers.iter().position(|p| p.name == r.provider)?;
+                let replace_prefix = match (&r.rewrite, r.strip_prefix) {
+                    (Some(rw), _) => Some(rw.as_bytes().to_vec()),
+                    (None, true) => Some(Vec::new()),
+                    (None, false) => None,
+                };
+                let add_headers: Vec<(Vec<u8>, Vec<u8>)> = r
+                    .add_headers
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .collect();
+                let mut remove_headers: Vec<Vec<u8>> = r
+                    .remove_headers
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase().into_bytes())
+                    .collect();
+                remove_headers.extend(add_headers.iter().map(|(k, _)| k.to_ascii_lowercase()));
+                Some(Route {
+                    prefix: r.prefix.as_bytes().to_vec(),
+                    host: r.host.to_ascii_lowercase().into_bytes(),
+                    provider,
+                    replace_prefix,
+                    add_headers,
+                    remove_headers,
+                })
+            })
+            .collect();
+        // Longest prefix first; host-specific before host-agnostic at equal length.
+        compiled.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(b.host.is_empty().cmp(&a.host.is_empty()).reverse())
+        });
+        RouteTable { routes: compiled }
+    }
+
+    pub fn get(&self, i: usize) -> Option<&Route> {
+        self.routes.get(i)
+    }
+
+    /// Finds the target for a request. `path` may carry a query; `host` may carry a port.
+    pub fn lookup(&self, host: &[u8], path: &[u8]) -> Target {
+        let path_only = match path.iter().position(|&b| b == b'?') {
+            Some(q) => &path[..q],
+            None => path,
+        };
+        if path_only == b"/" || path_only == b"/health" || path_only.is_empty() {
+            return Target::Health;
+        }
+        let host_only = strip_port(host);
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.host.is_empty() && !host_only.eq_ignore_ascii_case(&r.host) {
+                continue;
+            }
+            if path_only.starts_with(&r.prefix) {
+                return Target::Route(i);
+            }
+        }
+        Target::NotFound
+    }
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(c) => &host[..c],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::ProviderConfig;
+
+    fn provider(name: &str) -> ProviderConfig {
+        ProviderConfig {
+            name: name.into(),
+            endpoints: vec!["127.0.0.1:1".into()],
+            ..ProviderConfig::default()
+        }
+    }
+
+    #[test]
+    fn longest_prefix_and_host() {
+        let providers = vec![provider("a"), provider("b")];
+        let routes = vec![
+            RouteConfig { prefix: "/v1/".into(), provider: "a".into(), ..Default::default() },
+            RouteConfig { prefix: "/v1/tts/".into(), provider: "b".into(), ..Default::default() },
+            RouteConfig {
+                prefix: "/v1/".into(),
+                host: "special.example".into(),
+                provider: "b".into(),
+                ..Default::default()
+            },
+        ];
+        validate_routes(&routes, &providers).unwrap();
+        let t = RouteTable::new(&routes, &providers);
+        let prov = |host: &str, path: &str| match t.lookup(host.as_bytes(), path.as_bytes()) {
+            Target::Route(i) => Some(t.get(i).unwrap().provider),
+            _ => None,
+        };
+        assert_eq!(prov("x", "/v1/tts/speak"), Some(1));
+        assert_eq!(prov("x", "/v1/stt"), Some(0));
+        assert_eq!(prov("Special.Example:8080", "/v1/stt"), Some(1));
+        assert_eq!(prov("x", "/v2"), None);
+        assert_eq!(t.lookup(b"x", b"/?a=1"), Target::Health);
+        assert_eq!(t.lookup(b"x", b"/health"), Target::Health);
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        let providers = vec![provider("a")];
+        let bad = vec![RouteConfig { prefix: "v1".into(), provider: "a".into(), ..Default::default() }];
+        assert_eq!(validate_routes(&bad, &providers).unwrap_err().0, "routes[0].prefix");
+        let bad = vec![RouteConfig { prefix: "/".into(), provider: "zz".into(), ..Default::default() }];
+        assert_eq!(validate_routes(&bad, &providers).unwrap_err().0, "routes[0].provider");
+    }
+}

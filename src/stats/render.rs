@@ -1,0 +1,323 @@
+//! Rendering of the aggregated view: `/stats` JSON and `/metrics` Prometheus text.
+
+use super::aggregate::{Aggregator, ProviderView, ShardView};
+use super::{new_histogram, Counters, ProviderCounters, UpstreamError};
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+use std::fmt::Write;
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Exact-as-recorded quantiles (the value of the bucket holding the quantile, 1 % wide).
+pub fn latency_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!({"count": 0, "p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0, "mean": 0.0});
+    }
+    json!({
+        "count": h.len(),
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+        "mean": (h.mean() * 10.0).round() / 10.0,
+    })
+}
+
+fn classes(r: &[u64; 5]) -> Value {
+    let mut m = Map::new();
+    for (name, v) in CLASSES.iter().zip(r) {
+        m.insert((*name).into(), Value::from(*v));
+    }
+    Value::Object(m)
+}
+
+fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("connections_active".into(), c.connections_active.into());
+    m.insert("connections_total".into(), c.connections_total.into());
+    m.insert("requests".into(), c.requests.into());
+    m.insert("responses".into(), classes(&c.responses));
+    m.insert("bytes_in".into(), c.bytes_in.into());
+    m.insert("bytes_out".into(), c.bytes_out.into());
+    m.insert("parse_errors".into(), c.parse_errors.into());
+    m.insert(
+        "timeouts".into(),
+        json!({"head": c.head_timeouts, "idle": c.idle_timeouts, "io": c.io_timeouts}),
+    );
+    m.insert("accept_errors".into(), c.accept_errors.into());
+    m.insert("accept_paused".into(), c.accept_paused.into());
+    m.insert("latency_us".into(), latency_json(latency));
+    m
+}
+
+fn provider_json(p: &ProviderView) -> Value {
+    let c = &p.counters;
+    let mut errors = Map::new();
+    for e in UpstreamError::ALL {
+        errors.insert(e.label().into(), c.errors[e as usize].into());
+    }
+    json!({
+        "requests": c.requests,
+        "responses": classes(&c.responses),
+        "errors": errors,
+        "pool": {
+            "hits": c.pool_hits, "misses": c.pool_misses, "new_connections": c.new_connections,
+            "retries": c.retries, "open": c.connections_open, "idle": c.connections_idle,
+            "queued": c.queued,
+        },
+        "ttfb_us": latency_json(&p.ttfb_us),
+        "total_us": latency_json(&p.total_us),
+    })
+}
+
+fn providers_json(names: &[String], providers: &[ProviderView]) -> Value {
+    let mut m = Map::new();
+    for (name, p) in names.iter().zip(providers) {
+        m.insert(name.clone(), provider_json(p));
+    }
+    Value::Object(m)
+}
+
+/// Sums counters and merges histograms over all shards.
+fn merged(agg: &Aggregator) -> (Counters, Histogram<u64>, Vec<ProviderView>) {
+    let mut c = Counters::default();
+    let mut h = new_histogram();
+    let mut providers: Vec<ProviderView> = Vec::new();
+    for s in agg.shards.values() {
+        add_counters(&mut c, &s.counters);
+        let _ = h.add(&s.latency_us);
+        if providers.len() < s.providers.len() {
+            providers.resize_with(s.providers.len(), ProviderView::default);
+        }
+        for (m, p) in providers.iter_mut().zip(&s.providers) {
+            add_provider(&mut m.counters, &p.counters);
+            let _ = m.ttfb_us.add(&p.ttfb_us);
+            let _ = m.total_us.add(&p.total_us);
+        }
+    }
+    (c, h, providers)
+}
+
+fn add_counters(a: &mut Counters, b: &Counters) {
+    a.connections_active += b.connections_active;
+    a.connections_total += b.connections_total;
+    a.requests += b.requests;
+    for i in 0..5 {
+        a.responses[i] += b.responses[i];
+    }
+    a.bytes_in += b.bytes_in;
+    a.bytes_out += b.bytes_out;
+    a.parse_errors += b.parse_errors;
+    a.head_timeouts += b.head_timeouts;
+    a.idle_timeouts += b.idle_timeouts;
+    a.io_timeouts += b.io_timeouts;
+    a.accept_errors += b.accept_errors;
+    a.accept_paused += b.accept_paused;
+    a.latency_sum_us += b.latency_sum_us;
+}
+
+fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
+    a.requests += b.requests;
+    for i in 0..5 {
+        a.responses[i] += b.responses[i];
+    }
+    for i in 0..a.errors.len() {
+        a.errors[i] += b.errors[i];
+    }
+    a.pool_hits += b.pool_hits;
+    a.pool_misses += b.pool_misses;
+    a.new_connections += b.new_connections;
+    a.retries += b.retries;
+    a.connections_open += b.connections_open;
+    a.connections_idle += b.connections_idle;
+    a.queued += b.queued;
+    a.ttfb_sum_us += b.ttfb_sum_us;
+    a.total_sum_us += b.total_sum_us;
+}
+
+/// The `/stats` document.
+pub fn stats_json(agg: &Aggregator) -> Value {
+    let shards: Vec<Value> = agg
+        .shards
+        .values()
+        .map(|s: &ShardView| {
+            let mut m = counters_json(&s.counters, &s.latency_us);
+            m.insert("shard".into(), s.shard.into());
+            m.insert("core".into(), s.core.into());
+            m.insert("tid".into(), s.tid.into());
+            m.insert(
+                "providers".into(),
+                providers_json(&agg.provider_names, &s.providers),
+            );
+            Value::Object(m)
+        })
+        .collect();
+    let (c, h, providers) = merged(agg);
+    let mut total = counters_json(&c, &h);
+    total.insert(
+        "providers".into(),
+        providers_json(&agg.provider_names, &providers),
+    );
+    json!({
+        "uptime_s": agg.started.elapsed().as_secs(),
+        "shards": shards,
+        "total": total,
+    })
+}
+
+/// Latency histogram buckets for Prometheus, in µs.
+const BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+struct Prom {
+    out: String,
+}
+
+impl Prom {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, v: u64) {
+        let _ = writeln!(self.out, "{name}{{{labels}}} {v}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &str, h: &Histogram<u64>, sum_us: u64) {
+        for b in BUCKETS_US {
+            let n = if h.is_empty() { 0 } else { h.count_between(0, b) };
+            let le = b as f64 / 1e6;
+            let _ = writeln!(self.out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(self.out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
+        let _ = writeln!(self.out, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6);
+        let _ = writeln!(self.out, "{name}_count{{{labels}}} {}", h.len());
+    }
+}
+
+/// The `/metrics` document (Prometheus text exposition format 0.0.4).
+pub fn prometheus(agg: &Aggregator) -> String {
+    let mut p = Prom { out: String::new() };
+    let shard_labels = |s: &ShardView| format!("shard=\"{}\",core=\"{}\"", s.shard, s.core);
+    type Get = fn(&Counters) -> u64;
+    let simple: [(&str, &str, &str, Get); 11] = [
+        ("coregate_connections_active", "gauge", "Client connections open.", |c| c.connections_active),
+        ("coregate_connections_total", "counter", "Client connections accepted.", |c| c.connections_total),
+        ("coregate_requests_total", "counter", "Requests received.", |c| c.requests),
+        ("coregate_bytes_in_total", "counter", "Bytes read from clients.", |c| c.bytes_in),
+        ("coregate_bytes_out_total", "counter", "Bytes written to clients.", |c| c.bytes_out),
+        ("coregate_parse_errors_total", "counter", "Requests refused as malformed.", |c| c.parse_errors),
+        ("coregate_head_timeouts_total", "counter", "Connections closed for a slow request head.", |c| c.head_timeouts),
+        ("coregate_idle_timeouts_total", "counter", "Keep-alive connections closed when idle.", |c| c.idle_timeouts),
+        ("coregate_io_timeouts_total", "counter", "Body reads or writes that timed out.", |c| c.io_timeouts),
+        ("coregate_accept_errors_total", "counter", "Failed accept calls.", |c| c.accept_errors),
+        ("coregate_accept_paused_total", "counter", "Times a shard hit its connection cap.", |c| c.accept_paused),
+    ];
+    for (name, kind, help, get) in simple {
+        p.family(name, kind, help);
+        for s in agg.shards.values() {
+            p.sample(name, &shard_labels(s), get(&s.counters));
+        }
+    }
+    p.family("coregate_responses_total", "counter", "Responses sent, by status class.");
+    for s in agg.shards.values() {
+        for (class, v) in CLASSES.iter().zip(&s.counters.responses) {
+            p.sample("coregate_responses_total", &format!("{},class=\"{class}\"", shard_labels(s)), *v);
+        }
+    }
+    p.family(
+        "coregate_request_duration_seconds",
+        "histogram",
+        "Request latency from parsed head to last response byte written.",
+    );
+    for s in agg.shards.values() {
+        p.histogram(
+            "coregate_request_duration_seconds",
+            &shard_labels(s),
+            &s.latency_us,
+            s.counters.latency_sum_us,
+        );
+    }
+    provider_metrics(&mut p, agg);
+    p.out
+}
+
+fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
+    if agg.provider_names.is_empty() {
+        return;
+    }
+    type Get = fn(&ProviderCounters) -> u64;
+    let simple: [(&str, &str, &str, Get); 9] = [
+        ("coregate_upstream_requests_total", "counter", "Requests forwarded to the provider.", |c| c.requests),
+        ("coregate_upstream_pool_hits_total", "counter", "Requests that reused an idle pooled connection.", |c| c.pool_hits),
+        ("coregate_upstream_pool_misses_total", "counter", "Requests that found no idle pooled connection.", |c| c.pool_misses),
+        ("coregate_upstream_new_connections_total", "counter", "Connections opened to the provider.", |c| c.new_connections),
+        ("coregate_upstream_retries_total", "counter", "Requests retried after a stale pooled connection failed.", |c| c.retries),
+        ("coregate_upstream_connections_open", "gauge", "Provider connections open.", |c| c.connections_open),
+        ("coregate_upstream_connections_idle", "gauge", "Idle pooled provider connections.", |c| c.connections_idle),
+        ("coregate_upstream_queued", "gauge", "Requests waiting for a provider connection.", |c| c.queued),
+        ("coregate_upstream_errors_sum_total", "counter", "Upstream errors of any kind.", |c| c.errors.iter().sum()),
+    ];
+    let labels = |s: &ShardView, name: &str| {
+        format!("shard=\"{}\",core=\"{}\",provider=\"{}\"", s.shard, s.core, escape(name))
+    };
+    for (metric, kind, help, get) in simple {
+        p.family(metric, kind, help);
+        for s in agg.shards.values() {
+            for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
+                p.sample(metric, &labels(s, name), get(&pv.counters));
+            }
+        }
+    }
+    p.family("coregate_upstream_responses_total", "counter", "Provider responses by status class.");
+    p.family_rows_classes(agg, &labels);
+    p.family("coregate_upstream_errors_total", "counter", "Upstream errors by kind.");
+    for s in agg.shards.values() {
+        for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
+            for e in UpstreamError::ALL {
+                let l = format!("{},kind=\"{}\"", labels(s, name), e.label());
+                p.sample("coregate_upstream_errors_total", &l, pv.counters.errors[e as usize]);
+            }
+        }
+    }
+    for (metric, help, pick) in [
+        (
+            "coregate_upstream_ttfb_seconds",
+            "Time from sending the request to the provider to its first response byte.",
+            (|v: &ProviderView| (&v.ttfb_us, v.counters.ttfb_sum_us)) as fn(&ProviderView) -> (&Histogram<u64>, u64),
+        ),
+        (
+            "coregate_upstream_total_seconds",
+            "Time from sending the request to the provider to its last response byte.",
+            |v: &ProviderView| (&v.total_us, v.counters.total_sum_us),
+        ),
+    ] {
+        p.family(metric, "histogram", help);
+        for s in agg.shards.values() {
+            for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
+                let (h, sum) = pick(pv);
+                p.histogram(metric, &labels(s, name), h, sum);
+            }
+        }
+    }
+}
+
+impl Prom {
+    fn family_rows_classes(&mut self, agg: &Aggregator, labels: &dyn Fn(&ShardView, &str) -> String) {
+        for s in agg.shards.values() {
+            for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
+                for (class, v) in CLASSES.iter().zip(&pv.counters.responses) {
+                    let l = format!("{},class=\"{class}\"", labels(s, name));
+                    self.sample("coregate_upstream_responses_total", &l, *v);
+                }
+            }
+        }
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
