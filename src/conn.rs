@@ -190,6 +190,8 @@ impl Conn {
                 }
             }
         }
+        // The drain may have started while the body was read.
+        let close = close || self.shard.draining.get();
         reply.write(&mut self.wire.wbuf, self.shard.date.borrow().get(), close, head_only);
         self.shard.stats.borrow_mut().response(reply.status);
         if close {

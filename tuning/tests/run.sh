@@ -366,6 +366,15 @@ out=$("$tuning/apply" "$sk" --strict 2>&1) && rc=0 || rc=$?
 "$tuning/revert" >/dev/null 2>&1 || true
 check "apply --strict exits 3 when something was skipped" [ "$rc" = 3 ]
 
+printf '# host-only\nnet.core.busy_poll = 50\n' >"$tmp/profiles/unsettable.conf"
+nb=$(pending_backups)
+out=$("$tuning/apply" "$tmp/profiles/unsettable.conf" 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ] && grep -q 'nothing can be set here' <<<"$out" && [ "$(pending_backups)" = "$nb" ]; then
+	ok "a profile with nothing settable here is reported, and leaves no backup to revert"
+else
+	fail "a profile with nothing settable here is reported, and leaves no backup to revert" "$out"
+fi
+
 hw="$tmp/profiles/hostwide.conf"
 printf '# host-wide\nfs.file-max = 1234567\n# net\nnet.core.somaxconn = 3333\n' >"$hw"
 fmax=$(cat /proc/sys/fs/file-max)
