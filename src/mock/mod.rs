@@ -5,6 +5,7 @@
 //! * `POST /stt` — the audio body is answered with a JSON transcript;
 //! * `GET /bytes?size=N` — a fixed body of N bytes;
 //! * `POST /echo` — the request body streamed back as it arrives;
+//! * `GET /headers` — the request line and header fields as received, as JSON;
 //! * `GET /` — health.
 //!
 //! It serves the tests, the benchmarks and the embedded default, so it is built like the
@@ -156,6 +157,8 @@ impl MockShard {
 struct MockRequest {
     head: RequestHead,
     is_head: bool,
+    /// For `/headers`: the request line and fields as received.
+    seen: Option<serde_json::Value>,
     path: String,
     knobs: Knobs,
 }
@@ -195,8 +198,18 @@ async fn read_request(wire: &mut Wire, headers: &mut Vec<HeaderRange>) -> Option
                     let knobs = Knobs::parse(query, hs);
                     let path = path.to_string();
                     let is_head = head.is_head(buf);
+                    let seen = (path == "/headers").then(|| {
+                        let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&buf[r]).into_owned();
+                        let fields: Vec<(String, String)> =
+                            headers.iter().map(|h| (text(h.name.clone()), text(h.value.clone()))).collect();
+                        serde_json::json!({
+                            "method": text(head.method.clone()),
+                            "target": full,
+                            "headers": fields,
+                        })
+                    });
                     wire.consume(head.head_len);
-                    return Some(MockRequest { head, is_head, path, knobs });
+                    return Some(MockRequest { head, is_head, seen, path, knobs });
                 }
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
@@ -329,6 +342,13 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
             .to_string();
             start(wire, status, "application/json", out, json.len() as u64, close);
             stall_and_maybe_reset(wire, k).await?;
+            body_part(wire, out, json.as_bytes()).await?;
+            finish(wire, out).await?;
+        }
+        "/headers" => {
+            let _ = read_all(wire, &mut body, 1 << 20).await?;
+            let json = req.seen.as_ref().map(|v| v.to_string()).unwrap_or_default();
+            start(wire, status, "application/json", out, json.len() as u64, close);
             body_part(wire, out, json.as_bytes()).await?;
             finish(wire, out).await?;
         }

@@ -300,7 +300,7 @@ async fn read_response_head(
     lease: &mut Lease,
     req_is_head: bool,
     headers: &mut Vec<HeaderRange>,
-    ttfb: Duration,
+    (ttfb, idle): (Duration, Duration),
     deadline: Instant,
 ) -> Result<ResponseHead, (UpstreamError, bool)> {
     let head_deadline = Instant::now() + ttfb;
@@ -323,8 +323,15 @@ async fn read_response_head(
                 }
             }
         }
-        let wait = head_deadline.saturating_duration_since(Instant::now());
-        match up_read(lease, wait, UpstreamError::HeadTimeout, deadline).await {
+        // Before the first byte the time-to-first-byte limit applies; once a head has
+        // started, a stall longer than the idle-read limit is an idle timeout.
+        let to_head = head_deadline.saturating_duration_since(Instant::now());
+        let (wait, kind) = if got_bytes && idle < to_head {
+            (idle, UpstreamError::IdleTimeout)
+        } else {
+            (to_head, UpstreamError::HeadTimeout)
+        };
+        match up_read(lease, wait, kind, deadline).await {
             Ok(0) => return Err((UpstreamError::Reset, got_bytes)),
             Ok(_) => {}
             Err(e) => return Err((e, got_bytes)),
@@ -404,7 +411,7 @@ async fn exchange(
                 return fail(conn, head, &mut body, sent_continue, provider, pidx, e).await
             }
         }
-        match read_response_head(&mut lease, req_is_head, headers, ttfb, deadline).await {
+        match read_response_head(&mut lease, req_is_head, headers, (ttfb, idle), deadline).await {
             Ok(resp) => break (lease, resp),
             Err((UpstreamError::Reset, false)) if can_retry => {
                 retried = true;
