@@ -41,7 +41,13 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>) {
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
                 let method = req.method.unwrap_or("");
-                let path = req.path.unwrap_or("").split('?').next().unwrap_or("").to_string();
+                let path = req
+                    .path
+                    .unwrap_or("")
+                    .split('?')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
                 if method != "GET" && method != "HEAD" {
                     respond(&mut s, 405, "application/json", "{\"error\":\"use GET\"}");
                     return;
@@ -50,7 +56,12 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>) {
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => {
-                respond(&mut s, 400, "application/json", "{\"error\":\"bad request\"}");
+                respond(
+                    &mut s,
+                    400,
+                    "application/json",
+                    "{\"error\":\"bad request\"}",
+                );
                 return;
             }
         }
@@ -69,12 +80,22 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>) {
         }
     };
     if queries.send(query).is_err() {
-        respond(&mut s, 503, "application/json", "{\"error\":\"aggregator stopped\"}");
+        respond(
+            &mut s,
+            503,
+            "application/json",
+            "{\"error\":\"aggregator stopped\"}",
+        );
         return;
     }
     match rx.recv_timeout(Duration::from_secs(5)) {
         Ok(body) => respond(&mut s, 200, ctype, &body),
-        Err(_) => respond(&mut s, 503, "application/json", "{\"error\":\"aggregator busy\"}"),
+        Err(_) => respond(
+            &mut s,
+            503,
+            "application/json",
+            "{\"error\":\"aggregator busy\"}",
+        ),
     }
 }
 

@@ -194,10 +194,17 @@ impl Config {
         }
         crate::cores::parse_core_list(&self.server.cores, &crate::cores::online_cores())
             .map_err(|m| err("server.cores", m))?;
-        check_range("server.backlog", self.server.backlog as u64, 1, 1 << 20).map_err(|(k, m)| err(k, m))?;
-        check_range("http.max_head_bytes", self.http.max_head_bytes as u64, 256, 1 << 20)
+        check_range("server.backlog", self.server.backlog as u64, 1, 1 << 20)
             .map_err(|(k, m)| err(k, m))?;
-        check_range("http.max_headers", self.http.max_headers as u64, 1, 1024).map_err(|(k, m)| err(k, m))?;
+        check_range(
+            "http.max_head_bytes",
+            self.http.max_head_bytes as u64,
+            256,
+            1 << 20,
+        )
+        .map_err(|(k, m)| err(k, m))?;
+        check_range("http.max_headers", self.http.max_headers as u64, 1, 1024)
+            .map_err(|(k, m)| err(k, m))?;
         for (key, v) in [
             ("server.drain_timeout_ms", self.server.drain_timeout_ms),
             ("http.head_timeout_ms", self.http.head_timeout_ms),

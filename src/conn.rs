@@ -113,23 +113,26 @@ impl Conn {
     /// Folds the wire's byte counts into the shard's stats.
     fn sync_bytes(&mut self) {
         let mut st = self.shard.stats.borrow_mut();
-        st.counters.bytes_in += std::mem::take(&mut self.wire.bytes_in);
-        st.counters.bytes_out += std::mem::take(&mut self.wire.bytes_out);
+        st.counters.bytes_in += std::mem::take(&mut self.wire.rx.bytes);
+        st.counters.bytes_out += std::mem::take(&mut self.wire.tx.bytes);
     }
 
     /// The bytes of the current request head (valid until the head is consumed).
     pub fn head_bytes(&self) -> &[u8] {
-        self.wire.buffered()
+        self.wire.rx.buffered()
     }
 
     /// Marks the current head as consumed; the body (if any) follows in the buffer.
     pub fn consume_head(&mut self, head: &RequestHead) {
-        self.wire.consume(head.head_len);
+        self.wire.rx.consume(head.head_len);
     }
 
     async fn dispatch(&mut self, head: RequestHead) -> Flow {
         let buf = self.head_bytes();
-        let target = self.shard.routes.lookup(&buf[head.host.clone()], head.path(buf));
+        let target = self
+            .shard
+            .routes
+            .lookup(&buf[head.host.clone()], head.path(buf));
         let method = head.method(buf);
         match target {
             Target::Route(i) => crate::upstream::forward::proxy(self, head, i).await,
@@ -192,11 +195,16 @@ impl Conn {
         }
         // The drain may have started while the body was read.
         let close = close || self.shard.draining.get();
-        reply.write(&mut self.wire.wbuf, self.shard.date.borrow().get(), close, head_only);
+        reply.write(
+            &mut self.wire.tx.buf,
+            self.shard.date.borrow().get(),
+            close,
+            head_only,
+        );
         self.shard.stats.borrow_mut().response(reply.status);
-        if close {
-            Flow::Close
-        } else if self.wire.wbuf.len() >= FLUSH_AT && self.flush().await.is_err() {
+        let flush_failed =
+            !close && self.wire.tx.buf.len() >= FLUSH_AT && self.flush().await.is_err();
+        if close || flush_failed {
             Flow::Close
         } else {
             Flow::KeepAlive
@@ -207,14 +215,17 @@ impl Conn {
     /// `Ok(false)`: too large, the connection must close.
     pub async fn discard(&mut self, body: &mut BodyState) -> Result<bool, BodyError> {
         let timeout = self.shard.http.body_read_timeout;
-        let res = self.wire.discard_body(body, MAX_DISCARD, timeout).await;
+        let res = self.wire.rx.discard_body(body, MAX_DISCARD, timeout).await;
         self.count_body_error(res)
     }
 
-    /// The next run of request-body bytes (see [`Wire::body_chunk`]).
-    pub async fn body_chunk(&mut self, body: &mut BodyState) -> Result<Option<Range<usize>>, BodyError> {
+    /// The next run of request-body bytes (see [`crate::wire::Rx::body_chunk`]).
+    pub async fn body_chunk(
+        &mut self,
+        body: &mut BodyState,
+    ) -> Result<Option<Range<usize>>, BodyError> {
         let timeout = self.shard.http.body_read_timeout;
-        let res = self.wire.body_chunk(body, timeout).await;
+        let res = self.wire.rx.body_chunk(body, timeout).await;
         self.count_body_error(res)
     }
 
@@ -231,8 +242,10 @@ impl Conn {
         let limits = self.shard.limits;
         let mut deadline: Option<Instant> = None;
         loop {
-            if !self.wire.buffered().is_empty() {
-                if let Parsed::Complete(h) = parse_head(self.wire.buffered(), limits, &mut self.headers)? {
+            if !self.wire.rx.buffered().is_empty() {
+                if let Parsed::Complete(h) =
+                    parse_head(self.wire.rx.buffered(), limits, &mut self.headers)?
+                {
                     return Ok(Some(h));
                 }
                 deadline.get_or_insert_with(|| Instant::now() + self.shard.http.head_timeout);
@@ -247,14 +260,20 @@ impl Conn {
                 None => self.shard.http.idle_timeout,
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };
-            self.wire.make_room(limits.max_head_bytes.max(INITIAL_BUF));
-            match self.wire.read_some(timeout).await {
+            self.wire
+                .rx
+                .make_room(limits.max_head_bytes.max(INITIAL_BUF));
+            match self.wire.rx.read_some(timeout).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     if deadline.is_some() {
                         self.shard.stats.borrow_mut().counters.head_timeouts += 1;
-                        return Err(HttpError::new(408, "request_timeout", "request head not received in time"));
+                        return Err(HttpError::new(
+                            408,
+                            "request_timeout",
+                            "request head not received in time",
+                        ));
                     }
                     self.shard.stats.borrow_mut().counters.idle_timeouts += 1;
                     return Ok(None);
@@ -266,13 +285,13 @@ impl Conn {
 
     /// Writes the output buffer to the client.
     pub async fn flush(&mut self) -> io::Result<()> {
-        let res = self.wire.flush().await;
+        let res = self.wire.tx.flush().await;
         self.count_write_timeout(res)
     }
 
     /// Writes `data` to the client after whatever is queued.
     pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        let res = self.wire.send(data).await;
+        let res = self.wire.tx.send(data).await;
         self.count_write_timeout(res)
     }
 
@@ -294,7 +313,12 @@ impl Conn {
             body: &body,
             extra: &[],
         }
-        .write(&mut self.wire.wbuf, self.shard.date.borrow().get(), true, false);
+        .write(
+            &mut self.wire.tx.buf,
+            self.shard.date.borrow().get(),
+            true,
+            false,
+        );
         self.shard.stats.borrow_mut().response(e.status);
     }
 }

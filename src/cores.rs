@@ -65,7 +65,10 @@ mod tests {
     #[test]
     fn ranges_and_singles() {
         let online: Vec<usize> = (0..8).collect();
-        assert_eq!(parse_core_list("0-3,6", &online).unwrap(), vec![0, 1, 2, 3, 6]);
+        assert_eq!(
+            parse_core_list("0-3,6", &online).unwrap(),
+            vec![0, 1, 2, 3, 6]
+        );
         assert_eq!(parse_core_list("2,1,2", &online).unwrap(), vec![1, 2]);
         assert_eq!(parse_core_list("all", &online).unwrap(), online);
     }

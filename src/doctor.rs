@@ -43,15 +43,25 @@ impl fmt::Display for Check {
 }
 
 fn check(level: Level, name: &'static str, message: String, fix: Option<String>) -> Check {
-    Check { level, name, message, fix }
+    Check {
+        level,
+        name,
+        message,
+        fix,
+    }
 }
 
 fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit only writes the struct we pass.
     (unsafe { libc::getrlimit(resource, &mut lim) } == 0).then_some((lim.rlim_cur, lim.rlim_max))
 }
@@ -72,8 +82,18 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
     out.push(somaxconn_check(config));
     out.push(port_range_check(config, shards));
     out.push(match &cores {
-        Ok(c) => check(Level::Ok, "cores", format!("{} shard(s) on cores {c:?} (online: {online:?})", c.len()), None),
-        Err(e) => check(Level::Fail, "cores", e.clone(), Some("pick cores from `nproc --all` / lscpu".into())),
+        Ok(c) => check(
+            Level::Ok,
+            "cores",
+            format!("{} shard(s) on cores {c:?} (online: {online:?})", c.len()),
+            None,
+        ),
+        Err(e) => check(
+            Level::Fail,
+            "cores",
+            e.clone(),
+            Some("pick cores from `nproc --all` / lscpu".into()),
+        ),
     });
     if let Ok(c) = &cores {
         out.push(isolation_check(c));
@@ -84,20 +104,40 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
 
 fn kernel_check() -> Check {
     let release = read_trim("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if (major, minor) >= (5, 8) {
-        check(Level::Ok, "kernel", format!("{release} (glommio needs >= 5.8)"), None)
+        check(
+            Level::Ok,
+            "kernel",
+            format!("{release} (glommio needs >= 5.8)"),
+            None,
+        )
     } else {
-        check(Level::Fail, "kernel", format!("{release}: glommio needs Linux >= 5.8"), Some("upgrade the kernel".into()))
+        check(
+            Level::Fail,
+            "kernel",
+            format!("{release}: glommio needs Linux >= 5.8"),
+            Some("upgrade the kernel".into()),
+        )
     }
 }
 
 fn io_uring_check() -> Check {
-    let disabled = read_trim("/proc/sys/kernel/io_uring_disabled").and_then(|v| v.parse::<u32>().ok());
+    let disabled =
+        read_trim("/proc/sys/kernel/io_uring_disabled").and_then(|v| v.parse::<u32>().ok());
     let fix = Some("sysctl -w kernel.io_uring_disabled=0".to_string());
     match disabled {
-        Some(2) => return check(Level::Fail, "io_uring", "disabled (kernel.io_uring_disabled=2)".into(), fix),
+        Some(2) => {
+            return check(
+                Level::Fail,
+                "io_uring",
+                "disabled (kernel.io_uring_disabled=2)".into(),
+                fix,
+            )
+        }
         Some(1) if !is_root() => {
             return check(
                 Level::Warn,
@@ -114,7 +154,12 @@ fn io_uring_check() -> Check {
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
     if fd < 0 {
         let e = std::io::Error::last_os_error();
-        return check(Level::Fail, "io_uring", format!("io_uring_setup failed: {e}"), fix);
+        return check(
+            Level::Fail,
+            "io_uring",
+            format!("io_uring_setup failed: {e}"),
+            fix,
+        );
     }
     // SAFETY: fd is the ring descriptor just returned to us.
     unsafe { libc::close(fd as i32) };
@@ -123,7 +168,12 @@ fn io_uring_check() -> Check {
 
 fn nofile_check(config: &Config, shards: usize) -> Check {
     let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else {
-        return check(Level::Warn, "nofile", "cannot read RLIMIT_NOFILE".into(), None);
+        return check(
+            Level::Warn,
+            "nofile",
+            "cannot read RLIMIT_NOFILE".into(),
+            None,
+        );
     };
     // serve raises the soft limit to the hard one.
     match crate::server::connection_cap(config, shards, hard) {
@@ -150,22 +200,54 @@ fn nofile_check(config: &Config, shards: usize) -> Check {
                     fix,
                 )
             } else {
-                check(Level::Ok, "nofile", format!("hard {hard}: {total} client connections ({cap} per shard)"), None)
+                check(
+                    Level::Ok,
+                    "nofile",
+                    format!("hard {hard}: {total} client connections ({cap} per shard)"),
+                    None,
+                )
             }
         }
-        Err(e) => check(Level::Fail, "nofile", e, Some("ulimit -n 65536 (or LimitNOFILE= in the unit)".into())),
+        Err(e) => check(
+            Level::Fail,
+            "nofile",
+            e,
+            Some("ulimit -n 65536 (or LimitNOFILE= in the unit)".into()),
+        ),
     }
 }
 
 fn memlock_check(shards: usize) -> Check {
     let Some((soft, _)) = rlimit(libc::RLIMIT_MEMLOCK) else {
-        return check(Level::Warn, "memlock", "cannot read RLIMIT_MEMLOCK".into(), None);
+        return check(
+            Level::Warn,
+            "memlock",
+            "cannot read RLIMIT_MEMLOCK".into(),
+            None,
+        );
     };
-    let fix = Some("LimitMEMLOCK=infinity in the systemd unit, or `ulimit -l unlimited` (see tuning/limits/)".to_string());
+    let fix = Some(
+        "LimitMEMLOCK=infinity in the systemd unit, or `ulimit -l unlimited` (see tuning/limits/)"
+            .to_string(),
+    );
     let want = (shards * IO_MEMORY_PER_SHARD) as u64;
-    let show = |v: u64| if v == libc::RLIM_INFINITY { "unlimited".to_string() } else { format!("{} KiB", v / 1024) };
+    let show = |v: u64| {
+        if v == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} KiB", v / 1024)
+        }
+    };
     if soft < GLOMMIO_MIN_MEMLOCK {
-        check(Level::Fail, "memlock", format!("RLIMIT_MEMLOCK {}: glommio needs at least 512 KiB", show(soft)), fix)
+        check(
+            Level::Fail,
+            "memlock",
+            format!(
+                "RLIMIT_MEMLOCK {}: glommio needs at least 512 KiB",
+                show(soft)
+            ),
+            fix,
+        )
     } else if soft < want && !is_root() {
         check(
             Level::Warn,
@@ -174,13 +256,24 @@ fn memlock_check(shards: usize) -> Check {
             fix,
         )
     } else {
-        check(Level::Ok, "memlock", format!("{} (needs {} KiB)", show(soft), want / 1024), None)
+        check(
+            Level::Ok,
+            "memlock",
+            format!("{} (needs {} KiB)", show(soft), want / 1024),
+            None,
+        )
     }
 }
 
 fn somaxconn_check(config: &Config) -> Check {
-    let Some(max) = read_trim("/proc/sys/net/core/somaxconn").and_then(|v| v.parse::<u64>().ok()) else {
-        return check(Level::Warn, "somaxconn", "cannot read net.core.somaxconn".into(), None);
+    let Some(max) = read_trim("/proc/sys/net/core/somaxconn").and_then(|v| v.parse::<u64>().ok())
+    else {
+        return check(
+            Level::Warn,
+            "somaxconn",
+            "cannot read net.core.somaxconn".into(),
+            None,
+        );
     };
     let backlog = u64::from(config.server.backlog);
     if max < backlog {
@@ -191,15 +284,27 @@ fn somaxconn_check(config: &Config) -> Check {
             Some(format!("sysctl -w net.core.somaxconn={backlog}")),
         )
     } else {
-        check(Level::Ok, "somaxconn", format!("{max} >= backlog {backlog}"), None)
+        check(
+            Level::Ok,
+            "somaxconn",
+            format!("{max} >= backlog {backlog}"),
+            None,
+        )
     }
 }
 
 fn port_range_check(config: &Config, shards: usize) -> Check {
     let range = read_trim("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = range.split_whitespace().filter_map(|v| v.parse::<u64>().ok());
+    let mut it = range
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u64>().ok());
     let (Some(lo), Some(hi)) = (it.next(), it.next()) else {
-        return check(Level::Warn, "port_range", "cannot read net.ipv4.ip_local_port_range".into(), None);
+        return check(
+            Level::Warn,
+            "port_range",
+            "cannot read net.ipv4.ip_local_port_range".into(),
+            None,
+        );
     };
     let ports = hi.saturating_sub(lo) + 1;
     let worst = config
@@ -211,17 +316,33 @@ fn port_range_check(config: &Config, shards: usize) -> Check {
         Some((name, need)) if need > ports => check(
             Level::Warn,
             "port_range",
-            format!("{ports} local ports < {need} connections provider {name:?} may open per endpoint"),
-            Some(format!("sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\" (or lower pool_max_total)")),
+            format!(
+                "{ports} local ports < {need} connections provider {name:?} may open per endpoint"
+            ),
+            Some(
+                "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\" (or lower pool_max_total)"
+                    .to_string(),
+            ),
         ),
-        Some((_, need)) => check(Level::Ok, "port_range", format!("{lo}-{hi} ({ports} ports) >= {need} per endpoint"), None),
-        None => check(Level::Ok, "port_range", format!("{lo}-{hi} ({ports} ports)"), None),
+        Some((_, need)) => check(
+            Level::Ok,
+            "port_range",
+            format!("{lo}-{hi} ({ports} ports) >= {need} per endpoint"),
+            None,
+        ),
+        None => check(
+            Level::Ok,
+            "port_range",
+            format!("{lo}-{hi} ({ports} ports)"),
+            None,
+        ),
     }
 }
 
 fn isolation_check(cores: &[usize]) -> Check {
     let isolated = read_trim("/sys/devices/system/cpu/isolated").unwrap_or_default();
-    let set = crate::cores::parse_core_list(&isolated, &(0..4096).collect::<Vec<_>>()).unwrap_or_default();
+    let set = crate::cores::parse_core_list(&isolated, &(0..4096).collect::<Vec<_>>())
+        .unwrap_or_default();
     let not: Vec<usize> = cores.iter().copied().filter(|c| !set.contains(c)).collect();
     if isolated.is_empty() || !not.is_empty() {
         check(
@@ -231,7 +352,12 @@ fn isolation_check(cores: &[usize]) -> Check {
             None,
         )
     } else {
-        check(Level::Ok, "isolation", format!("cores {cores:?} are isolated"), None)
+        check(
+            Level::Ok,
+            "isolation",
+            format!("cores {cores:?} are isolated"),
+            None,
+        )
     }
 }
 
@@ -239,7 +365,9 @@ fn governor_check(cores: &[usize]) -> Check {
     let mut slow = Vec::new();
     let mut seen = false;
     for c in cores {
-        if let Some(g) = read_trim(&format!("/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor")) {
+        if let Some(g) = read_trim(&format!(
+            "/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"
+        )) {
             seen = true;
             if g != "performance" {
                 slow.push(format!("cpu{c}={g}"));
@@ -247,7 +375,12 @@ fn governor_check(cores: &[usize]) -> Check {
         }
     }
     if !seen {
-        check(Level::Ok, "governor", "not visible here (virtual machine or no cpufreq)".into(), None)
+        check(
+            Level::Ok,
+            "governor",
+            "not visible here (virtual machine or no cpufreq)".into(),
+            None,
+        )
     } else if slow.is_empty() {
         check(Level::Ok, "governor", "performance".into(), None)
     } else {

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "coregate", version, about = "Thread-per-core HTTP/1.1 gateway for voice-AI providers")]
+#[command(
+    name = "coregate",
+    version,
+    about = "Thread-per-core HTTP/1.1 gateway for voice-AI providers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,8 +99,16 @@ fn serve(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, cores, listen, admin, upstream } => serve(config, cores, listen, admin, upstream),
-        Command::Check { file } => Config::load(&file).map(|c| print!("{}", c.to_toml())).map_err(|e| e.to_string()),
+        Command::Serve {
+            config,
+            cores,
+            listen,
+            admin,
+            upstream,
+        } => serve(config, cores, listen, admin, upstream),
+        Command::Check { file } => Config::load(&file)
+            .map(|c| print!("{}", c.to_toml()))
+            .map_err(|e| e.to_string()),
         Command::Doctor { config } => {
             return match load(config.as_ref()) {
                 Ok(cfg) => ExitCode::from(coregate::doctor::report(&cfg) as u8),

@@ -57,12 +57,18 @@ pub fn validate_routes(
                 return Err((key("add_headers"), format!("{name:?} is not a header name")));
             }
             if http::HeaderValue::from_str(value).is_err() {
-                return Err((key("add_headers"), format!("value of {name:?} is not valid")));
+                return Err((
+                    key("add_headers"),
+                    format!("value of {name:?} is not valid"),
+                ));
             }
         }
         for name in &r.remove_headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err((key("remove_headers"), format!("{name:?} is not a header name")));
+                return Err((
+                    key("remove_headers"),
+                    format!("{name:?} is not a header name"),
+                ));
             }
         }
     }
@@ -98,7 +104,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(routes: &[RouteConfig], providers: &[crate::upstream::ProviderConfig]) -> RouteTable {
+    pub fn new(
+        routes: &[RouteConfig],
+        providers: &[crate::upstream::ProviderConfig],
+    ) -> RouteTable {
         let mut compiled: Vec<Route> = routes
             .iter()
             .filter_map(|r| {
@@ -195,8 +204,16 @@ mod tests {
     fn longest_prefix_and_host() {
         let providers = vec![provider("a"), provider("b")];
         let routes = vec![
-            RouteConfig { prefix: "/v1/".into(), provider: "a".into(), ..Default::default() },
-            RouteConfig { prefix: "/v1/tts/".into(), provider: "b".into(), ..Default::default() },
+            RouteConfig {
+                prefix: "/v1/".into(),
+                provider: "a".into(),
+                ..Default::default()
+            },
+            RouteConfig {
+                prefix: "/v1/tts/".into(),
+                provider: "b".into(),
+                ..Default::default()
+            },
             RouteConfig {
                 prefix: "/v1/".into(),
                 host: "special.example".into(),
@@ -221,9 +238,23 @@ mod tests {
     #[test]
     fn validation_names_keys() {
         let providers = vec![provider("a")];
-        let bad = vec![RouteConfig { prefix: "v1".into(), provider: "a".into(), ..Default::default() }];
-        assert_eq!(validate_routes(&bad, &providers).unwrap_err().0, "routes[0].prefix");
-        let bad = vec![RouteConfig { prefix: "/".into(), provider: "zz".into(), ..Default::default() }];
-        assert_eq!(validate_routes(&bad, &providers).unwrap_err().0, "routes[0].provider");
+        let bad = vec![RouteConfig {
+            prefix: "v1".into(),
+            provider: "a".into(),
+            ..Default::default()
+        }];
+        assert_eq!(
+            validate_routes(&bad, &providers).unwrap_err().0,
+            "routes[0].prefix"
+        );
+        let bad = vec![RouteConfig {
+            prefix: "/".into(),
+            provider: "zz".into(),
+            ..Default::default()
+        }];
+        assert_eq!(
+            validate_routes(&bad, &providers).unwrap_err().0,
+            "routes[0].provider"
+        );
     }
 }

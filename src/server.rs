@@ -110,8 +110,8 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start the admin thread: {e}"))?;
     }
 
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let (ready_tx, ready_rx) = unbounded();
     let mut controls: Vec<Sender<Control>> = Vec::new();
@@ -128,7 +128,8 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             control: ctl_rx,
             ready: ready_tx.clone(),
         };
-        threads.push(crate::shard::spawn(spec).map_err(|e| format!("cannot start shard {id}: {e}"))?);
+        threads
+            .push(crate::shard::spawn(spec).map_err(|e| format!("cannot start shard {id}: {e}"))?);
     }
     drop(snap_tx);
     drop(ready_tx);
@@ -150,7 +151,11 @@ pub fn serve(mut config: Config) -> Result<(), String> {
          connections per shard; admin on {}",
         config.server.listen,
         cores.len(),
-        if config.admin.listen.is_empty() { "(disabled)" } else { &config.admin.listen },
+        if config.admin.listen.is_empty() {
+            "(disabled)"
+        } else {
+            &config.admin.listen
+        },
     ));
 
     std::thread::Builder::new()

@@ -1,17 +1,23 @@
-//! A buffered HTTP/1.1 byte stream: one socket with its read and write buffers.
+//! Buffered HTTP/1.1 byte streams, split into a read side ([`Rx`]) and a write side
+//! ([`Tx`]) over one socket.
 //!
-//! Shared by the gateway's client connections (`conn`) and the mock provider. It knows how
-//! to read more bytes under a timeout, hand out request-body bytes according to their
-//! framing, batch small writes, and close politely (lingering so the peer reads our last
-//! response instead of a reset). It keeps byte counts for the owner to fold into its stats.
+//! Shared by the gateway's client connections, its provider connections and the mock
+//! provider. The split lets one task read a request body from the client while it writes
+//! the response to that same client (full duplex, as streaming speech APIs need): the two
+//! halves hold a [`Stream`] handle each — an `Rc<RefCell<TcpStream>>` borrowed only for the
+//! duration of a single poll, never across an await.
 
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::{Framing, HttpError};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
-use std::net::Shutdown;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Read buffer size while streaming a body.
@@ -20,6 +26,75 @@ pub const BODY_BUF: usize = 16 * 1024;
 const BATCH: usize = 16 * 1024;
 /// How long a closing connection keeps reading (and discarding) input.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// A shared handle to one socket, used by its read and write halves.
+#[derive(Clone)]
+pub struct Stream(Rc<RefCell<TcpStream>>);
+
+impl Stream {
+    pub fn new(s: TcpStream) -> Stream {
+        Stream(Rc::new(RefCell::new(s)))
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.0.borrow().as_raw_fd()
+    }
+
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.0.borrow().peer_addr().ok().map(|a| a.ip())
+    }
+
+    pub fn set_read_timeout(&self, d: Duration) {
+        let _ = self.0.borrow().set_read_timeout(Some(d));
+    }
+
+    pub fn set_write_timeout(&self, d: Duration) {
+        let _ = self.0.borrow().set_write_timeout(Some(d));
+    }
+
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)).await
+    }
+
+    pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, data)).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Half-closes the write direction (sends FIN).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        // SAFETY: shutdown(2) on a descriptor this handle owns; no memory is involved.
+        if unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Arms a TCP reset: with SO_LINGER 0, closing the socket sends RST instead of FIN.
+    pub fn set_linger_zero(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads `linger` for the given length; the fd is ours.
+        unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+}
 
 /// Why a body could not be read to its end.
 #[derive(Debug)]
@@ -56,59 +131,60 @@ impl BodyState {
     }
 }
 
-pub struct Wire {
-    pub stream: TcpStream,
-    rbuf: Vec<u8>,
-    rpos: usize,
-    rend: usize,
-    pub wbuf: Vec<u8>,
-    /// Bytes read / written since the owner last took them.
-    pub bytes_in: u64,
-    pub bytes_out: u64,
+/// The read side: a buffer of received, not yet consumed bytes.
+pub struct Rx {
+    pub stream: Stream,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// Bytes read since the owner last took them.
+    pub bytes: u64,
 }
 
-impl Wire {
-    pub fn new(stream: TcpStream, initial_buf: usize) -> Wire {
-        Wire {
+impl Rx {
+    pub fn new(stream: Stream, initial_buf: usize) -> Rx {
+        Rx {
             stream,
-            rbuf: vec![0; initial_buf],
-            rpos: 0,
-            rend: 0,
-            wbuf: Vec::new(),
-            bytes_in: 0,
-            bytes_out: 0,
+            buf: vec![0; initial_buf],
+            pos: 0,
+            end: 0,
+            bytes: 0,
         }
     }
 
     /// Unconsumed input.
     pub fn buffered(&self) -> &[u8] {
-        &self.rbuf[self.rpos..self.rend]
+        &self.buf[self.pos..self.end]
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
     }
 
     pub fn consume(&mut self, n: usize) {
-        self.rpos = (self.rpos + n).min(self.rend);
-        if self.rpos == self.rend {
-            self.rpos = 0;
-            self.rend = 0;
+        self.pos = (self.pos + n).min(self.end);
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
         }
     }
 
     pub fn slice(&self, r: Range<usize>) -> &[u8] {
-        &self.rbuf[r]
+        &self.buf[r]
     }
 
     /// Ensures free space after the buffered input, growing the buffer up to `max`.
     pub fn make_room(&mut self, max: usize) {
-        if self.rend < self.rbuf.len() {
+        if self.end < self.buf.len() {
             return;
         }
-        if self.rpos > 0 {
-            self.rbuf.copy_within(self.rpos..self.rend, 0);
-            self.rend -= self.rpos;
-            self.rpos = 0;
-        } else if self.rbuf.len() < max {
-            let len = (self.rbuf.len() * 2).clamp(1024, max);
-            self.rbuf.resize(len, 0);
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        } else if self.buf.len() < max {
+            let len = (self.buf.len() * 2).clamp(1024, max);
+            self.buf.resize(len, 0);
         }
     }
 
@@ -117,13 +193,13 @@ impl Wire {
         if timeout.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        if self.rend == self.rbuf.len() {
+        if self.end == self.buf.len() {
             return Err(io::Error::other("read buffer full"));
         }
-        let _ = self.stream.set_read_timeout(Some(timeout));
-        let n = self.stream.read(&mut self.rbuf[self.rend..]).await?;
-        self.rend += n;
-        self.bytes_in += n as u64;
+        self.stream.set_read_timeout(timeout);
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        self.bytes += n as u64;
         Ok(n)
     }
 
@@ -142,24 +218,24 @@ impl Wire {
                     return Ok(None);
                 }
                 BodyState::Length(rem) => {
-                    if self.rpos == self.rend {
+                    if self.pos == self.end {
                         self.fill_body(timeout).await?;
                     }
-                    let n = ((self.rend - self.rpos) as u64).min(*rem) as usize;
-                    let r = self.rpos..self.rpos + n;
-                    self.rpos += n;
+                    let n = ((self.end - self.pos) as u64).min(*rem) as usize;
+                    let r = self.pos..self.pos + n;
+                    self.pos += n;
                     *rem -= n as u64;
                     return Ok(Some(r));
                 }
                 BodyState::Chunked(dec) => {
-                    if self.rpos == self.rend {
+                    if self.pos == self.end {
                         self.fill_body(timeout).await?;
                     }
                     let step = dec
-                        .step(&self.rbuf[self.rpos..self.rend])
+                        .step(&self.buf[self.pos..self.end])
                         .map_err(BodyError::Http)?;
-                    let start = self.rpos + step.data_start;
-                    self.rpos += step.consumed;
+                    let start = self.pos + step.data_start;
+                    self.pos += step.consumed;
                     if step.data_len > 0 {
                         return Ok(Some(start..start + step.data_len));
                     }
@@ -195,10 +271,10 @@ impl Wire {
     }
 
     async fn fill_body(&mut self, timeout: Duration) -> Result<(), BodyError> {
-        self.rpos = 0;
-        self.rend = 0;
-        if self.rbuf.len() < BODY_BUF {
-            self.rbuf.resize(BODY_BUF, 0);
+        self.pos = 0;
+        self.end = 0;
+        if self.buf.len() < BODY_BUF {
+            self.buf.resize(BODY_BUF, 0);
         }
         match self.read_some(timeout).await {
             Ok(0) => Err(BodyError::Closed),
@@ -208,44 +284,82 @@ impl Wire {
         }
     }
 
+    /// Drops whatever is buffered.
+    pub fn clear(&mut self) {
+        self.pos = 0;
+        self.end = 0;
+    }
+}
+
+/// The write side: small writes are batched until a flush.
+pub struct Tx {
+    pub stream: Stream,
+    pub buf: Vec<u8>,
+    /// Bytes written since the owner last took them.
+    pub bytes: u64,
+}
+
+impl Tx {
+    pub fn new(stream: Stream) -> Tx {
+        Tx {
+            stream,
+            buf: Vec::new(),
+            bytes: 0,
+        }
+    }
+
     /// Writes the output buffer.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if self.wbuf.is_empty() {
+        if self.buf.is_empty() {
             return Ok(());
         }
-        let res = self.stream.write_all(&self.wbuf).await;
-        self.bytes_out += self.wbuf.len() as u64;
-        self.wbuf.clear();
+        let res = self.stream.write_all(&self.buf).await;
+        self.bytes += self.buf.len() as u64;
+        self.buf.clear();
         res
     }
 
     /// Writes `data` after whatever is queued; small writes are batched.
     pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        if self.wbuf.len() + data.len() <= BATCH {
-            self.wbuf.extend_from_slice(data);
+        if self.buf.len() + data.len() <= BATCH {
+            self.buf.extend_from_slice(data);
             return Ok(());
         }
         self.flush().await?;
         let res = self.stream.write_all(data).await;
-        self.bytes_out += data.len() as u64;
+        self.bytes += data.len() as u64;
         res
+    }
+}
+
+/// Both halves of one socket.
+pub struct Wire {
+    pub rx: Rx,
+    pub tx: Tx,
+}
+
+impl Wire {
+    pub fn new(stream: TcpStream, initial_buf: usize) -> Wire {
+        let s = Stream::new(stream);
+        Wire {
+            rx: Rx::new(s.clone(), initial_buf),
+            tx: Tx::new(s),
+        }
     }
 
     /// Flushes, half-closes, and briefly discards input so the peer reads our last
     /// response rather than a TCP reset caused by unread data.
     pub async fn close(&mut self) {
-        if self.flush().await.is_err() {
-            return;
-        }
-        if self.stream.shutdown(Shutdown::Write).await.is_err() {
+        if self.tx.flush().await.is_err() || self.tx.stream.shutdown_write().is_err() {
             return;
         }
         let deadline = Instant::now() + LINGER;
         let mut drained = 0usize;
         while drained < 256 * 1024 {
-            self.rpos = 0;
-            self.rend = 0;
+            self.rx.clear();
+            self.rx.make_room(BODY_BUF);
             match self
+                .rx
                 .read_some(deadline.saturating_duration_since(Instant::now()))
                 .await
             {

@@ -78,7 +78,9 @@ fn content_length_and_chunked_bodies_keep_framing() {
 fn expect_continue_on_local_answer_closes() {
     let gw = gateway("expect", "0", "");
     let mut r = Reader::new(gw.connect());
-    r.send(b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    r.send(
+        b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
     let resp = r.response(false).expect("final");
     assert_eq!(resp.status, 405);
     assert_eq!(resp.header("connection"), Some("close"));
@@ -87,16 +89,26 @@ fn expect_continue_on_local_answer_closes() {
 
 #[test]
 fn oversized_head_gets_431_and_close() {
-    let gw = gateway("oversize", "0", "[http]\nmax_head_bytes = 2048\nmax_headers = 8\n");
+    let gw = gateway(
+        "oversize",
+        "0",
+        "[http]\nmax_head_bytes = 2048\nmax_headers = 8\n",
+    );
     let mut r = Reader::new(gw.connect());
-    let big = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(4000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4000)
+    );
     r.send(big.as_bytes());
     let resp = r.response(false).expect("431");
     assert_eq!(resp.status, 431);
     assert_eq!(resp.header("connection"), Some("close"));
     assert!(r.closed_within(Duration::from_secs(3)));
 
-    let many = format!("GET / HTTP/1.1\r\nHost: t\r\n{}\r\n", "X-A: 1\r\n".repeat(9));
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        "X-A: 1\r\n".repeat(9)
+    );
     let resp = request(gw.port, &many);
     assert_eq!(resp.status, 431);
 
@@ -128,14 +140,19 @@ fn ambiguous_framing_gets_400_and_close() {
     for raw in cases {
         let mut r = Reader::new(gw.connect());
         r.send(raw.as_bytes());
-        let resp = r.response(false).unwrap_or_else(|| panic!("no response to {raw:?}"));
+        let resp = r
+            .response(false)
+            .unwrap_or_else(|| panic!("no response to {raw:?}"));
         assert_eq!(resp.status, 400, "{raw:?}");
         assert_eq!(resp.header("connection"), Some("close"), "{raw:?}");
         assert_eq!(resp.json()["error"]["status"], 400);
         // A smuggled second request after the ambiguous one must never be answered.
         r.send(GET.as_bytes());
         assert!(r.closed_within(Duration::from_secs(3)), "{raw:?}");
-        assert!(r.response(false).is_none(), "{raw:?} was followed by a response");
+        assert!(
+            r.response(false).is_none(),
+            "{raw:?} was followed by a response"
+        );
     }
     let s = gw.stats_until(|s| s["total"]["parse_errors"] == cases.len());
     assert_eq!(s["total"]["parse_errors"], cases.len());
@@ -147,8 +164,14 @@ fn unsupported_coding_and_version() {
     let gw = gateway("codings", "0", "");
     let gz = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
     assert_eq!(request(gw.port, gz).status, 501);
-    assert_eq!(request(gw.port, "GET / HTTP/2.0\r\nHost: t\r\n\r\n").status, 505);
-    assert_eq!(request(gw.port, "GET / HTTP/1.1\r\nHost: t\r\nExpect: x\r\n\r\n").status, 417);
+    assert_eq!(
+        request(gw.port, "GET / HTTP/2.0\r\nHost: t\r\n\r\n").status,
+        505
+    );
+    assert_eq!(
+        request(gw.port, "GET / HTTP/1.1\r\nHost: t\r\nExpect: x\r\n\r\n").status,
+        417
+    );
 }
 
 #[test]
@@ -166,7 +189,10 @@ fn slow_head_is_closed_after_the_timeout() {
     assert_eq!(resp.status, 408);
     assert!(r.closed_within(Duration::from_secs(3)));
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     let s = gw.stats_until(|s| s["total"]["timeouts"]["head"] == 1);
     assert_eq!(s["total"]["timeouts"]["head"], 1);
 }
@@ -195,10 +221,17 @@ fn two_shards_share_the_load_and_stats_add_up() {
     let s = gw.stats_until(|s| s["total"]["requests"] == sent);
     assert_eq!(s["total"]["requests"], sent, "{s}");
     assert_eq!(s["total"]["responses"]["2xx"], sent);
-    assert_eq!(s["total"]["connections_total"], 64 + 1, "64 + the harness's port probe");
+    assert_eq!(
+        s["total"]["connections_total"],
+        64 + 1,
+        "64 + the harness's port probe"
+    );
     let shards = s["shards"].as_array().expect("shards");
     assert_eq!(shards.len(), 2);
-    let per: Vec<u64> = shards.iter().map(|x| x["requests"].as_u64().unwrap_or(0)).collect();
+    let per: Vec<u64> = shards
+        .iter()
+        .map(|x| x["requests"].as_u64().unwrap_or(0))
+        .collect();
     assert!(per.iter().all(|&n| n > 0), "SO_REUSEPORT spread: {per:?}");
     assert_eq!(per.iter().sum::<u64>(), sent);
     assert!(s["total"]["latency_us"]["count"].as_u64().unwrap_or(0) == sent);
@@ -206,9 +239,17 @@ fn two_shards_share_the_load_and_stats_add_up() {
     for sh in shards {
         let tid = sh["tid"].as_i64().expect("tid");
         let core = sh["core"].as_u64().expect("core");
-        let status = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", gw.proc.pid())).expect("task status");
-        let allowed = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).expect("cpus");
-        assert_eq!(allowed.split_whitespace().nth(1), Some(core.to_string().as_str()), "{allowed}");
+        let status = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", gw.proc.pid()))
+            .expect("task status");
+        let allowed = status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .expect("cpus");
+        assert_eq!(
+            allowed.split_whitespace().nth(1),
+            Some(core.to_string().as_str()),
+            "{allowed}"
+        );
     }
 }
 
@@ -226,7 +267,10 @@ fn metrics_are_valid_prometheus_text() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut it = rest.split_whitespace();
             let (name, kind) = (it.next().expect("name"), it.next().expect("kind"));
-            assert!(["counter", "gauge", "histogram", "summary"].contains(&kind), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary"].contains(&kind),
+                "{line}"
+            );
             families.insert(name.to_string(), kind.to_string());
             continue;
         }
@@ -234,18 +278,33 @@ fn metrics_are_valid_prometheus_text() {
             continue;
         }
         let (series, value) = line.rsplit_once(' ').expect("sample line");
-        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
         let name = series.split('{').next().expect("name");
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "{line}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
         if series.contains('{') {
             assert!(series.ends_with('}'), "{line}");
         }
-        let base = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
-        assert!(families.contains_key(name) || families.contains_key(base), "sample without TYPE: {line}");
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            families.contains_key(name) || families.contains_key(base),
+            "sample without TYPE: {line}"
+        );
         samples += 1;
     }
     assert!(samples > 20);
-    assert!(text.contains("coregate_requests_total{shard=\"0\",core=\"0\"} 3"), "{text}");
+    assert!(
+        text.contains("coregate_requests_total{shard=\"0\",core=\"0\"} 3"),
+        "{text}"
+    );
     assert!(text.contains("coregate_request_duration_seconds_count{shard=\"0\",core=\"0\"} 3"));
 }
 
@@ -264,7 +323,12 @@ fn garbage_never_kills_the_gateway() {
             junk.push(seed as u8);
         }
         if i % 3 == 0 {
-            junk.splice(0..0, b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".iter().copied());
+            junk.splice(
+                0..0,
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .iter()
+                    .copied(),
+            );
         }
         let _ = s.write_all(&junk);
     }
@@ -288,13 +352,22 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // New connections are refused once the listener is closed.
     assert!(TcpStream::connect(("127.0.0.1", gw.port)).is_err());
     r.send(b"world");
-    let resp = r.response(false).expect("in-flight local request completes");
+    let resp = r
+        .response(false)
+        .expect("in-flight local request completes");
     assert_eq!(resp.status, 405);
     assert_eq!(resp.header("connection"), Some("close"));
-    let resp = slow.response(false).expect("in-flight proxied request completes");
+    let resp = slow
+        .response(false)
+        .expect("in-flight proxied request completes");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body.len(), 10);
-    assert_eq!(gw.proc.wait_exit(Duration::from_secs(10)), Some(0), "{}", gw.proc.log_text());
+    assert_eq!(
+        gw.proc.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gw.proc.log_text()
+    );
 }
 
 #[test]
@@ -305,8 +378,14 @@ fn config_errors_name_file_and_key() {
         ("[server]\nlisten = \"not an address\"\n", "server.listen"),
         ("[http]\nmax_headers = 0\n", "http.max_headers"),
         ("[server]\ncores = \"999\"\n", "server.cores"),
-        ("[[providers]]\nname = \"p\"\nendpoints = []\n", "providers[0].endpoints"),
-        ("[[routes]]\nprefix = \"/x\"\nprovider = \"nope\"\n", "routes[0].provider"),
+        (
+            "[[providers]]\nname = \"p\"\nendpoints = []\n",
+            "providers[0].endpoints",
+        ),
+        (
+            "[[routes]]\nprefix = \"/x\"\nprovider = \"nope\"\n",
+            "routes[0].provider",
+        ),
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, toml).expect("write");
@@ -316,16 +395,28 @@ fn config_errors_name_file_and_key() {
             } else {
                 vec!["serve", "--config", path.to_str().expect("p")]
             };
-            let out = std::process::Command::new(BIN).args(&args).output().expect("run");
+            let out = std::process::Command::new(BIN)
+                .args(&args)
+                .output()
+                .expect("run");
             assert!(!out.status.success(), "{cmd} accepted {toml:?}");
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("bad.toml") && err.contains(key), "{cmd} {toml:?}: {err}");
+            assert!(
+                err.contains("bad.toml") && err.contains(key),
+                "{cmd} {toml:?}: {err}"
+            );
         }
     }
     let good = dir.join("good.toml");
     std::fs::write(&good, "[server]\nbacklog = 100\n").expect("write");
-    let out = std::process::Command::new(BIN).args(["check", good.to_str().expect("p")]).output().expect("run");
+    let out = std::process::Command::new(BIN)
+        .args(["check", good.to_str().expect("p")])
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("backlog = 100") && text.contains("max_head_bytes = 16384"), "{text}");
+    assert!(
+        text.contains("backlog = 100") && text.contains("max_head_bytes = 16384"),
+        "{text}"
+    );
 }

@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 fn mock_provider(name: &str, port: u16) -> Proc {
     let dir = tmpdir(&format!("mock-{name}-{port}"));
     let p = spawn(
-        &["mock-provider", "--listen", &format!("127.0.0.1:{port}"), "--cores", "0"],
+        &[
+            "mock-provider",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cores",
+            "0",
+        ],
         dir.join("mock.log"),
     );
     wait_port(port, Duration::from_secs(10));
@@ -37,7 +43,11 @@ fn provider<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn sequential_requests_reuse_one_provider_connection() {
     let mp = free_port();
     let _mock = mock_provider("reuse", mp);
-    let gw = gateway("reuse", "0", &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""));
+    let gw = gateway(
+        "reuse",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""),
+    );
     for i in 0..20 {
         // Half on one client connection, half on fresh ones: the pool is per shard.
         let resp = request(gw.port, &get(&format!("/p/bytes?size={}", 100 + i)));
@@ -61,9 +71,18 @@ fn concurrent_requests_on_one_shard() {
         .map(|t| {
             std::thread::spawn(move || {
                 let mut r = Reader::new(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
-                r.stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                r.stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
                 for i in 0..10 {
-                    r.send(get(&format!("/v1/mock/bytes?size={}&latency_ms={}", t * 10 + i, i % 3)).as_bytes());
+                    r.send(
+                        get(&format!(
+                            "/v1/mock/bytes?size={}&latency_ms={}",
+                            t * 10 + i,
+                            i % 3
+                        ))
+                        .as_bytes(),
+                    );
                     let resp = r.response(false).expect("response");
                     assert_eq!(resp.status, 200);
                     assert_eq!(resp.body.len(), t * 10 + i);
@@ -77,7 +96,10 @@ fn concurrent_requests_on_one_shard() {
     let s = gw.stats_until(|s| provider(s, "mock")["requests"] == 400);
     let p = provider(&s, "mock");
     assert_eq!(p["responses"]["2xx"], 400, "{p}");
-    assert!(p["pool"]["new_connections"].as_u64().unwrap_or(0) <= 40, "{p}");
+    assert!(
+        p["pool"]["new_connections"].as_u64().unwrap_or(0) <= 40,
+        "{p}"
+    );
 }
 
 #[test]
@@ -90,10 +112,13 @@ fn ten_mib_chunked_upload_and_download_with_bounded_memory() {
     const SIZE: usize = 10 << 20;
 
     // Upload chunked to /echo and read the streamed echo at the same time.
-    let mut s = gw.connect();
+    let s = gw.connect();
     let mut w = s.try_clone().expect("clone");
     let writer = std::thread::spawn(move || {
-        w.write_all(b"POST /v1/mock/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").expect("head");
+        w.write_all(
+            b"POST /v1/mock/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .expect("head");
         let block: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
         let mut sent = 0;
         while sent < SIZE {
@@ -104,22 +129,37 @@ fn ten_mib_chunked_upload_and_download_with_bounded_memory() {
         }
         w.write_all(b"0\r\n\r\n").expect("last");
     });
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     let mut r = Reader::new(s);
     let resp = r.response(false).expect("echo response");
     writer.join().expect("writer");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
     assert_eq!(resp.body.len(), SIZE);
-    assert!(resp.body.iter().enumerate().take(70000).all(|(i, &b)| b == ((i % 65536) % 251) as u8));
+    assert!(resp
+        .body
+        .iter()
+        .enumerate()
+        .take(70000)
+        .all(|(i, &b)| b == ((i % 65536) % 251) as u8));
 
-    // Download 10 MiB chunked from the provider.
+    // The echo answered while the upload was still arriving, so that connection was
+    // announced as closing. Download 10 MiB chunked from the provider on a new one.
+    assert_eq!(resp.header("connection"), Some("close"));
+    let mut r = Reader::new(gw.connect());
+    r.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     r.send(get(&format!("/v1/mock/bytes?size={SIZE}&chunked=1")).as_bytes());
     let resp = r.response(false).expect("download");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body.len(), SIZE);
     let after = rss_kib(pid);
-    assert!(after < before + 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
 }
 
 #[test]
@@ -128,7 +168,10 @@ fn head_204_304_and_close_delimited_framing() {
     let mut r = Reader::new(gw.connect());
     r.send(b"HEAD /v1/mock/bytes?size=100 HTTP/1.1\r\nHost: t\r\n\r\n");
     let resp = r.response(true).expect("head");
-    assert_eq!((resp.status, resp.header("content-length")), (200, Some("100")));
+    assert_eq!(
+        (resp.status, resp.header("content-length")),
+        (200, Some("100"))
+    );
     for status in [204, 304] {
         r.send(get(&format!("/v1/mock/bytes?size=50&status={status}")).as_bytes());
         let resp = r.response(false).expect("no-body status");
@@ -173,10 +216,24 @@ fn forwarded_headers_and_hop_by_hop_removal() {
     assert!(resp.header("via").is_some_and(|v| v.contains("coregate")));
     let seen = resp.json();
     assert_eq!(seen["target"], "/headers?q=1");
-    let fields: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).expect("fields");
-    let get = |n: &str| fields.iter().filter(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let fields: Vec<(String, String)> =
+        serde_json::from_value(seen["headers"].clone()).expect("fields");
+    let get = |n: &str| {
+        fields
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(get("host"), vec!["provider.example"]);
-    for hop in ["connection", "x-hop", "keep-alive", "te", "proxy-authorization", "cookie"] {
+    for hop in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "cookie",
+    ] {
         assert!(get(hop).is_empty(), "{hop} was forwarded: {fields:?}");
     }
     assert_eq!(get("x-forwarded-for"), vec!["10.1.2.3, 127.0.0.1"]);
@@ -190,27 +247,39 @@ fn forwarded_headers_and_hop_by_hop_removal() {
 fn provider_killed_mid_response_truncates_and_closes() {
     let mp = free_port();
     let mut mock = mock_provider("killed", mp);
-    let gw = gateway("killed", "0", &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""));
+    let gw = gateway(
+        "killed",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""),
+    );
     let mut s = gw.connect();
-    s.write_all(get("/p/tts?frames=100&frame_interval_ms=50").as_bytes()).expect("send");
+    s.write_all(get("/p/tts?frames=100&frame_interval_ms=50").as_bytes())
+        .expect("send");
     let mut first = [0u8; 512];
     let n = s.read(&mut first).expect("head arrives");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
     let _ = mock.child.kill();
     let start = Instant::now();
     let mut rest = Vec::new();
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let _ = s.read_to_end(&mut rest);
     assert!(start.elapsed() < Duration::from_secs(5), "client hung");
     let all = [&first[..n], &rest[..]].concat();
-    assert!(!all.ends_with(b"0\r\n\r\n"), "a truncated response must not look complete");
+    assert!(
+        !all.ends_with(b"0\r\n\r\n"),
+        "a truncated response must not look complete"
+    );
     // The reset knob does the same without killing the process.
-    let mut r = Reader::new(gw.connect());
     drop(mock);
     let mp2 = free_port();
     let _mock2 = mock_provider("killed2", mp2);
-    let gw2 = gateway("killed2", "0", &provider_toml("m", &format!("127.0.0.1:{mp2}"), "/p/", ""));
-    r = Reader::new(gw2.connect());
+    let gw2 = gateway(
+        "killed2",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{mp2}"), "/p/", ""),
+    );
+    let mut r = Reader::new(gw2.connect());
     r.send(get("/p/bytes?size=100000&reset=after_head").as_bytes());
     assert!(r.response(false).is_none_or(|x| x.body.len() < 100000));
     assert!(r.closed_within(Duration::from_secs(5)));
@@ -223,11 +292,16 @@ fn provider_killed_mid_response_truncates_and_closes() {
 fn stale_pooled_connection_is_retried_transparently() {
     let mp = free_port();
     let mock = mock_provider("stale", mp);
-    let gw = gateway("stale", "0", &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""));
+    let gw = gateway(
+        "stale",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""),
+    );
     let mut r = Reader::new(gw.connect());
     r.send(get("/p/bytes?size=10").as_bytes());
     assert_eq!(r.response(false).expect("first").status, 200);
     drop(mock); // the provider goes away: the pooled connection is now dead
+    wait_port_closed(mp, Duration::from_secs(5));
     let _mock = mock_provider("stale-again", mp);
     r.send(get("/p/bytes?size=11").as_bytes());
     let resp = r.response(false).expect("second");
@@ -241,13 +315,20 @@ fn stale_pooled_connection_is_retried_transparently() {
 #[test]
 fn refused_is_502_and_the_client_connection_survives() {
     let dead = free_port();
-    let gw = gateway("refused", "0", &provider_toml("gone", &format!("127.0.0.1:{dead}"), "/p/", ""));
+    let gw = gateway(
+        "refused",
+        "0",
+        &provider_toml("gone", &format!("127.0.0.1:{dead}"), "/p/", ""),
+    );
     let mut r = Reader::new(gw.connect());
     r.send(b"POST /p/stt HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nabcd");
     let resp = r.response(false).expect("502");
     assert_eq!(resp.status, 502);
     let e = resp.json();
-    assert_eq!((e["error"]["code"].as_str(), e["error"]["provider"].as_str()), (Some("connect_refused"), Some("gone")));
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["provider"].as_str()),
+        (Some("connect_refused"), Some("gone"))
+    );
     r.send(get("/health").as_bytes());
     assert_eq!(r.response(false).expect("still open").status, 200);
     let s = gw.stats_until(|s| provider(s, "gone")["errors"]["connect_refused"] == 1);
@@ -273,17 +354,46 @@ fn each_timeout_kind_is_504() {
     let mp = free_port();
     let _mock = mock_provider("timeouts", mp);
     // connect timeout: a listener whose accept queue is full drops our SYN.
-    let full = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    full.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr").into()).expect("bind");
+    let full =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    full.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")
+            .into(),
+    )
+    .expect("bind");
     full.listen(0).expect("listen");
     let full_addr = full.local_addr().expect("addr").as_socket().expect("inet");
-    let _fillers: Vec<TcpStream> = (0..3).filter_map(|_| TcpStream::connect_timeout(&full_addr, Duration::from_millis(300)).ok()).collect();
+    let _fillers: Vec<TcpStream> = (0..3)
+        .filter_map(|_| TcpStream::connect_timeout(&full_addr, Duration::from_millis(300)).ok())
+        .collect();
     let (stall_port, stall) = stalling_upstream(b"HTTP/1.1 200 OK\r\nContent-Le");
     let toml = [
-        provider_toml("head", &format!("127.0.0.1:{mp}"), "/head/", "response_head_timeout_ms = 300"),
-        provider_toml("total", &format!("127.0.0.1:{mp}"), "/total/", "total_timeout_ms = 300"),
-        provider_toml("conn", &full_addr.to_string(), "/conn/", "connect_timeout_ms = 300"),
-        provider_toml("idle", &format!("127.0.0.1:{stall_port}"), "/idle/", "idle_read_timeout_ms = 300"),
+        provider_toml(
+            "head",
+            &format!("127.0.0.1:{mp}"),
+            "/head/",
+            "response_head_timeout_ms = 300",
+        ),
+        provider_toml(
+            "total",
+            &format!("127.0.0.1:{mp}"),
+            "/total/",
+            "total_timeout_ms = 300",
+        ),
+        provider_toml(
+            "conn",
+            &full_addr.to_string(),
+            "/conn/",
+            "connect_timeout_ms = 300",
+        ),
+        provider_toml(
+            "idle",
+            &format!("127.0.0.1:{stall_port}"),
+            "/idle/",
+            "idle_read_timeout_ms = 300",
+        ),
     ]
     .concat();
     let gw = gateway("timeouts", "0", &toml);
@@ -297,7 +407,11 @@ fn each_timeout_kind_is_504() {
         let resp = request(gw.port, &get(path));
         assert_eq!(resp.status, 504, "{path}: {}", resp.text());
         assert_eq!(resp.json()["error"]["code"], code, "{path}");
-        assert!(start.elapsed() < Duration::from_secs(2), "{path} took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{path} took {:?}",
+            start.elapsed()
+        );
     }
     let _ = stall.join();
 }
@@ -307,7 +421,11 @@ fn queue_at_the_pool_cap_then_503() {
     let mp = free_port();
     let _mock = mock_provider("queue", mp);
     let extra = "pool_max_total = 1\npool_max_idle = 1\nqueue_max = 1\nqueue_timeout_ms = 300";
-    let gw = gateway("queue", "0", &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", extra));
+    let gw = gateway(
+        "queue",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", extra),
+    );
     let port = gw.port;
     let clients: Vec<_> = (0..3)
         .map(|i| {
@@ -317,9 +435,16 @@ fn queue_at_the_pool_cap_then_503() {
             })
         })
         .collect();
-    let mut statuses: Vec<u16> = clients.into_iter().map(|c| c.join().expect("client").status).collect();
+    let mut statuses: Vec<u16> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client").status)
+        .collect();
     statuses.sort_unstable();
-    assert_eq!(statuses, vec![200, 503, 503], "one holds the connection, one times out queued, one finds the queue full");
+    assert_eq!(
+        statuses,
+        vec![200, 503, 503],
+        "one holds the connection, one times out queued, one finds the queue full"
+    );
     let resp = request(gw.port, &get("/p/bytes?size=1"));
     assert_eq!(resp.status, 200);
 }
@@ -329,18 +454,41 @@ fn curl_and_python_clients_through_the_gateway() {
     let gw = gateway("clients", "0", "");
     let base = format!("http://127.0.0.1:{}", gw.port);
     let out = std::process::Command::new("curl")
-        .args(["-sS", "-N", "--fail", "-X", "POST", "--data-binary", "hello from curl", &format!("{base}/v1/mock/tts?frames=5&frame_bytes=320&frame_interval_ms=5")])
+        .args([
+            "-sS",
+            "-N",
+            "--fail",
+            "-X",
+            "POST",
+            "--data-binary",
+            "hello from curl",
+            &format!("{base}/v1/mock/tts?frames=5&frame_bytes=320&frame_interval_ms=5"),
+        ])
         .output()
         .expect("curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), 5 * 320);
     let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "-H", "Expect: 100-continue", "--data-binary", "@Cargo.toml", &format!("{base}/v1/mock/stt")])
+        .args([
+            "-sS",
+            "--fail",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "@Cargo.toml",
+            &format!("{base}/v1/mock/stt"),
+        ])
         .output()
         .expect("curl");
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert!(v["transcript"].as_str().is_some_and(|t| t.starts_with("mock transcript")));
+    assert!(v["transcript"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("mock transcript")));
     let py = format!(
         "import http.client\nc = http.client.HTTPConnection('127.0.0.1', {})\n\
          for i in range(3):\n    c.request('POST', '/v1/mock/echo', body=b'x' * (1000 * (i + 1)), headers={{'Content-Type': 'application/octet-stream'}})\n\
@@ -349,6 +497,14 @@ fn curl_and_python_clients_through_the_gateway() {
          print('ok')\n",
         gw.port
     );
-    let out = std::process::Command::new("python3").args(["-c", &py]).output().expect("python3");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .args(["-c", &py])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

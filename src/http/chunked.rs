@@ -15,13 +15,17 @@ const MAX_TRAILERS: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of the chunk size.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// After the size digits: only whitespace, `;` or CR may follow.
     AfterSize,
     /// Inside chunk extensions (after a `;`) until CR.
     Ext,
     /// Inside a quoted extension value.
-    ExtQuoted { escaped: bool },
+    ExtQuoted {
+        escaped: bool,
+    },
     SizeLf,
     Data,
     DataCr,
@@ -82,7 +86,8 @@ impl ChunkedDecoder {
         let mut i = 0;
         while i < input.len() {
             if self.state == State::Data {
-                let n = (input.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let n =
+                    (input.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 self.remaining -= n as u64;
                 if self.remaining == 0 {
                     self.state = State::DataCr;
@@ -116,7 +121,11 @@ impl ChunkedDecoder {
                         return Err(invalid("chunk size too large"));
                     }
                     // Leading zeros do not count against the 16-digit bound.
-                    let digits = if self.size == 0 && d == 0 { digits.max(1) } else { digits + 1 };
+                    let digits = if self.size == 0 && d == 0 {
+                        digits.max(1)
+                    } else {
+                        digits + 1
+                    };
                     self.size = (self.size << 4) | u64::from(d);
                     self.state = State::Size { digits };
                     self.line_len += 1;
@@ -201,7 +210,10 @@ impl ChunkedDecoder {
             }
             State::Done => return Err(invalid("bytes after the last chunk")),
         }
-        if matches!(self.state, State::AfterSize | State::Ext | State::ExtQuoted { .. }) {
+        if matches!(
+            self.state,
+            State::AfterSize | State::Ext | State::ExtQuoted { .. }
+        ) {
             self.line_len += 1;
             if self.line_len > MAX_SIZE_LINE {
                 return Err(invalid("chunk extension too long"));
@@ -296,7 +308,11 @@ mod tests {
             b"0\r\nbad\n\r\n",
             b"5\r\nhello\r\n0\r\n\n",
         ] {
-            assert!(decode(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode(bad, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

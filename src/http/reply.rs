@@ -182,7 +182,10 @@ mod tests {
     fn date_format() {
         assert_eq!(&imf_fixdate(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(&imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(&imf_fixdate(1_709_208_000), b"Thu, 29 Feb 2024 12:00:00 GMT");
+        assert_eq!(
+            &imf_fixdate(1_709_208_000),
+            b"Thu, 29 Feb 2024 12:00:00 GMT"
+        );
     }
 
     #[test]

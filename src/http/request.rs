@@ -114,7 +114,11 @@ pub fn parse_head(
                 "only HTTP/1.0 and HTTP/1.1 are served",
             ))
         }
-        Err(e) => return Err(HttpError::bad_request(format!("malformed request head: {e}"))),
+        Err(e) => {
+            return Err(HttpError::bad_request(format!(
+                "malformed request head: {e}"
+            )))
+        }
     };
     let head_len = match status {
         httparse::Status::Partial => return check_partial(buf, limits).map(|()| Parsed::Partial),
@@ -153,7 +157,11 @@ fn check_partial(buf: &[u8], limits: Limits) -> Result<(), HttpError> {
 fn too_large(buf: &[u8], limits: Limits) -> HttpError {
     let line_end = buf.iter().position(|&b| b == b'\n');
     if line_end.map_or(true, |e| e >= limits.max_head_bytes) {
-        HttpError::new(414, "uri_too_long", "request line exceeds the head size limit")
+        HttpError::new(
+            414,
+            "uri_too_long",
+            "request line exceeds the head size limit",
+        )
     } else {
         HttpError::new(
             431,
@@ -341,7 +349,9 @@ fn classify_target(
     };
     let scheme = &t[..scheme_end];
     if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
-        return Err(HttpError::bad_request("absolute-form target must be http or https"));
+        return Err(HttpError::bad_request(
+            "absolute-form target must be http or https",
+        ));
     }
     let rest_start = target.start + scheme_end + 3;
     let rest = &buf[rest_start..target.end];
@@ -352,7 +362,9 @@ fn classify_target(
     let authority = rest_start..rest_start + auth_len;
     validate_host(&buf[authority.clone()])?;
     if authority.is_empty() {
-        return Err(HttpError::bad_request("absolute-form target without authority"));
+        return Err(HttpError::bad_request(
+            "absolute-form target without authority",
+        ));
     }
     let path_start = rest_start + auth_len;
     // "http://h?q" has an empty path; callers treat an empty path as "/".
@@ -368,14 +380,31 @@ fn validate_host(h: &[u8]) -> Result<(), HttpError> {
         b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%' | b'!' | b'$' | b'&'
-                    | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
             )
     });
-    if !ok || std::str::from_utf8(h)
-        .ok()
-        .and_then(|s| s.parse::<http::uri::Authority>().ok())
-        .is_none()
+    if !ok
+        || std::str::from_utf8(h)
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_none()
     {
         return Err(HttpError::bad_request("invalid Host"));
     }
@@ -441,7 +470,8 @@ mod tests {
 
     #[test]
     fn framing_ambiguity_is_rejected() {
-        let te_cl = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let te_cl =
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(status(te_cl), 400);
         let dup = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
         assert_eq!(status(dup), 400);
@@ -479,6 +509,9 @@ mod tests {
         assert_eq!(status("GET /#f HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), 405);
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"), 417);
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
+            417
+        );
     }
 }

@@ -37,20 +37,28 @@ pub fn parse_response(
     headers.clear();
     let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
-    let status = resp
-        .parse(buf)
-        .map_err(|e| HttpError::new(502, "bad_response", format!("malformed response head: {e}")))?;
+    let status = resp.parse(buf).map_err(|e| {
+        HttpError::new(502, "bad_response", format!("malformed response head: {e}"))
+    })?;
     let head_len = match status {
         httparse::Status::Partial => {
             if buf.len() >= max_head {
-                return Err(HttpError::new(502, "bad_response", "response head too large"));
+                return Err(HttpError::new(
+                    502,
+                    "bad_response",
+                    "response head too large",
+                ));
             }
             return Ok(ParsedResponse::Partial);
         }
         httparse::Status::Complete(n) => n,
     };
     let (Some(code), Some(minor)) = (resp.code, resp.version) else {
-        return Err(HttpError::new(502, "bad_response", "incomplete status line"));
+        return Err(HttpError::new(
+            502,
+            "bad_response",
+            "incomplete status line",
+        ));
     };
     let reason = range_in(buf, resp.reason.unwrap_or("").as_bytes());
     for h in resp.headers.iter() {
@@ -97,7 +105,11 @@ pub fn parse_response(
             Ok(Some(n)) => Framing::Length(n),
             Ok(None) => Framing::UntilClose,
             Err(_) => {
-                return Err(HttpError::new(502, "bad_response", "invalid Content-Length in response"))
+                return Err(HttpError::new(
+                    502,
+                    "bad_response",
+                    "invalid Content-Length in response",
+                ))
             }
         }
     };
@@ -127,17 +139,42 @@ mod tests {
 
     #[test]
     fn framing() {
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).framing, Framing::Length(5));
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing, Framing::Length(0));
-        assert_eq!(parse("HTTP/1.1 204 No Content\r\n\r\n", false).framing, Framing::Length(0));
-        assert_eq!(parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false).framing, Framing::Length(0));
-        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", false);
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).framing,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing,
+            Framing::Length(0)
+        );
+        assert_eq!(
+            parse("HTTP/1.1 204 No Content\r\n\r\n", false).framing,
+            Framing::Length(0)
+        );
+        assert_eq!(
+            parse(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            )
+            .framing,
+            Framing::Length(0)
+        );
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        );
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!h.keep_alive);
         let h = parse("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!(h.framing, Framing::UntilClose);
         assert!(!h.keep_alive);
         assert!(!parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).keep_alive);
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false, 8192, &mut Vec::new()).is_err());
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            false,
+            8192,
+            &mut Vec::new()
+        )
+        .is_err());
     }
 }

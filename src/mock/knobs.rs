@@ -48,7 +48,8 @@ impl Knobs {
         }
         for (name, value) in headers {
             let lower = name.to_ascii_lowercase();
-            if let (Some(key), Ok(v)) = (lower.strip_prefix("x-mock-"), std::str::from_utf8(value)) {
+            if let (Some(key), Ok(v)) = (lower.strip_prefix("x-mock-"), std::str::from_utf8(value))
+            {
                 k.set(&key.replace('-', "_"), v.trim());
             }
         }

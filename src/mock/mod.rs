@@ -77,16 +77,23 @@ pub fn run(listen: &str, cores: &[usize]) -> Result<(), String> {
         );
     }
     for _ in cores {
-        rx.recv().map_err(|_| "a mock shard exited during start-up".to_string())??;
+        rx.recv()
+            .map_err(|_| "a mock shard exited during start-up".to_string())??;
     }
-    crate::log::info(&format!("mock provider listening on {listen}, cores {cores:?}"));
+    crate::log::info(&format!(
+        "mock provider listening on {listen}, cores {cores:?}"
+    ));
     for t in threads {
         let _ = t.join();
     }
     Ok(())
 }
 
-fn run_executor(core: Option<usize>, listen: String, ready: crossbeam_channel::Sender<Result<(), String>>) {
+fn run_executor(
+    core: Option<usize>,
+    listen: String,
+    ready: crossbeam_channel::Sender<Result<(), String>>,
+) {
     if let Some(c) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
             let _ = ready.send(Err(format!("cannot pin mock shard to core {c}")));
@@ -96,7 +103,8 @@ fn run_executor(core: Option<usize>, listen: String, ready: crossbeam_channel::S
     let ex = match LocalExecutorBuilder::new(Placement::Unbound)
         .name("mock")
         .io_memory(crate::doctor::IO_MEMORY_PER_SHARD)
-        .make() {
+        .make()
+    {
         Ok(e) => e,
         Err(e) => {
             let _ = ready.send(Err(format!("mock provider: cannot start executor: {e}")));
@@ -107,7 +115,9 @@ fn run_executor(core: Option<usize>, listen: String, ready: crossbeam_channel::S
         let listener = match crate::accept::bind_listener(&listen, 4096) {
             Ok(l) => l,
             Err(e) => {
-                let _ = ready.send(Err(format!("mock provider: cannot listen on {listen}: {e}")));
+                let _ = ready.send(Err(format!(
+                    "mock provider: cannot listen on {listen}: {e}"
+                )));
                 return;
             }
         };
@@ -185,10 +195,10 @@ async fn serve(shard: Rc<MockShard>, mut wire: Wire) {
 
 async fn read_request(wire: &mut Wire, headers: &mut Vec<HeaderRange>) -> Option<MockRequest> {
     loop {
-        if !wire.buffered().is_empty() {
-            match parse_head(wire.buffered(), LIMITS, headers) {
+        if !wire.rx.buffered().is_empty() {
+            match parse_head(wire.rx.buffered(), LIMITS, headers) {
                 Ok(Parsed::Complete(head)) => {
-                    let buf = wire.buffered();
+                    let buf = wire.rx.buffered();
                     let full = String::from_utf8_lossy(head.path(buf)).into_owned();
                     let (path, query) = full.split_once('?').unwrap_or((&full, ""));
                     let hs = headers.iter().map(|h| {
@@ -199,32 +209,49 @@ async fn read_request(wire: &mut Wire, headers: &mut Vec<HeaderRange>) -> Option
                     let path = path.to_string();
                     let is_head = head.is_head(buf);
                     let seen = (path == "/headers").then(|| {
-                        let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&buf[r]).into_owned();
-                        let fields: Vec<(String, String)> =
-                            headers.iter().map(|h| (text(h.name.clone()), text(h.value.clone()))).collect();
+                        let text = |r: std::ops::Range<usize>| {
+                            String::from_utf8_lossy(&buf[r]).into_owned()
+                        };
+                        let fields: Vec<(String, String)> = headers
+                            .iter()
+                            .map(|h| (text(h.name.clone()), text(h.value.clone())))
+                            .collect();
                         serde_json::json!({
                             "method": text(head.method.clone()),
                             "target": full,
                             "headers": fields,
                         })
                     });
-                    wire.consume(head.head_len);
-                    return Some(MockRequest { head, is_head, seen, path, knobs });
+                    wire.rx.consume(head.head_len);
+                    return Some(MockRequest {
+                        head,
+                        is_head,
+                        seen,
+                        path,
+                        knobs,
+                    });
                 }
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
                     let body = crate::http::reply::json_error(e.status, e.code, &e.message, None);
-                    write_head(wire, e.status, "application/json", Len::Fixed(body.len() as u64), true, &[]);
-                    wire.wbuf.extend_from_slice(&body);
+                    write_head(
+                        wire,
+                        e.status,
+                        "application/json",
+                        Len::Fixed(body.len() as u64),
+                        true,
+                        &[],
+                    );
+                    wire.tx.buf.extend_from_slice(&body);
                     return None;
                 }
             }
         }
-        if wire.flush().await.is_err() {
+        if wire.tx.flush().await.is_err() {
             return None;
         }
-        wire.make_room(LIMITS.max_head_bytes);
-        match wire.read_some(TIMEOUT).await {
+        wire.rx.make_room(LIMITS.max_head_bytes);
+        match wire.rx.read_some(TIMEOUT).await {
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
@@ -241,7 +268,7 @@ enum Len {
 }
 
 fn write_head(wire: &mut Wire, status: u16, ctype: &str, length: Len, close: bool, extra: &[&str]) {
-    let out = &mut wire.wbuf;
+    let out = &mut wire.tx.buf;
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');
@@ -271,10 +298,7 @@ fn write_head(wire: &mut Wire, status: u16, ctype: &str, length: Len, close: boo
 /// Arms a TCP reset: with SO_LINGER 0 the close that follows sends RST. The returned
 /// error tells `serve` to drop the socket without a graceful close.
 fn reset(wire: &Wire) -> std::io::Error {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the fd belongs to `wire.stream`, which outlives this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(wire.stream.as_raw_fd()) };
-    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+    wire.tx.stream.set_linger_zero();
     std::io::ErrorKind::ConnectionAborted.into()
 }
 
@@ -297,7 +321,7 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
     }
     if k.reset == Some(Reset::BeforeHead) {
         // Read the body first so the reset is not caused by unread data alone.
-        let _ = wire.discard_body(&mut body, u64::MAX, TIMEOUT).await;
+        let _ = wire.rx.discard_body(&mut body, u64::MAX, TIMEOUT).await;
         return Err(reset(wire));
     }
     let mut status = k.status.unwrap_or(200);
@@ -316,11 +340,24 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
         "/echo" => return echo(wire, &mut body, status, out, close).await,
         "/tts" => {
             let text = read_all(wire, &mut body, MAX_TTS_TEXT).await?;
-            let frames = k.frames.unwrap_or_else(|| (text.len() as u64 / 8).clamp(1, 50));
+            let frames = k
+                .frames
+                .unwrap_or_else(|| (text.len() as u64 / 8).clamp(1, 50));
             let frame_bytes = k.frame_bytes.unwrap_or(640) as usize;
             let interval = k.frame_interval.unwrap_or(Duration::from_millis(20));
-            let out = if out == Out::Length { Out::Chunked } else { out };
-            start(wire, status, "audio/L16;rate=16000;channels=1", out, frames * frame_bytes as u64, close);
+            let out = if out == Out::Length {
+                Out::Chunked
+            } else {
+                out
+            };
+            start(
+                wire,
+                status,
+                "audio/L16;rate=16000;channels=1",
+                out,
+                frames * frame_bytes as u64,
+                close,
+            );
             stall_and_maybe_reset(wire, k).await?;
             let frame: Vec<u8> = (0..frame_bytes).map(|i| (i % 251) as u8).collect();
             for i in 0..frames {
@@ -340,7 +377,14 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
                 "confidence": 0.98,
             })
             .to_string();
-            start(wire, status, "application/json", out, json.len() as u64, close);
+            start(
+                wire,
+                status,
+                "application/json",
+                out,
+                json.len() as u64,
+                close,
+            );
             stall_and_maybe_reset(wire, k).await?;
             body_part(wire, out, json.as_bytes()).await?;
             finish(wire, out).await?;
@@ -348,7 +392,14 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
         "/headers" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
             let json = req.seen.as_ref().map(|v| v.to_string()).unwrap_or_default();
-            start(wire, status, "application/json", out, json.len() as u64, close);
+            start(
+                wire,
+                status,
+                "application/json",
+                out,
+                json.len() as u64,
+                close,
+            );
             body_part(wire, out, json.as_bytes()).await?;
             finish(wire, out).await?;
         }
@@ -374,7 +425,14 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
         "/" | "/health" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
             let json = b"{\"status\":\"ok\"}";
-            start(wire, status, "application/json", out, json.len() as u64, close);
+            start(
+                wire,
+                status,
+                "application/json",
+                out,
+                json.len() as u64,
+                close,
+            );
             body_part(wire, out, json).await?;
             finish(wire, out).await?;
         }
@@ -391,13 +449,13 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
 
 async fn stall_and_maybe_reset(wire: &mut Wire, k: &Knobs) -> std::io::Result<()> {
     if k.reset == Some(Reset::AfterHead) {
-        wire.wbuf.extend_from_slice(b"partial");
-        wire.flush().await?;
+        wire.tx.buf.extend_from_slice(b"partial");
+        wire.tx.flush().await?;
         glommio::timer::sleep(Duration::from_millis(10)).await;
         return Err(reset(wire));
     }
     if !k.stall.is_zero() {
-        wire.flush().await?;
+        wire.tx.flush().await?;
         glommio::timer::sleep(k.stall).await;
     }
     Ok(())
@@ -409,34 +467,41 @@ fn start(wire: &mut Wire, status: u16, ctype: &str, out: Out, len: u64, close: b
         Out::Chunked => Len::Chunked,
         Out::UntilClose => Len::UntilClose,
     };
-    write_head(wire, status, ctype, length, close || out == Out::UntilClose, &[]);
+    write_head(
+        wire,
+        status,
+        ctype,
+        length,
+        close || out == Out::UntilClose,
+        &[],
+    );
 }
 
 async fn body_part(wire: &mut Wire, out: Out, data: &[u8]) -> std::io::Result<()> {
     if out == Out::Chunked {
         let mut frame = Vec::with_capacity(data.len() + 16);
         encode_chunk(&mut frame, data);
-        wire.send(&frame).await
+        wire.tx.send(&frame).await
     } else {
-        wire.send(data).await
+        wire.tx.send(data).await
     }
 }
 
 async fn finish(wire: &mut Wire, out: Out) -> std::io::Result<()> {
     if out == Out::Chunked {
-        wire.send(LAST_CHUNK).await?;
+        wire.tx.send(LAST_CHUNK).await?;
     }
-    wire.flush().await
+    wire.tx.flush().await
 }
 
 /// Reads a whole body (up to `limit` bytes kept; the rest is read and dropped).
 async fn read_all(wire: &mut Wire, body: &mut BodyState, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut data = Vec::new();
     loop {
-        match wire.body_chunk(body, TIMEOUT).await {
+        match wire.rx.body_chunk(body, TIMEOUT).await {
             Ok(Some(r)) => {
                 if (data.len() as u64) < limit {
-                    data.extend_from_slice(wire.slice(r));
+                    data.extend_from_slice(wire.rx.slice(r));
                 }
             }
             Ok(None) => return Ok(data),
@@ -446,7 +511,13 @@ async fn read_all(wire: &mut Wire, body: &mut BodyState, limit: u64) -> std::io:
 }
 
 /// Streams the request body back as it arrives.
-async fn echo(wire: &mut Wire, body: &mut BodyState, status: u16, out: Out, close: bool) -> std::io::Result<bool> {
+async fn echo(
+    wire: &mut Wire,
+    body: &mut BodyState,
+    status: u16,
+    out: Out,
+    close: bool,
+) -> std::io::Result<bool> {
     let (out, len) = match (out, &*body) {
         (Out::Length, BodyState::Length(n)) => (Out::Length, *n),
         (Out::Length, BodyState::Done) => (Out::Length, 0),
@@ -454,19 +525,19 @@ async fn echo(wire: &mut Wire, body: &mut BodyState, status: u16, out: Out, clos
         _ => (Out::Chunked, 0),
     };
     start(wire, status, "application/octet-stream", out, len, close);
-    wire.flush().await?;
+    wire.tx.flush().await?;
     let mut frame = Vec::new();
     loop {
-        match wire.body_chunk(body, TIMEOUT).await {
+        match wire.rx.body_chunk(body, TIMEOUT).await {
             Ok(Some(r)) => {
-                let data = wire.slice(r);
+                let data = wire.rx.slice(r);
                 frame.clear();
                 if out == Out::Chunked {
                     encode_chunk(&mut frame, data);
                 } else {
                     frame.extend_from_slice(data);
                 }
-                wire.send(&frame).await?;
+                wire.tx.send(&frame).await?;
             }
             Ok(None) => break,
             Err(e) => return Err(std::io::Error::other(format!("{e:?}"))),

@@ -75,7 +75,8 @@ impl Aggregator {
         view.counters = s.counters;
         let _ = view.latency_us.add(&s.latency_delta);
         if view.providers.len() < s.providers.len() {
-            view.providers.resize_with(s.providers.len(), ProviderView::default);
+            view.providers
+                .resize_with(s.providers.len(), ProviderView::default);
         }
         for (pv, (counters, ttfb, total)) in view.providers.iter_mut().zip(s.providers) {
             pv.counters = counters;

@@ -187,11 +187,19 @@ impl Prom {
 
     fn histogram(&mut self, name: &str, labels: &str, h: &Histogram<u64>, sum_us: u64) {
         for b in BUCKETS_US {
-            let n = if h.is_empty() { 0 } else { h.count_between(0, b) };
+            let n = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, b)
+            };
             let le = b as f64 / 1e6;
             let _ = writeln!(self.out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
         }
-        let _ = writeln!(self.out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
+        let _ = writeln!(
+            self.out,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            h.len()
+        );
         let _ = writeln!(self.out, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6);
         let _ = writeln!(self.out, "{name}_count{{{labels}}} {}", h.len());
     }
@@ -203,17 +211,72 @@ pub fn prometheus(agg: &Aggregator) -> String {
     let shard_labels = |s: &ShardView| format!("shard=\"{}\",core=\"{}\"", s.shard, s.core);
     type Get = fn(&Counters) -> u64;
     let simple: [(&str, &str, &str, Get); 11] = [
-        ("coregate_connections_active", "gauge", "Client connections open.", |c| c.connections_active),
-        ("coregate_connections_total", "counter", "Client connections accepted.", |c| c.connections_total),
-        ("coregate_requests_total", "counter", "Requests received.", |c| c.requests),
-        ("coregate_bytes_in_total", "counter", "Bytes read from clients.", |c| c.bytes_in),
-        ("coregate_bytes_out_total", "counter", "Bytes written to clients.", |c| c.bytes_out),
-        ("coregate_parse_errors_total", "counter", "Requests refused as malformed.", |c| c.parse_errors),
-        ("coregate_head_timeouts_total", "counter", "Connections closed for a slow request head.", |c| c.head_timeouts),
-        ("coregate_idle_timeouts_total", "counter", "Keep-alive connections closed when idle.", |c| c.idle_timeouts),
-        ("coregate_io_timeouts_total", "counter", "Body reads or writes that timed out.", |c| c.io_timeouts),
-        ("coregate_accept_errors_total", "counter", "Failed accept calls.", |c| c.accept_errors),
-        ("coregate_accept_paused_total", "counter", "Times a shard hit its connection cap.", |c| c.accept_paused),
+        (
+            "coregate_connections_active",
+            "gauge",
+            "Client connections open.",
+            |c| c.connections_active,
+        ),
+        (
+            "coregate_connections_total",
+            "counter",
+            "Client connections accepted.",
+            |c| c.connections_total,
+        ),
+        (
+            "coregate_requests_total",
+            "counter",
+            "Requests received.",
+            |c| c.requests,
+        ),
+        (
+            "coregate_bytes_in_total",
+            "counter",
+            "Bytes read from clients.",
+            |c| c.bytes_in,
+        ),
+        (
+            "coregate_bytes_out_total",
+            "counter",
+            "Bytes written to clients.",
+            |c| c.bytes_out,
+        ),
+        (
+            "coregate_parse_errors_total",
+            "counter",
+            "Requests refused as malformed.",
+            |c| c.parse_errors,
+        ),
+        (
+            "coregate_head_timeouts_total",
+            "counter",
+            "Connections closed for a slow request head.",
+            |c| c.head_timeouts,
+        ),
+        (
+            "coregate_idle_timeouts_total",
+            "counter",
+            "Keep-alive connections closed when idle.",
+            |c| c.idle_timeouts,
+        ),
+        (
+            "coregate_io_timeouts_total",
+            "counter",
+            "Body reads or writes that timed out.",
+            |c| c.io_timeouts,
+        ),
+        (
+            "coregate_accept_errors_total",
+            "counter",
+            "Failed accept calls.",
+            |c| c.accept_errors,
+        ),
+        (
+            "coregate_accept_paused_total",
+            "counter",
+            "Times a shard hit its connection cap.",
+            |c| c.accept_paused,
+        ),
     ];
     for (name, kind, help, get) in simple {
         p.family(name, kind, help);
@@ -221,10 +284,18 @@ pub fn prometheus(agg: &Aggregator) -> String {
             p.sample(name, &shard_labels(s), get(&s.counters));
         }
     }
-    p.family("coregate_responses_total", "counter", "Responses sent, by status class.");
+    p.family(
+        "coregate_responses_total",
+        "counter",
+        "Responses sent, by status class.",
+    );
     for s in agg.shards.values() {
         for (class, v) in CLASSES.iter().zip(&s.counters.responses) {
-            p.sample("coregate_responses_total", &format!("{},class=\"{class}\"", shard_labels(s)), *v);
+            p.sample(
+                "coregate_responses_total",
+                &format!("{},class=\"{class}\"", shard_labels(s)),
+                *v,
+            );
         }
     }
     p.family(
@@ -250,18 +321,68 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
     }
     type Get = fn(&ProviderCounters) -> u64;
     let simple: [(&str, &str, &str, Get); 9] = [
-        ("coregate_upstream_requests_total", "counter", "Requests forwarded to the provider.", |c| c.requests),
-        ("coregate_upstream_pool_hits_total", "counter", "Requests that reused an idle pooled connection.", |c| c.pool_hits),
-        ("coregate_upstream_pool_misses_total", "counter", "Requests that found no idle pooled connection.", |c| c.pool_misses),
-        ("coregate_upstream_new_connections_total", "counter", "Connections opened to the provider.", |c| c.new_connections),
-        ("coregate_upstream_retries_total", "counter", "Requests retried after a stale pooled connection failed.", |c| c.retries),
-        ("coregate_upstream_connections_open", "gauge", "Provider connections open.", |c| c.connections_open),
-        ("coregate_upstream_connections_idle", "gauge", "Idle pooled provider connections.", |c| c.connections_idle),
-        ("coregate_upstream_queued", "gauge", "Requests waiting for a provider connection.", |c| c.queued),
-        ("coregate_upstream_errors_sum_total", "counter", "Upstream errors of any kind.", |c| c.errors.iter().sum()),
+        (
+            "coregate_upstream_requests_total",
+            "counter",
+            "Requests forwarded to the provider.",
+            |c| c.requests,
+        ),
+        (
+            "coregate_upstream_pool_hits_total",
+            "counter",
+            "Requests that reused an idle pooled connection.",
+            |c| c.pool_hits,
+        ),
+        (
+            "coregate_upstream_pool_misses_total",
+            "counter",
+            "Requests that found no idle pooled connection.",
+            |c| c.pool_misses,
+        ),
+        (
+            "coregate_upstream_new_connections_total",
+            "counter",
+            "Connections opened to the provider.",
+            |c| c.new_connections,
+        ),
+        (
+            "coregate_upstream_retries_total",
+            "counter",
+            "Requests retried after a stale pooled connection failed.",
+            |c| c.retries,
+        ),
+        (
+            "coregate_upstream_connections_open",
+            "gauge",
+            "Provider connections open.",
+            |c| c.connections_open,
+        ),
+        (
+            "coregate_upstream_connections_idle",
+            "gauge",
+            "Idle pooled provider connections.",
+            |c| c.connections_idle,
+        ),
+        (
+            "coregate_upstream_queued",
+            "gauge",
+            "Requests waiting for a provider connection.",
+            |c| c.queued,
+        ),
+        (
+            "coregate_upstream_errors_sum_total",
+            "counter",
+            "Upstream errors of any kind.",
+            |c| c.errors.iter().sum(),
+        ),
     ];
     let labels = |s: &ShardView, name: &str| {
-        format!("shard=\"{}\",core=\"{}\",provider=\"{}\"", s.shard, s.core, escape(name))
+        format!(
+            "shard=\"{}\",core=\"{}\",provider=\"{}\"",
+            s.shard,
+            s.core,
+            escape(name)
+        )
     };
     for (metric, kind, help, get) in simple {
         p.family(metric, kind, help);
@@ -271,14 +392,26 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
             }
         }
     }
-    p.family("coregate_upstream_responses_total", "counter", "Provider responses by status class.");
+    p.family(
+        "coregate_upstream_responses_total",
+        "counter",
+        "Provider responses by status class.",
+    );
     p.family_rows_classes(agg, &labels);
-    p.family("coregate_upstream_errors_total", "counter", "Upstream errors by kind.");
+    p.family(
+        "coregate_upstream_errors_total",
+        "counter",
+        "Upstream errors by kind.",
+    );
     for s in agg.shards.values() {
         for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
             for e in UpstreamError::ALL {
                 let l = format!("{},kind=\"{}\"", labels(s, name), e.label());
-                p.sample("coregate_upstream_errors_total", &l, pv.counters.errors[e as usize]);
+                p.sample(
+                    "coregate_upstream_errors_total",
+                    &l,
+                    pv.counters.errors[e as usize],
+                );
             }
         }
     }
@@ -286,7 +419,8 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
         (
             "coregate_upstream_ttfb_seconds",
             "Time from sending the request to the provider to its first response byte.",
-            (|v: &ProviderView| (&v.ttfb_us, v.counters.ttfb_sum_us)) as fn(&ProviderView) -> (&Histogram<u64>, u64),
+            (|v: &ProviderView| (&v.ttfb_us, v.counters.ttfb_sum_us))
+                as fn(&ProviderView) -> (&Histogram<u64>, u64),
         ),
         (
             "coregate_upstream_total_seconds",
@@ -305,7 +439,11 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
 }
 
 impl Prom {
-    fn family_rows_classes(&mut self, agg: &Aggregator, labels: &dyn Fn(&ShardView, &str) -> String) {
+    fn family_rows_classes(
+        &mut self,
+        agg: &Aggregator,
+        labels: &dyn Fn(&ShardView, &str) -> String,
+    ) {
         for s in agg.shards.values() {
             for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
                 for (class, v) in CLASSES.iter().zip(&pv.counters.responses) {
@@ -319,5 +457,7 @@ impl Prom {
 
 /// Escapes a Prometheus label value.
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

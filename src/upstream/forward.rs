@@ -6,7 +6,7 @@
 //! memory per exchange is bounded whatever the body size. Nothing is retried once a
 //! response byte has been forwarded.
 
-use super::pool::{acquire, provider_stats, Lease, Provider};
+use super::pool::{acquire, provider_stats, Provider, UpConn};
 use crate::conn::{BodyError, BodyState, Conn, Flow};
 use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::reply::{json_error, Reply};
@@ -14,8 +14,10 @@ use crate::http::request::{HeaderRange, RequestHead, Version};
 use crate::http::response::{parse_response, ParsedResponse, ResponseHead};
 use crate::http::{list_elements, Framing};
 use crate::route::Route;
+use crate::shard::Shard;
 use crate::stats::{class_index, record, UpstreamError};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use crate::wire::{Rx, Tx};
+use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -99,7 +101,10 @@ fn request_head(
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-            || route.remove_headers.iter().any(|r| r.eq_ignore_ascii_case(name))
+            || route
+                .remove_headers
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(name))
         {
             continue;
         }
@@ -125,7 +130,11 @@ fn request_head(
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(if head.version == Version::Http10 { b"1.0 coregate\r\n" } else { b"1.1 coregate\r\n" });
+    out.extend_from_slice(if head.version == Version::Http10 {
+        b"1.0 coregate\r\n"
+    } else {
+        b"1.1 coregate\r\n"
+    });
     for (k, v) in &route.add_headers {
         push_header(&mut out, k, v);
     }
@@ -191,7 +200,11 @@ fn response_head(
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(if resp.http11 { b"1.1 coregate\r\n" } else { b"1.0 coregate\r\n" });
+    out.extend_from_slice(if resp.http11 {
+        b"1.1 coregate\r\n"
+    } else {
+        b"1.0 coregate\r\n"
+    });
     match (framing, resp.framing) {
         (ClientFraming::Length, Framing::Length(n)) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -209,12 +222,17 @@ fn response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Why sending the request failed.
-enum SendError {
-    /// The client's body was malformed, timed out, or the client left.
-    Client(BodyError),
-    /// Writing to the provider failed.
-    Upstream(UpstreamError),
+/// Time limits of one exchange with a provider.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Longest pause between reads (and for writes) on the provider connection.
+    idle: Duration,
+    /// Time to the first response byte.
+    ttfb: Duration,
+    /// End of the total budget.
+    deadline: Instant,
+    /// Longest pause between reads of the client's request body.
+    client_body: Duration,
 }
 
 fn io_to_upstream(e: &io::Error, timeout_kind: UpstreamError) -> UpstreamError {
@@ -224,119 +242,252 @@ fn io_to_upstream(e: &io::Error, timeout_kind: UpstreamError) -> UpstreamError {
     }
 }
 
-/// Sends the head and streams the request body to the provider.
-async fn send_request(
-    conn: &mut Conn,
-    lease: &mut Lease,
-    up_head: &[u8],
-    body: &mut BodyState,
-    chunked: bool,
-    idle: Duration,
-) -> Result<(), SendError> {
-    let Some(up) = lease.conn.as_mut() else {
-        return Err(SendError::Upstream(UpstreamError::ConnectError));
-    };
-    let _ = up.stream.set_write_timeout(Some(idle));
-    let up_err = |e: io::Error| SendError::Upstream(io_to_upstream(&e, UpstreamError::IdleTimeout));
-    if body.is_done() {
-        return up.stream.write_all(up_head).await.map_err(up_err);
-    }
-    up.stream.write_all(up_head).await.map_err(up_err)?;
-    let mut frame = Vec::new();
-    while let Some(r) = conn.body_chunk(body).await.map_err(SendError::Client)? {
-        let data = conn.wire.slice(r);
-        if chunked {
-            frame.clear();
-            encode_chunk(&mut frame, data);
-            up.stream.write_all(&frame).await.map_err(up_err)?;
-        } else {
-            up.stream.write_all(data).await.map_err(up_err)?;
-        }
-    }
-    if chunked {
-        up.stream.write_all(LAST_CHUNK).await.map_err(up_err)?;
-    }
-    Ok(())
-}
-
-/// Reads from the provider with a read timeout bounded by `deadline`. Returns the bytes
-/// read (0 = closed) or the error kind to report.
+/// Reads from the provider with a read timeout bounded by the total deadline. Returns the
+/// bytes read (0 = closed) or the error kind to report.
 async fn up_read(
-    lease: &mut Lease,
+    up: &mut Rx,
     wait: Duration,
     wait_kind: UpstreamError,
     deadline: Instant,
 ) -> Result<usize, UpstreamError> {
-    let Some(up) = lease.conn.as_mut() else {
-        return Err(UpstreamError::Reset);
-    };
     let left = deadline.saturating_duration_since(Instant::now());
-    let (limit, kind) = if left <= wait { (left, UpstreamError::TotalTimeout) } else { (wait, wait_kind) };
+    let (limit, kind) = if left <= wait {
+        (left, UpstreamError::TotalTimeout)
+    } else {
+        (wait, wait_kind)
+    };
     if limit.is_zero() {
         return Err(kind);
     }
-    if up.start == up.end {
-        up.start = 0;
-        up.end = 0;
-    } else if up.end == up.buf.len() {
-        up.buf.copy_within(up.start..up.end, 0);
-        up.end -= up.start;
-        up.start = 0;
-    }
-    let _ = up.stream.set_read_timeout(Some(limit));
-    let end = up.end;
-    match up.stream.read(&mut up.buf[end..]).await {
-        Ok(n) => {
-            up.end += n;
-            Ok(n)
-        }
-        Err(e) => Err(io_to_upstream(&e, kind)),
-    }
+    let cap = up.capacity();
+    up.make_room(cap);
+    up.read_some(limit)
+        .await
+        .map_err(|e| io_to_upstream(&e, kind))
 }
 
 /// Reads the final response head (skipping 1xx interim responses).
 /// The error carries whether any response byte had arrived (then nothing may be retried).
 async fn read_response_head(
-    lease: &mut Lease,
+    up: &mut Rx,
     req_is_head: bool,
     headers: &mut Vec<HeaderRange>,
-    (ttfb, idle): (Duration, Duration),
-    deadline: Instant,
+    t: Limits,
 ) -> Result<ResponseHead, (UpstreamError, bool)> {
-    let head_deadline = Instant::now() + ttfb;
+    let head_deadline = Instant::now() + t.ttfb;
     let mut got_bytes = false;
     loop {
-        if let Some(up) = lease.conn.as_mut() {
-            if up.end > up.start {
-                got_bytes = true;
-                match parse_response(&up.buf[up.start..up.end], req_is_head, up.buf.len(), headers) {
-                    Ok(ParsedResponse::Complete(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                        up.start += h.head_len;
-                        continue;
-                    }
-                    Ok(ParsedResponse::Complete(h)) if h.status == 101 => {
-                        return Err((UpstreamError::BadResponse, true));
-                    }
-                    Ok(ParsedResponse::Complete(h)) => return Ok(h),
-                    Ok(ParsedResponse::Partial) => {}
-                    Err(_) => return Err((UpstreamError::BadResponse, true)),
+        if !up.buffered().is_empty() {
+            got_bytes = true;
+            match parse_response(up.buffered(), req_is_head, up.capacity(), headers) {
+                Ok(ParsedResponse::Complete(h)) if h.status == 101 => {
+                    return Err((UpstreamError::BadResponse, true));
                 }
+                Ok(ParsedResponse::Complete(h)) if h.status < 200 => {
+                    up.consume(h.head_len);
+                    continue;
+                }
+                Ok(ParsedResponse::Complete(h)) => return Ok(h),
+                Ok(ParsedResponse::Partial) => {}
+                Err(_) => return Err((UpstreamError::BadResponse, true)),
             }
         }
         // Before the first byte the time-to-first-byte limit applies; once a head has
         // started, a stall longer than the idle-read limit is an idle timeout.
         let to_head = head_deadline.saturating_duration_since(Instant::now());
-        let (wait, kind) = if got_bytes && idle < to_head {
-            (idle, UpstreamError::IdleTimeout)
+        let (wait, kind) = if got_bytes && t.idle < to_head {
+            (t.idle, UpstreamError::IdleTimeout)
         } else {
             (to_head, UpstreamError::HeadTimeout)
         };
-        match up_read(lease, wait, kind, deadline).await {
+        match up_read(up, wait, kind, t.deadline).await {
             Ok(0) => return Err((UpstreamError::Reset, got_bytes)),
             Ok(_) => {}
             Err(e) => return Err((e, got_bytes)),
         }
     }
+}
+
+/// What the client asked for, as far as the response side needs to know.
+#[derive(Clone, Copy)]
+struct ClientSide {
+    is_head: bool,
+    http10: bool,
+    keep_alive: bool,
+}
+
+/// How the response side ended.
+enum Download {
+    /// The whole response was forwarded; the provider connection may be reused if `reuse`.
+    Done { reuse: bool, close: bool },
+    /// The provider failed before a response head: nothing was sent to the client.
+    BeforeHead(UpstreamError, bool),
+    /// Failed after the head went out: the client connection must close. `None` means
+    /// the client, not the provider, failed.
+    MidBody(Option<UpstreamError>),
+}
+
+/// Reads the provider's response and streams it to the client.
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    shard: &Shard,
+    pidx: usize,
+    client: &mut Tx,
+    up: &mut Rx,
+    headers: &mut Vec<HeaderRange>,
+    req: ClientSide,
+    t: Limits,
+    started: Instant,
+    upload_done: &Cell<bool>,
+    head_sent: &Cell<bool>,
+) -> Download {
+    let resp = match read_response_head(up, req.is_head, headers, t).await {
+        Ok(r) => r,
+        Err((e, got)) => return Download::BeforeHead(e, got),
+    };
+    let ttfb_us = started.elapsed().as_micros() as u64;
+    provider_stats(shard, pidx, |s| {
+        record(&mut s.ttfb_us, ttfb_us);
+        s.counters.ttfb_sum_us += ttfb_us;
+        s.counters.responses[class_index(resp.status)] += 1;
+    });
+    let framing = match resp.framing {
+        Framing::Length(0) if req.is_head || resp.status == 304 || resp.status == 204 => {
+            ClientFraming::None
+        }
+        Framing::Length(_) => ClientFraming::Length,
+        Framing::Chunked | Framing::UntilClose if req.http10 => ClientFraming::UntilClose,
+        Framing::Chunked | Framing::UntilClose => ClientFraming::Chunked,
+    };
+    // A request body still arriving when the response starts means the response may end
+    // first; then the connection cannot be reused, so say so up front.
+    let close = !req.keep_alive
+        || shard.draining.get()
+        || framing == ClientFraming::UntilClose
+        || !upload_done.get();
+    response_head(
+        &mut client.buf,
+        up.buffered(),
+        &resp,
+        headers,
+        framing,
+        close,
+        req.http10,
+    );
+    up.consume(resp.head_len);
+    head_sent.set(true);
+    shard.stats.borrow_mut().response(resp.status);
+    match stream_body(client, up, resp.framing, framing, t).await {
+        Ok(()) => Download::Done {
+            reuse: resp.keep_alive && up.buffered().is_empty(),
+            close,
+        },
+        Err(e) => Download::MidBody(e),
+    }
+}
+
+/// Streams the response body. `Err(Some(kind))`: the provider failed mid-body;
+/// `Err(None)`: the client failed.
+async fn stream_body(
+    client: &mut Tx,
+    up: &mut Rx,
+    from: Framing,
+    to: ClientFraming,
+    t: Limits,
+) -> Result<(), Option<UpstreamError>> {
+    let mut remaining = match from {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut decoder = ChunkedDecoder::default();
+    let mut frame = Vec::new();
+    loop {
+        if !up.buffered().is_empty() {
+            let avail = up.buffered();
+            let (data, consumed, done) = match from {
+                Framing::Length(_) => {
+                    let n = (avail.len() as u64).min(remaining) as usize;
+                    remaining -= n as u64;
+                    (&avail[..n], n, remaining == 0)
+                }
+                Framing::Chunked => {
+                    let step = decoder
+                        .step(avail)
+                        .map_err(|_| Some(UpstreamError::BadResponse))?;
+                    let d = &avail[step.data_start..step.data_start + step.data_len];
+                    (d, step.consumed, step.done)
+                }
+                Framing::UntilClose => (avail, avail.len(), false),
+            };
+            let res = if data.is_empty() {
+                Ok(())
+            } else if to == ClientFraming::Chunked {
+                frame.clear();
+                encode_chunk(&mut frame, data);
+                client.send(&frame).await
+            } else {
+                client.send(data).await
+            };
+            up.consume(consumed);
+            res.map_err(|_| None)?;
+            if done {
+                break;
+            }
+            continue;
+        }
+        if remaining == 0 {
+            break;
+        }
+        match up_read(up, t.idle, UpstreamError::IdleTimeout, t.deadline).await {
+            Ok(0) if from == Framing::UntilClose => break,
+            Ok(0) => return Err(Some(UpstreamError::Reset)),
+            Ok(_) => {}
+            Err(e) => return Err(Some(e)),
+        }
+    }
+    if to == ClientFraming::Chunked {
+        client.send(LAST_CHUNK).await.map_err(|_| None)?;
+    }
+    Ok(())
+}
+
+/// Streams the client's request body to the provider. Returns only on a client-side
+/// failure or at the end of the body; a failed write to the provider is recorded in
+/// `up_failed` and uploading stops, while the response side goes on (a provider may answer
+/// early, e.g. 413, and close).
+async fn upload(
+    client: &mut Rx,
+    up: &Tx,
+    body: &mut BodyState,
+    chunked: bool,
+    t: Limits,
+    up_failed: &Cell<Option<UpstreamError>>,
+    done: &Cell<bool>,
+) -> Result<(), BodyError> {
+    let mut frame = Vec::new();
+    let fail = |e: io::Error| up_failed.set(Some(io_to_upstream(&e, UpstreamError::IdleTimeout)));
+    while let Some(r) = client.body_chunk(body, t.client_body).await? {
+        let data = client.slice(r);
+        let res = if chunked {
+            frame.clear();
+            encode_chunk(&mut frame, data);
+            up.stream.write_all(&frame).await
+        } else {
+            up.stream.write_all(data).await
+        };
+        if let Err(e) = res {
+            fail(e);
+            return futures_lite::future::pending().await;
+        }
+    }
+    if chunked {
+        if let Err(e) = up.stream.write_all(LAST_CHUNK).await {
+            fail(e);
+            return futures_lite::future::pending().await;
+        }
+    }
+    done.set(true);
+    Ok(())
 }
 
 /// Proxies one request over route `route_idx`. The request head is in the connection's
@@ -351,39 +502,60 @@ pub async fn proxy(conn: &mut Conn, head: RequestHead, route_idx: usize) -> Flow
         return Flow::Close;
     };
     provider_stats(&shard, pidx, |s| s.counters.requests += 1);
-    let req_is_head = head.is_head(conn.head_bytes());
-    let up_head = request_head(conn.head_bytes(), &head, &conn.headers, route, provider, conn.peer_ip);
+    let req = ClientSide {
+        is_head: head.is_head(conn.head_bytes()),
+        http10: head.version == Version::Http10,
+        keep_alive: head.keep_alive,
+    };
+    let up_head = request_head(
+        conn.head_bytes(),
+        &head,
+        &conn.headers,
+        route,
+        provider,
+        conn.peer_ip,
+    );
     conn.consume_head(&head);
     let mut headers = std::mem::take(&mut conn.headers);
-    let flow = exchange(conn, &head, provider, pidx, &up_head, req_is_head, &mut headers).await;
+    let flow = exchange(conn, &head, req, provider, pidx, &up_head, &mut headers).await;
     conn.headers = headers;
     flow
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn exchange(
     conn: &mut Conn,
     head: &RequestHead,
+    req: ClientSide,
     provider: &Provider,
     pidx: usize,
     up_head: &[u8],
-    req_is_head: bool,
     headers: &mut Vec<HeaderRange>,
 ) -> Flow {
     let shard = conn.shard.clone();
     let cfg = &provider.cfg;
-    let idle = Duration::from_millis(cfg.idle_read_timeout_ms);
-    let ttfb = Duration::from_millis(cfg.response_head_timeout_ms);
     let started = Instant::now();
-    let deadline = started + Duration::from_millis(cfg.total_timeout_ms);
+    let t = Limits {
+        idle: Duration::from_millis(cfg.idle_read_timeout_ms),
+        ttfb: Duration::from_millis(cfg.response_head_timeout_ms),
+        deadline: started + Duration::from_millis(cfg.total_timeout_ms),
+        client_body: shard.http.body_read_timeout,
+    };
     let mut body = BodyState::new(head.framing);
-    let chunked_up = head.framing == Framing::Chunked;
     let mut sent_continue = false;
     let mut retried = false;
-
-    let (mut lease, resp) = loop {
+    let head_sent = Cell::new(false);
+    loop {
         let Some(ep) = provider.pick() else {
-            return fail(conn, head, &mut body, sent_continue, provider, pidx, UpstreamError::ConnectError).await;
+            return fail(
+                conn,
+                head,
+                &mut body,
+                sent_continue,
+                provider,
+                pidx,
+                UpstreamError::ConnectError,
+            )
+            .await;
         };
         let mut lease = match acquire(&shard, pidx, &ep, retried).await {
             Ok(l) => l,
@@ -391,160 +563,151 @@ async fn exchange(
         };
         if head.expect_continue && !sent_continue {
             sent_continue = true;
-            conn.wire.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            conn.wire
+                .tx
+                .buf
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             if conn.flush().await.is_err() {
                 return Flow::Close;
             }
         }
+        let Some(up) = lease.conn.as_mut() else {
+            return Flow::Close;
+        };
+        let UpConn {
+            rx: up_rx,
+            tx: up_tx,
+            ..
+        } = up;
+        up_tx.stream.set_write_timeout(t.idle);
         // A stale pooled connection fails on first use; only a request without a body
         // can be replayed, and only before any response byte.
-        let can_retry = lease.reused && !retried && !head.has_body;
-        match send_request(conn, &mut lease, up_head, &mut body, chunked_up, idle).await {
-            Ok(()) => {}
-            Err(SendError::Client(e)) => return client_body_failed(conn, e),
-            Err(SendError::Upstream(_)) if can_retry => {
-                retried = true;
-                provider_stats(&shard, pidx, |s| s.counters.retries += 1);
-                continue;
-            }
-            Err(SendError::Upstream(e)) => {
-                return fail(conn, head, &mut body, sent_continue, provider, pidx, e).await
-            }
-        }
-        match read_response_head(&mut lease, req_is_head, headers, (ttfb, idle), deadline).await {
-            Ok(resp) => break (lease, resp),
-            Err((UpstreamError::Reset, false)) if can_retry => {
-                retried = true;
-                provider_stats(&shard, pidx, |s| s.counters.retries += 1);
-                continue;
-            }
-            Err((e, _)) => return fail(conn, head, &mut body, sent_continue, provider, pidx, e).await,
-        }
-    };
-    let ttfb_us = started.elapsed().as_micros() as u64;
-    provider_stats(&shard, pidx, |s| {
-        record(&mut s.ttfb_us, ttfb_us);
-        s.counters.ttfb_sum_us += ttfb_us;
-        s.counters.responses[class_index(resp.status)] += 1;
-    });
-
-    let client_http10 = head.version == Version::Http10;
-    let framing = match resp.framing {
-        Framing::Length(0) => {
-            if req_is_head || resp.status == 304 || resp.status == 204 {
-                ClientFraming::None
-            } else {
-                ClientFraming::Length
-            }
-        }
-        Framing::Length(_) => ClientFraming::Length,
-        Framing::Chunked | Framing::UntilClose if client_http10 => ClientFraming::UntilClose,
-        Framing::Chunked | Framing::UntilClose => ClientFraming::Chunked,
-    };
-    let close = !head.keep_alive
-        || shard.draining.get()
-        || framing == ClientFraming::UntilClose
-        || !body.is_done();
-    if let Some(up) = lease.conn.as_ref() {
-        let buf = &up.buf[up.start..up.end];
-        response_head(&mut conn.wire.wbuf, buf, &resp, headers, framing, close, client_http10);
-    }
-    if let Some(up) = lease.conn.as_mut() {
-        up.start += resp.head_len;
-    }
-    shard.stats.borrow_mut().response(resp.status);
-
-    let outcome = stream_body(conn, &mut lease, resp.framing, framing, idle, deadline).await;
-    let total_us = started.elapsed().as_micros() as u64;
-    provider_stats(&shard, pidx, |s| {
-        record(&mut s.total_us, total_us);
-        s.counters.total_sum_us += total_us;
-    });
-    match outcome {
-        Ok(()) => {
-            let clean = lease.conn.as_ref().is_some_and(|u| u.start == u.end);
-            lease.release(resp.keep_alive && clean);
-            if close {
-                Flow::Close
-            } else {
-                Flow::KeepAlive
-            }
-        }
-        Err(Some(e)) => {
-            provider_stats(&shard, pidx, |s| s.error(e));
-            let _ = conn.flush().await;
-            Flow::Close
-        }
-        Err(None) => Flow::Close,
-    }
-}
-
-/// Streams the response body. `Err(Some(kind))`: the provider failed mid-body;
-/// `Err(None)`: the client failed. Either way the client connection must close.
-async fn stream_body(
-    conn: &mut Conn,
-    lease: &mut Lease,
-    from: Framing,
-    to: ClientFraming,
-    idle: Duration,
-    deadline: Instant,
-) -> Result<(), Option<UpstreamError>> {
-    let mut remaining = match from {
-        Framing::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut decoder = ChunkedDecoder::default();
-    let mut frame = Vec::new();
-    loop {
-        let Some(up) = lease.conn.as_mut() else { return Err(None) };
-        if up.end > up.start {
-            let avail = &up.buf[up.start..up.end];
-            let (data, consumed, done) = match from {
-                Framing::Length(_) => {
-                    let n = (avail.len() as u64).min(remaining) as usize;
-                    remaining -= n as u64;
-                    (&avail[..n], n, remaining == 0)
+        let can_retry = lease.reused && !retried && body.is_done();
+        let write_head = up_tx.stream.write_all(up_head).await;
+        let result = match write_head {
+            Err(_) if can_retry => None,
+            Err(e) => Some(Download::BeforeHead(
+                io_to_upstream(&e, UpstreamError::IdleTimeout),
+                false,
+            )),
+            Ok(()) if body.is_done() => {
+                let d = download(
+                    &shard,
+                    pidx,
+                    &mut conn.wire.tx,
+                    up_rx,
+                    headers,
+                    req,
+                    t,
+                    started,
+                    &Cell::new(true),
+                    &head_sent,
+                )
+                .await;
+                match d {
+                    Download::BeforeHead(UpstreamError::Reset, false) if can_retry => None,
+                    d => Some(d),
                 }
-                Framing::Chunked => {
-                    let step = decoder.step(avail).map_err(|_| Some(UpstreamError::BadResponse))?;
-                    let d = &avail[step.data_start..step.data_start + step.data_len];
-                    (d, step.consumed, step.done)
-                }
-                Framing::UntilClose => (avail, avail.len(), false),
-            };
-            let res = if data.is_empty() {
-                Ok(())
-            } else if to == ClientFraming::Chunked {
-                frame.clear();
-                encode_chunk(&mut frame, data);
-                conn.send(&frame).await
-            } else {
-                conn.send(data).await
-            };
-            up.start += consumed;
-            res.map_err(|_| None)?;
-            if done {
-                break;
             }
+            Ok(()) => {
+                let chunked = head.framing == Framing::Chunked;
+                let up_failed = Cell::new(None);
+                let upload_done = Cell::new(false);
+                let client_rx = &mut conn.wire.rx;
+                let client_tx = &mut conn.wire.tx;
+                let up_side = async {
+                    Err(upload(
+                        client_rx,
+                        up_tx,
+                        &mut body,
+                        chunked,
+                        t,
+                        &up_failed,
+                        &upload_done,
+                    )
+                    .await)
+                };
+                let down_side = async {
+                    Ok(download(
+                        &shard,
+                        pidx,
+                        client_tx,
+                        up_rx,
+                        headers,
+                        req,
+                        t,
+                        started,
+                        &upload_done,
+                        &head_sent,
+                    )
+                    .await)
+                };
+                // The upload side only finishes first on a client failure; a finished upload
+                // waits for the download.
+                let up_side = async {
+                    match up_side.await {
+                        Err(Ok(())) => futures_lite::future::pending().await,
+                        other => other,
+                    }
+                };
+                match futures_lite::future::or(down_side, up_side).await {
+                    Ok(d) => {
+                        let d = match (d, up_failed.get()) {
+                            (Download::BeforeHead(UpstreamError::Reset, got), Some(e)) => {
+                                Download::BeforeHead(e, got)
+                            }
+                            (d, _) => d,
+                        };
+                        Some(d)
+                    }
+                    Err(Err(client_err)) => {
+                        if matches!(client_err, BodyError::Timeout) {
+                            shard.stats.borrow_mut().counters.io_timeouts += 1;
+                        }
+                        if head_sent.get() {
+                            return Flow::Close;
+                        }
+                        return client_body_failed(conn, client_err);
+                    }
+                    Err(Ok(())) => None,
+                }
+            }
+        };
+        let Some(result) = result else {
+            retried = true;
+            provider_stats(&shard, pidx, |s| s.counters.retries += 1);
             continue;
-        }
-        if remaining == 0 {
-            break;
-        }
-        match up_read(lease, idle, UpstreamError::IdleTimeout, deadline).await {
-            Ok(0) if from == Framing::UntilClose => break,
-            Ok(0) => return Err(Some(UpstreamError::Reset)),
-            Ok(_) => {}
-            Err(e) => return Err(Some(e)),
-        }
+        };
+        let total_us = started.elapsed().as_micros() as u64;
+        return match result {
+            Download::Done { reuse, close } => {
+                provider_stats(&shard, pidx, |s| {
+                    record(&mut s.total_us, total_us);
+                    s.counters.total_sum_us += total_us;
+                });
+                let complete = body.is_done();
+                lease.release(reuse && complete);
+                if close || !complete {
+                    Flow::Close
+                } else {
+                    Flow::KeepAlive
+                }
+            }
+            Download::BeforeHead(e, _) => {
+                fail(conn, head, &mut body, sent_continue, provider, pidx, e).await
+            }
+            Download::MidBody(e) => {
+                if let Some(e) = e {
+                    provider_stats(&shard, pidx, |s| s.error(e));
+                }
+                let _ = conn.flush().await;
+                Flow::Close
+            }
+        };
     }
-    if to == ClientFraming::Chunked {
-        conn.send(LAST_CHUNK).await.map_err(|_| None)?;
-    }
-    Ok(())
 }
 
-/// The client's request body failed while being forwarded.
+/// The client's request body failed while being forwarded (before any response byte).
 fn client_body_failed(conn: &mut Conn, e: BodyError) -> Flow {
     if let BodyError::Http(err) = e {
         conn.shard.stats.borrow_mut().counters.parse_errors += 1;
@@ -582,18 +745,24 @@ async fn fail(
         UpstreamError::IdleTimeout => "provider stalled".to_string(),
         UpstreamError::TotalTimeout => "provider exchange exceeded its total timeout".to_string(),
         UpstreamError::BadResponse => "provider sent an invalid response".to_string(),
-        UpstreamError::QueueTimeout => "no provider connection became available in time".to_string(),
+        UpstreamError::QueueTimeout => {
+            "no provider connection became available in time".to_string()
+        }
     };
     let mut close = !head.keep_alive || conn.shard.draining.get();
-    if !body.is_done() {
-        if head.expect_continue && !sent_continue {
-            close = true;
-        } else if !matches!(conn.discard(body).await, Ok(true)) {
-            close = true;
-        }
+    // A body the client was told to hold back, or that cannot be discarded, forces a close.
+    if !body.is_done()
+        && ((head.expect_continue && !sent_continue)
+            || !matches!(conn.discard(body).await, Ok(true)))
+    {
+        close = true;
     }
     let json = json_error(status, e.label(), &message, Some(&provider.name));
-    let extra: &[&str] = if status == 503 { &["Retry-After: 1"] } else { &[] };
+    let extra: &[&str] = if status == 503 {
+        &["Retry-After: 1"]
+    } else {
+        &[]
+    };
     let date = conn.shard.date.borrow().get().to_vec();
     Reply {
         status,
@@ -601,7 +770,7 @@ async fn fail(
         body: &json,
         extra,
     }
-    .write(&mut conn.wire.wbuf, &date, close, false);
+    .write(&mut conn.wire.tx.buf, &date, close, false);
     conn.shard.stats.borrow_mut().response(status);
     if close {
         Flow::Close

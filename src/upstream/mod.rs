@@ -76,7 +76,8 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
             return Err((key("endpoints"), "needs at least one host:port".into()));
         }
         for (j, e) in p.endpoints.iter().enumerate() {
-            crate::config::parse_addr(e).map_err(|m| (format!("providers[{i}].endpoints[{j}]"), m))?;
+            crate::config::parse_addr(e)
+                .map_err(|m| (format!("providers[{i}].endpoints[{j}]"), m))?;
         }
         if !p.host.is_empty() && p.host.parse::<http::uri::Authority>().is_err() {
             return Err((key("host"), format!("{:?} is not a valid host", p.host)));
@@ -99,7 +100,10 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
         if p.pool_max_idle > p.pool_max_total {
             return Err((
                 key("pool_max_idle"),
-                format!("{} exceeds pool_max_total ({})", p.pool_max_idle, p.pool_max_total),
+                format!(
+                    "{} exceeds pool_max_total ({})",
+                    p.pool_max_idle, p.pool_max_total
+                ),
             ));
         }
     }

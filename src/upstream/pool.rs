@@ -10,7 +10,7 @@ use super::connect::connect;
 use super::ProviderConfig;
 use crate::shard::Shard;
 use crate::stats::{ProviderStats, UpstreamError};
-use glommio::net::TcpStream;
+use crate::wire::{Rx, Stream, Tx};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,13 +23,11 @@ use std::time::{Duration, Instant};
 /// Bytes of an upstream connection's read buffer.
 const UP_BUF: usize = 16 * 1024;
 
-/// An open connection to a provider endpoint with its read buffer.
+/// An open connection to a provider endpoint: its read side (response bytes) and write
+/// side (the request), plus when it went idle.
 pub struct UpConn {
-    pub stream: TcpStream,
-    pub buf: Vec<u8>,
-    /// Unconsumed response bytes are `buf[start..end]`.
-    pub start: usize,
-    pub end: usize,
+    pub rx: Rx,
+    pub tx: Tx,
     pub idle_since: Instant,
 }
 
@@ -133,7 +131,9 @@ impl Lease {
     /// Returns the connection: to the oldest waiter, else to the idle stack if reusable
     /// and there is room; otherwise it is closed.
     pub fn release(mut self, reusable: bool) {
-        let Some(mut c) = self.conn.take() else { return };
+        let Some(mut c) = self.conn.take() else {
+            return;
+        };
         if !reusable {
             close_one(&self.ep);
             return;
@@ -235,7 +235,9 @@ pub async fn acquire(
     if !fresh {
         let idle_timeout = Duration::from_millis(cfg.pool_idle_timeout_ms);
         loop {
-            let Some(c) = ep.idle.borrow_mut().pop() else { break };
+            let Some(c) = ep.idle.borrow_mut().pop() else {
+                break;
+            };
             if c.idle_since.elapsed() < idle_timeout {
                 provider_stats(shard, provider_idx, |s| s.counters.pool_hits += 1);
                 return Ok(lease(c, true));
@@ -251,7 +253,9 @@ pub async fn acquire(
     provider_stats(shard, provider_idx, |s| s.counters.pool_misses += 1);
     if ep.open.get() < cfg.pool_max_total {
         ep.open.set(ep.open.get() + 1);
-        return open_new(shard, provider_idx, ep, cfg).await.map(|c| lease(c, false));
+        return open_new(shard, provider_idx, ep, cfg)
+            .await
+            .map(|c| lease(c, false));
     }
     if ep.waiters.borrow().len() >= cfg.queue_max {
         return Err(UpstreamError::QueueTimeout);
@@ -272,7 +276,9 @@ pub async fn acquire(
             provider_stats(shard, provider_idx, |s| s.counters.pool_hits += 1);
             Ok(lease(c, true))
         }
-        Some(Handoff::MayConnect) => open_new(shard, provider_idx, ep, cfg).await.map(|c| lease(c, false)),
+        Some(Handoff::MayConnect) => open_new(shard, provider_idx, ep, cfg)
+            .await
+            .map(|c| lease(c, false)),
         None => Err(UpstreamError::QueueTimeout),
     }
 }
@@ -287,11 +293,10 @@ async fn open_new(
     match connect(ep.addr, Duration::from_millis(cfg.connect_timeout_ms)).await {
         Ok(stream) => {
             provider_stats(shard, provider_idx, |s| s.counters.new_connections += 1);
+            let stream = Stream::new(stream);
             Ok(UpConn {
-                stream,
-                buf: vec![0; UP_BUF],
-                start: 0,
-                end: 0,
+                rx: Rx::new(stream.clone(), UP_BUF),
+                tx: Tx::new(stream),
                 idle_since: Instant::now(),
             })
         }
@@ -313,10 +318,16 @@ pub fn provider_stats(shard: &Shard, idx: usize, f: impl FnOnce(&mut ProviderSta
 pub async fn sweep_idle(shard: Rc<Shard>) {
     loop {
         let tick = glommio::timer::sleep(Duration::from_secs(1));
-        if futures_lite::future::or(async { tick.await; false }, async {
-            shard.drain.wait().await;
-            true
-        })
+        if futures_lite::future::or(
+            async {
+                tick.await;
+                false
+            },
+            async {
+                shard.drain.wait().await;
+                true
+            },
+        )
         .await
         {
             break;
@@ -326,8 +337,9 @@ pub async fn sweep_idle(shard: Rc<Shard>) {
             for ep in &p.endpoints {
                 let expired: Vec<UpConn> = {
                     let mut idle = ep.idle.borrow_mut();
-                    let (old, keep): (Vec<UpConn>, Vec<UpConn>) =
-                        idle.drain(..).partition(|c| c.idle_since.elapsed() >= timeout);
+                    let (old, keep): (Vec<UpConn>, Vec<UpConn>) = idle
+                        .drain(..)
+                        .partition(|c| c.idle_since.elapsed() >= timeout);
                     *idle = keep;
                     old
                 };

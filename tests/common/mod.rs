@@ -36,7 +36,9 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
     }
 
     /// Waits for exit up to `timeout`; returns the exit code.
@@ -90,6 +92,19 @@ pub fn wait_port(port: u16, timeout: Duration) {
     panic!("port {port} did not open");
 }
 
+/// Waits until nothing listens on `port`. A killed glommio process can keep its listening
+/// socket for a moment: io_uring tears a ring down asynchronously, after the process exits.
+pub fn wait_port_closed(port: u16, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("port {port} stayed open");
+}
+
 /// A running gateway with its ports.
 pub struct Gateway {
     pub proc: Proc,
@@ -112,16 +127,25 @@ pub fn gateway(name: &str, cores: &str, extra_toml: &str) -> Gateway {
     );
     let path = dir.join("coregate.toml");
     std::fs::write(&path, cfg).expect("write config");
-    let proc = spawn(&["serve", "--config", path.to_str().expect("path")], dir.join("gateway.log"));
+    let proc = spawn(
+        &["serve", "--config", path.to_str().expect("path")],
+        dir.join("gateway.log"),
+    );
     wait_port(port, Duration::from_secs(10));
     wait_port(admin, Duration::from_secs(10));
-    Gateway { proc, port, admin, dir }
+    Gateway {
+        proc,
+        port,
+        admin,
+        dir,
+    }
 }
 
 impl Gateway {
     pub fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect gateway");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         s
     }
 
@@ -145,7 +169,8 @@ impl Gateway {
 
 pub fn admin_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("admin");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").expect("write");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -187,7 +212,10 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(stream: TcpStream) -> Reader {
-        Reader { stream, buf: Vec::new() }
+        Reader {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, data: &[u8]) {
@@ -240,11 +268,18 @@ impl Reader {
             let (n, v) = l.split_once(':')?;
             headers.push((n.trim().to_string(), v.trim().to_string()));
         }
-        let mut resp = Response { status, headers, body: Vec::new() };
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
         if head_request || status < 200 || status == 204 || status == 304 {
             return Some(resp);
         }
-        if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             loop {
                 let size_line = self.line()?;
                 let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
@@ -256,7 +291,10 @@ impl Reader {
                 resp.body.extend_from_slice(&data);
                 self.exact(2)?;
             }
-        } else if let Some(n) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        } else if let Some(n) = resp
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
             resp.body = self.exact(n)?;
         } else {
             while self.fill() {}
@@ -274,7 +312,10 @@ impl Reader {
             match self.stream.read(&mut tmp) {
                 Ok(0) => return true,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     if Instant::now() >= end {
                         return false;
                     }
@@ -288,7 +329,8 @@ impl Reader {
 /// Sends one request on a fresh connection and reads one response.
 pub fn request(port: u16, raw: &str) -> Response {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut r = Reader::new(s);
     r.send(raw.as_bytes());
     r.response(raw.starts_with("HEAD ")).expect("response")
