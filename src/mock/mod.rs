@@ -377,31 +377,26 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
                 "confidence": 0.98,
             })
             .to_string();
-            start(
-                wire,
+            let w = Whole {
                 status,
-                "application/json",
+                ctype: "application/json",
                 out,
-                json.len() as u64,
                 close,
-            );
-            stall_and_maybe_reset(wire, k).await?;
-            body_part(wire, out, json.as_bytes()).await?;
-            finish(wire, out).await?;
+                head_only,
+            };
+            send_whole(wire, w, json.as_bytes(), Some(k)).await?;
         }
         "/headers" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
             let json = req.seen.as_ref().map(|v| v.to_string()).unwrap_or_default();
-            start(
-                wire,
+            let w = Whole {
                 status,
-                "application/json",
+                ctype: "application/json",
                 out,
-                json.len() as u64,
                 close,
-            );
-            body_part(wire, out, json.as_bytes()).await?;
-            finish(wire, out).await?;
+                head_only,
+            };
+            send_whole(wire, w, json.as_bytes(), None).await?;
         }
         "/bytes" | "/api/small" | "/api/big" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
@@ -424,27 +419,56 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
         }
         "/" | "/health" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
-            let json = b"{\"status\":\"ok\"}";
-            start(
-                wire,
+            let w = Whole {
                 status,
-                "application/json",
+                ctype: "application/json",
                 out,
-                json.len() as u64,
                 close,
-            );
-            body_part(wire, out, json).await?;
-            finish(wire, out).await?;
+                head_only,
+            };
+            send_whole(wire, w, b"{\"status\":\"ok\"}", None).await?;
         }
         _ => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
-            let json = b"{\"error\":\"no such mock endpoint\"}";
-            start(wire, 404, "application/json", out, json.len() as u64, close);
-            body_part(wire, out, json).await?;
-            finish(wire, out).await?;
+            let w = Whole {
+                status: 404,
+                ctype: "application/json",
+                out,
+                close,
+                head_only,
+            };
+            send_whole(wire, w, b"{\"error\":\"no such mock endpoint\"}", None).await?;
         }
     }
     Ok(!close)
+}
+
+/// A response whose whole body is in memory.
+struct Whole<'a> {
+    status: u16,
+    ctype: &'a str,
+    out: Out,
+    close: bool,
+    head_only: bool,
+}
+
+/// Sends a head and an in-memory body (no body for HEAD), applying the stall and reset
+/// knobs between them when given.
+async fn send_whole(
+    wire: &mut Wire,
+    w: Whole<'_>,
+    body: &[u8],
+    knobs: Option<&Knobs>,
+) -> std::io::Result<()> {
+    start(wire, w.status, w.ctype, w.out, body.len() as u64, w.close);
+    if let Some(k) = knobs {
+        stall_and_maybe_reset(wire, k).await?;
+    }
+    if w.head_only {
+        return wire.tx.flush().await;
+    }
+    body_part(wire, w.out, body).await?;
+    finish(wire, w.out).await
 }
 
 async fn stall_and_maybe_reset(wire: &mut Wire, k: &Knobs) -> std::io::Result<()> {
