@@ -336,6 +336,13 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
     } else {
         Out::Length
     };
+    let json_reply = Whole {
+        status,
+        ctype: "application/json",
+        out,
+        close,
+        head_only,
+    };
     match req.path.as_str() {
         "/echo" => return echo(wire, &mut body, status, out, close).await,
         "/tts" => {
@@ -377,26 +384,12 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
                 "confidence": 0.98,
             })
             .to_string();
-            let w = Whole {
-                status,
-                ctype: "application/json",
-                out,
-                close,
-                head_only,
-            };
-            send_whole(wire, w, json.as_bytes(), Some(k)).await?;
+            send_whole(wire, json_reply, json.as_bytes(), Some(k)).await?;
         }
         "/headers" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
             let json = req.seen.as_ref().map(|v| v.to_string()).unwrap_or_default();
-            let w = Whole {
-                status,
-                ctype: "application/json",
-                out,
-                close,
-                head_only,
-            };
-            send_whole(wire, w, json.as_bytes(), None).await?;
+            send_whole(wire, json_reply, json.as_bytes(), None).await?;
         }
         "/bytes" | "/api/small" | "/api/big" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
@@ -419,31 +412,28 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
         }
         "/" | "/health" => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
-            let w = Whole {
-                status,
-                ctype: "application/json",
-                out,
-                close,
-                head_only,
-            };
-            send_whole(wire, w, b"{\"status\":\"ok\"}", None).await?;
+            send_whole(wire, json_reply, b"{\"status\":\"ok\"}", None).await?;
         }
         _ => {
             let _ = read_all(wire, &mut body, 1 << 20).await?;
-            let w = Whole {
+            let not_found = Whole {
                 status: 404,
-                ctype: "application/json",
-                out,
-                close,
-                head_only,
+                ..json_reply
             };
-            send_whole(wire, w, b"{\"error\":\"no such mock endpoint\"}", None).await?;
+            send_whole(
+                wire,
+                not_found,
+                b"{\"error\":\"no such mock endpoint\"}",
+                None,
+            )
+            .await?;
         }
     }
     Ok(!close)
 }
 
 /// A response whose whole body is in memory.
+#[derive(Clone, Copy)]
 struct Whole<'a> {
     status: u16,
     ctype: &'a str,

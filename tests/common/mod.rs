@@ -82,27 +82,24 @@ pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
 }
 
 pub fn wait_port(port: u16, timeout: Duration) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("port {port} did not open");
+    wait_listening(port, true, timeout);
 }
 
 /// Waits until nothing listens on `port`. A killed glommio process can keep its listening
 /// socket for a moment: io_uring tears a ring down asynchronously, after the process exits.
 pub fn wait_port_closed(port: u16, timeout: Duration) {
+    wait_listening(port, false, timeout);
+}
+
+fn wait_listening(port: u16, listening: bool, timeout: Duration) {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
-        if TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() == listening {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("port {port} stayed open");
+    panic!("port {port}: still not listening={listening}");
 }
 
 /// A running gateway with its ports.
