@@ -289,12 +289,6 @@ impl Conn {
         self.count_write_timeout(res)
     }
 
-    /// Writes `data` to the client after whatever is queued.
-    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        let res = self.wire.tx.send(data).await;
-        self.count_write_timeout(res)
-    }
-
     fn count_write_timeout(&self, res: io::Result<()>) -> io::Result<()> {
         if let Err(e) = &res {
             if e.kind() == io::ErrorKind::TimedOut {

@@ -394,7 +394,7 @@ fn governor_check(cores: &[usize]) -> Check {
 }
 
 /// Warnings and failures, one line each, for `serve` to log at start.
-pub fn startup_warnings(config: &Config, _shards: usize) -> Vec<String> {
+pub fn startup_warnings(config: &Config) -> Vec<String> {
     run_checks(config)
         .into_iter()
         .filter(|c| c.level != Level::Ok)

@@ -20,10 +20,6 @@ impl Event {
         }
     }
 
-    pub fn is_fired(&self) -> bool {
-        self.fired.get()
-    }
-
     /// Resolves once [`Event::fire`] has been called.
     pub fn wait(&self) -> Wait<'_> {
         Wait { event: self }

@@ -91,7 +91,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         crate::mock::embed(&mut config)?;
     }
     let max_connections = connection_cap(&config, cores.len(), nofile)?;
-    for w in crate::doctor::startup_warnings(&config, cores.len()) {
+    for w in crate::doctor::startup_warnings(&config) {
         crate::log::warn(&w);
     }
 

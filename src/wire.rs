@@ -40,10 +40,6 @@ impl Stream {
         self.0.borrow().as_raw_fd()
     }
 
-    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        self.0.borrow().peer_addr().ok().map(|a| a.ip())
-    }
-
     pub fn set_read_timeout(&self, d: Duration) {
         let _ = self.0.borrow().set_read_timeout(Some(d));
     }

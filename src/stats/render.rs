@@ -397,7 +397,14 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
         "counter",
         "Provider responses by status class.",
     );
-    p.family_rows_classes(agg, &labels);
+    for s in agg.shards.values() {
+        for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
+            for (class, v) in CLASSES.iter().zip(&pv.counters.responses) {
+                let l = format!("{},class=\"{class}\"", labels(s, name));
+                p.sample("coregate_upstream_responses_total", &l, *v);
+            }
+        }
+    }
     p.family(
         "coregate_upstream_errors_total",
         "counter",
@@ -433,23 +440,6 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
             for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
                 let (h, sum) = pick(pv);
                 p.histogram(metric, &labels(s, name), h, sum);
-            }
-        }
-    }
-}
-
-impl Prom {
-    fn family_rows_classes(
-        &mut self,
-        agg: &Aggregator,
-        labels: &dyn Fn(&ShardView, &str) -> String,
-    ) {
-        for s in agg.shards.values() {
-            for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
-                for (class, v) in CLASSES.iter().zip(&pv.counters.responses) {
-                    let l = format!("{},class=\"{class}\"", labels(s, name));
-                    self.sample("coregate_upstream_responses_total", &l, *v);
-                }
             }
         }
     }

@@ -122,7 +122,10 @@ fn request_head(
         out.extend_from_slice(b", ");
     }
     match peer {
-        Some(ip) => out.extend_from_slice(ip.to_string().as_bytes()),
+        // Formats straight into the head; writing to a Vec cannot fail.
+        Some(ip) => {
+            let _ = std::io::Write::write_fmt(&mut out, format_args!("{ip}"));
+        }
         None => out.extend_from_slice(b"unknown"),
     }
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nVia: ");
@@ -763,14 +766,18 @@ async fn fail(
     } else {
         &[]
     };
-    let date = conn.shard.date.borrow().get().to_vec();
     Reply {
         status,
         content_type: "application/json",
         body: &json,
         extra,
     }
-    .write(&mut conn.wire.tx.buf, &date, close, false);
+    .write(
+        &mut conn.wire.tx.buf,
+        conn.shard.date.borrow().get(),
+        close,
+        false,
+    );
     conn.shard.stats.borrow_mut().response(status);
     if close {
         Flow::Close
