@@ -51,13 +51,13 @@ fn check(level: Level, name: &'static str, message: String, fix: Option<String>)
     }
 }
 
-fn read_trim(path: &str) -> Option<String> {
+pub(crate) fn read_trim(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
 }
 
-fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
+pub(crate) fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -15,7 +15,8 @@
 //!
 //! `shard` ties one core's pieces together; `server` starts and drains the shards;
 //! `stats` counts; `mock` is the provider stand-in used by tests, benchmarks and the
-//! embedded default; `doctor` checks a host before it serves. See docs/architecture.md.
+//! embedded default; `doctor` checks a host before it serves; `load` is the load generator
+//! that measures all of it. See docs/architecture.md.
 
 pub mod accept;
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod cores;
 pub mod doctor;
 pub mod event;
 pub mod http;
+pub mod load;
 pub mod log;
 pub mod mock;
 pub mod route;

@@ -1,4 +1,4 @@
-//! The `coregate` command line: `serve`, `check`, `doctor`, `mock-provider`.
+//! The `coregate` command line: `serve`, `check`, `doctor`, `load`, `mock-provider`.
 
 use clap::{Parser, Subcommand};
 use coregate::config::Config;
@@ -46,6 +46,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Generate load: closed or open loop, scale and breaking-point profiles (docs/load.md).
+    Load(Box<coregate::load::LoadArgs>),
     /// Run the mock voice-AI provider (see docs/mock-provider.md).
     MockProvider {
         #[arg(long, default_value = "127.0.0.1:9902")]
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Load(args) => coregate::load::run(*args),
         Command::MockProvider { listen, cores } => {
             coregate::cores::parse_core_list(&cores, &coregate::cores::online_cores())
                 .map_err(|e| format!("--cores: {e}"))

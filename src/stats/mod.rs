@@ -15,13 +15,20 @@ use serde::Serialize;
 /// Latency histograms record microseconds from 1 µs to one hour, 2 significant digits
 /// (1 % resolution) — small enough to clone and ship every second.
 pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 2)
-        .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable_histogram()))
+    histogram(2)
+}
+
+/// A histogram of 1 µs to one hour at `sigfig` significant digits (the load generator
+/// uses 3: 0.1 % resolution).
+pub fn histogram(sigfig: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, sigfig).unwrap_or_else(|_| {
+        Histogram::new(sigfig.min(5)).unwrap_or_else(|_| unreachable_histogram())
+    })
 }
 
 #[cold]
 fn unreachable_histogram() -> Histogram<u64> {
-    // new(2) only fails for sigfig > 5; kept total for the no-panic rule.
+    // new(n) only fails for sigfig > 5; kept total for the no-panic rule.
     std::process::abort()
 }
 

@@ -1,0 +1,202 @@
+//! One virtual user's connection: opening it (optionally from a chosen source address)
+//! and running one request/response exchange on it.
+//!
+//! Sockets are made with socket2 so a source address can be bound with
+//! IP_BIND_ADDRESS_NO_PORT (the port is then picked at connect time per destination, so
+//! each (source, destination) pair has the whole ephemeral range), then adopted into
+//! glommio. The connect is non-blocking; the first write of the request completes it, so a
+//! refused or timed-out connect surfaces there and is classified as a connect failure.
+
+use super::record::ErrorClass;
+use crate::http::response::{parse_response, ParsedResponse};
+use crate::http::Framing;
+use crate::wire::{BodyError, BodyState, Rx, Stream};
+use glommio::net::TcpStream;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::time::Duration;
+
+/// Response heads larger than this are malformed for our purposes.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A failure with its class and, where the OS gave one, its errno.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure {
+    pub class: ErrorClass,
+    pub errno: Option<i32>,
+}
+
+impl Failure {
+    fn connect(e: &io::Error) -> Failure {
+        Failure {
+            class: ErrorClass::of_connect(e),
+            errno: e.raw_os_error(),
+        }
+    }
+
+    fn exchange(e: &io::Error) -> Failure {
+        Failure {
+            class: ErrorClass::of_exchange(e),
+            errno: e.raw_os_error(),
+        }
+    }
+
+    fn class(class: ErrorClass) -> Failure {
+        Failure { class, errno: None }
+    }
+}
+
+/// A client connection, fresh until its first request was written.
+pub struct ClientConn {
+    rx: Rx,
+    fresh: bool,
+    headers: Vec<crate::http::request::HeaderRange>,
+}
+
+/// A complete response.
+#[derive(Debug, Clone, Copy)]
+pub struct Response {
+    pub status: u16,
+    pub keep_alive: bool,
+}
+
+/// Starts a non-blocking connect to `dest` from `source` (any local address if None).
+pub fn dial(dest: SocketAddr, source: Option<IpAddr>) -> Result<ClientConn, Failure> {
+    let socket = Socket::new(
+        Domain::for_address(dest),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(|e| Failure::connect(&e))?;
+    let _ = socket.set_nodelay(true);
+    if let Some(src) = source {
+        if src.is_ipv4() {
+            bind_address_no_port(&socket);
+        }
+        socket
+            .bind(&SockAddr::from(SocketAddr::new(src, 0)))
+            .map_err(|e| Failure::connect(&e))?;
+    }
+    match socket.connect(&SockAddr::from(dest)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(Failure::connect(&e)),
+    }
+    // SAFETY: the fd is a valid, owned, non-blocking TCP socket; glommio takes ownership.
+    let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    Ok(ClientConn {
+        rx: Rx::new(Stream::new(stream), 4096),
+        fresh: true,
+        headers: Vec::new(),
+    })
+}
+
+/// Lets connect() choose the port for the (source, destination) pair instead of bind()
+/// reserving one for every destination (Linux ≥ 4.2; best effort).
+fn bind_address_no_port(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `one` for the given length; the fd is valid.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+impl ClientConn {
+    /// Sends `request` and reads the whole response (the body is read and dropped).
+    /// `timeout` bounds each wait for response bytes; `connect_timeout` bounds the first
+    /// write on a fresh connection, which is where the connect completes.
+    pub async fn exchange(
+        &mut self,
+        request: &[u8],
+        is_head: bool,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Response, Failure> {
+        let stream = self.rx.stream.clone();
+        if self.fresh {
+            stream.set_write_timeout(connect_timeout);
+            stream
+                .write_all(request)
+                .await
+                .map_err(|e| Failure::connect(&e))?;
+            stream.set_write_timeout(timeout);
+            self.fresh = false;
+        } else {
+            stream
+                .write_all(request)
+                .await
+                .map_err(|e| Failure::exchange(&e))?;
+        }
+        loop {
+            let head = self.read_head(is_head, timeout).await?;
+            self.rx.consume(head.head_len);
+            // Interim responses (100 Continue, 103 Early Hints) precede the real one.
+            if (100..200).contains(&head.status) && head.status != 101 {
+                continue;
+            }
+            self.read_body(head.framing, timeout).await?;
+            return Ok(Response {
+                status: head.status,
+                keep_alive: head.keep_alive,
+            });
+        }
+    }
+
+    async fn read_head(
+        &mut self,
+        is_head: bool,
+        timeout: Duration,
+    ) -> Result<crate::http::response::ResponseHead, Failure> {
+        loop {
+            if !self.rx.buffered().is_empty() {
+                match parse_response(
+                    self.rx.buffered(),
+                    is_head,
+                    MAX_RESPONSE_HEAD,
+                    &mut self.headers,
+                ) {
+                    Ok(ParsedResponse::Complete(h)) => return Ok(h),
+                    Ok(ParsedResponse::Partial) => {}
+                    Err(_) => return Err(Failure::class(ErrorClass::MalformedResponse)),
+                }
+            }
+            self.rx.make_room(MAX_RESPONSE_HEAD);
+            match self.rx.read_some(timeout).await {
+                Ok(0) => return Err(Failure::class(ErrorClass::Closed)),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::exchange(&e)),
+            }
+        }
+    }
+
+    async fn read_body(&mut self, framing: Framing, timeout: Duration) -> Result<(), Failure> {
+        if framing == Framing::UntilClose {
+            self.rx.clear();
+            loop {
+                self.rx.make_room(crate::wire::BODY_BUF);
+                match self.rx.read_some(timeout).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => self.rx.clear(),
+                    Err(e) => return Err(Failure::exchange(&e)),
+                }
+            }
+        }
+        let mut state = BodyState::new(framing);
+        match self.rx.discard_body(&mut state, u64::MAX, timeout).await {
+            Ok(_) => Ok(()),
+            Err(BodyError::Http(_)) => Err(Failure::class(ErrorClass::MalformedResponse)),
+            Err(BodyError::Timeout) => Err(Failure::class(ErrorClass::Timeout)),
+            Err(BodyError::Closed) => Err(Failure::class(ErrorClass::Closed)),
+            Err(BodyError::Io(e)) => Err(Failure::exchange(&e)),
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! A load shard: one pinned thread with its own glommio executor, driving its share of
+//! the virtual users. Like a gateway shard it shares nothing: its VUs, connections and
+//! [`Record`] live on its thread; the main thread sends it stage commands and receives
+//! progress and one finished [`Record`] per stage over crossbeam channels.
+
+use super::client::{dial, ClientConn, Failure};
+use super::options::{LoadConfig, Mode};
+use super::record::{ErrorClass, Record, Sample};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Pause after a failed connect before the VU tries again (keeps a refused target from
+/// turning the generator into a busy loop).
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often a shard looks at its command channel while idle.
+const COMMAND_POLL: Duration = Duration::from_millis(5);
+
+/// Main thread → shard.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Stage(StageCommand),
+    /// End the current window now (Ctrl-C); the stage still reports.
+    EndStage,
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageCommand {
+    pub index: usize,
+    /// This shard's VUs.
+    pub vus: usize,
+    /// The run's VUs over all shards (open-loop pacing spreads the rate over them).
+    pub total_vus: usize,
+    pub duration: Duration,
+    pub cooldown: Duration,
+    /// New connections per second for this shard (0: all at once).
+    pub connect_rate: f64,
+}
+
+/// Shard → main thread.
+#[derive(Debug)]
+pub enum Report {
+    Ready(Result<(), String>),
+    /// Once a second: requests and failures since the stage began (ramp included).
+    Progress {
+        shard: usize,
+        done: u64,
+        failed: u64,
+        open_connections: usize,
+        p99_us: u64,
+    },
+    WindowStart {
+        shard: usize,
+    },
+    StageDone(Box<ShardStage>),
+}
+
+/// One shard's measured window.
+#[derive(Debug)]
+pub struct ShardStage {
+    pub shard: usize,
+    pub core: usize,
+    pub index: usize,
+    pub vus: usize,
+    pub ramp: Duration,
+    pub window: Duration,
+    /// CPU time this shard's thread used during the window.
+    pub cpu: Duration,
+    pub open_connections: usize,
+    pub record: Record,
+}
+
+pub struct WorkerSpec {
+    pub shard: usize,
+    pub core: usize,
+    pub shards: usize,
+    pub config: LoadConfig,
+    pub commands: Receiver<Command>,
+    pub reports: Sender<Report>,
+}
+
+pub fn spawn(spec: WorkerSpec) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("coregate-load-{}", spec.shard))
+        .spawn(move || {
+            let reports = spec.reports.clone();
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: spec.core }) {
+                let _ = reports.send(Report::Ready(Err(format!(
+                    "load shard {}: cannot pin to core {}",
+                    spec.shard, spec.core
+                ))));
+                return;
+            }
+            match LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&format!("load-{}", spec.shard))
+                .io_memory(crate::doctor::IO_MEMORY_PER_SHARD)
+                .make()
+            {
+                Ok(ex) => ex.run(worker_main(spec)),
+                Err(e) => {
+                    let _ = reports.send(Report::Ready(Err(format!(
+                        "load shard {}: cannot start the io_uring executor: {e} \
+                         (run `coregate doctor`)",
+                        spec.shard
+                    ))));
+                }
+            }
+        })
+}
+
+/// State shared by one shard's VU tasks (one thread: `Cell`/`RefCell`, no atomics).
+struct ShardState {
+    id: usize,
+    shards: usize,
+    cfg: LoadConfig,
+    requests: Vec<Vec<u8>>,
+    /// One stop flag per VU, in spawn order.
+    vus: RefCell<Vec<Rc<Cell<bool>>>>,
+    /// Spawned VUs that have not finished their first connect yet.
+    connecting: Cell<usize>,
+    open_connections: Cell<usize>,
+    paused: Cell<bool>,
+    measuring: Cell<bool>,
+    /// Open loop: start of the current schedule and the interval between one VU's sends.
+    schedule: Cell<(Instant, Duration)>,
+    total_vus: Cell<usize>,
+    /// Bumped when the schedule restarts, so VUs re-align to it.
+    epoch: Cell<u64>,
+    record: RefCell<Record>,
+    done: Cell<u64>,
+    failed: Cell<u64>,
+    seq: Cell<u64>,
+}
+
+impl ShardState {
+    fn note(&self, result: &Result<super::client::Response, Failure>, latency: Duration) {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        self.done.set(self.done.get() + 1);
+        let (status, error) = match result {
+            Ok(r) => (r.status, ErrorClass::of_status(r.status)),
+            Err(f) => (0, Some(f.class)),
+        };
+        if error.is_some() {
+            self.failed.set(self.failed.get() + 1);
+        }
+        if !self.measuring.get() {
+            return;
+        }
+        let latency_us = latency.as_micros() as u64;
+        let mut rec = self.record.borrow_mut();
+        match result {
+            Ok(r) => rec.response(r.status, latency_us),
+            Err(f) => rec.failure(f.class, f.errno),
+        }
+        let every = self.cfg.log_every;
+        if every > 0 && seq % every == 0 {
+            rec.sample(Sample {
+                unix_us: unix_us(),
+                latency_us,
+                status,
+                error,
+                request_id: seq * self.shards as u64 + self.id as u64,
+            });
+        }
+    }
+}
+
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+async fn worker_main(spec: WorkerSpec) {
+    let requests = spec
+        .config
+        .targets
+        .iter()
+        .map(|t| spec.config.request.build(t))
+        .collect();
+    let st = Rc::new(ShardState {
+        id: spec.shard,
+        shards: spec.shards,
+        cfg: spec.config.clone(),
+        requests,
+        vus: RefCell::new(Vec::new()),
+        connecting: Cell::new(0),
+        open_connections: Cell::new(0),
+        paused: Cell::new(false),
+        measuring: Cell::new(false),
+        schedule: Cell::new((Instant::now(), Duration::from_secs(1))),
+        total_vus: Cell::new(0),
+        epoch: Cell::new(0),
+        record: RefCell::new(Record::new()),
+        done: Cell::new(0),
+        failed: Cell::new(0),
+        seq: Cell::new(0),
+    });
+    let _ = spec.reports.send(Report::Ready(Ok(())));
+    loop {
+        match spec.commands.try_recv() {
+            Ok(Command::Stage(cmd)) => run_stage(&st, &spec, cmd).await,
+            Ok(Command::EndStage) => {}
+            Ok(Command::Stop) | Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => glommio::timer::sleep(COMMAND_POLL).await,
+        }
+    }
+    for stop in st.vus.borrow().iter() {
+        stop.set(true);
+    }
+}
+
+fn progress(st: &ShardState, spec: &WorkerSpec) {
+    let p99 = {
+        let rec = st.record.borrow();
+        if rec.responses > 0 {
+            rec.latency.value_at_quantile(0.99)
+        } else {
+            0
+        }
+    };
+    let _ = spec.reports.send(Report::Progress {
+        shard: st.id,
+        done: st.done.get(),
+        failed: st.failed.get(),
+        open_connections: st.open_connections.get(),
+        p99_us: p99,
+    });
+}
+
+/// Sleeps up to `d`, waking early for EndStage. Returns true when told to end.
+async fn sleep_or_end(spec: &WorkerSpec, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        match spec.commands.try_recv() {
+            Ok(Command::EndStage) | Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
+                return true
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        glommio::timer::sleep((until - now).min(Duration::from_millis(50))).await;
+    }
+}
+
+async fn run_stage(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: StageCommand) {
+    st.done.set(0);
+    st.failed.set(0);
+    st.record.replace(Record::new());
+    if !cmd.cooldown.is_zero() {
+        st.paused.set(true);
+        sleep_or_end(spec, cmd.cooldown).await;
+        st.paused.set(false);
+    }
+    st.total_vus.set(cmd.total_vus);
+    let ramp_start = Instant::now();
+    let mut ended = resize(st, spec, &cmd).await;
+    // The ramp ends when every new VU has connected (or failed to).
+    let connect_deadline = Instant::now() + st.cfg.connect_timeout + Duration::from_secs(1);
+    while !ended && st.connecting.get() > 0 && Instant::now() < connect_deadline {
+        ended = sleep_or_end(spec, Duration::from_millis(10)).await;
+    }
+    let ramp = ramp_start.elapsed();
+
+    st.record.replace(Record::new());
+    let interval = match st.cfg.mode {
+        Mode::Open { rate } => Duration::from_secs_f64(cmd.total_vus.max(1) as f64 / rate),
+        Mode::Closed { .. } => Duration::ZERO,
+    };
+    let start = Instant::now();
+    st.schedule.set((start, interval));
+    st.epoch.set(st.epoch.get() + 1);
+    st.measuring.set(true);
+    let cpu_start = thread_cpu();
+    let _ = spec.reports.send(Report::WindowStart { shard: st.id });
+    let end = start + cmd.duration;
+    while !ended {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        ended = sleep_or_end(spec, (end - now).min(Duration::from_secs(1))).await;
+        progress(st, spec);
+    }
+    st.measuring.set(false);
+    let window = start.elapsed();
+    let cpu = thread_cpu().saturating_sub(cpu_start);
+    let record = st.record.replace(Record::new());
+    let _ = spec.reports.send(Report::StageDone(Box::new(ShardStage {
+        shard: st.id,
+        core: spec.core,
+        index: cmd.index,
+        vus: cmd.vus,
+        ramp,
+        window,
+        cpu,
+        open_connections: st.open_connections.get(),
+        record,
+    })));
+}
+
+/// Grows (at the connect rate) or shrinks this shard's VUs to `cmd.vus`.
+/// Returns true if told to end the stage meanwhile.
+async fn resize(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: &StageCommand) -> bool {
+    let have = st.vus.borrow().len();
+    if cmd.vus <= have {
+        for stop in st.vus.borrow_mut().drain(cmd.vus..) {
+            stop.set(true);
+        }
+        return false;
+    }
+    let want = cmd.vus - have;
+    let started = Instant::now();
+    let mut spawned = 0;
+    let mut last_progress = Instant::now();
+    while spawned < want {
+        let allowed = if cmd.connect_rate <= 0.0 {
+            want
+        } else {
+            ((started.elapsed().as_secs_f64() * cmd.connect_rate) as usize + 1).min(want)
+        };
+        while spawned < allowed {
+            let stop = Rc::new(Cell::new(false));
+            let local = st.vus.borrow().len();
+            st.vus.borrow_mut().push(stop.clone());
+            st.connecting.set(st.connecting.get() + 1);
+            glommio::spawn_local(virtual_user(st.clone(), local, stop)).detach();
+            spawned += 1;
+        }
+        if spawned < want {
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                progress(st, spec);
+            }
+            if sleep_or_end(spec, Duration::from_millis(5)).await {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// One virtual user: a connection and a loop of requests on it.
+async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
+    let global = local * st.shards + st.id;
+    let target = global % st.requests.len().max(1);
+    let dest = st.cfg.targets[target].addr;
+    let source = match st.cfg.sources.len() {
+        0 => None,
+        n => Some(st.cfg.sources[global % n]),
+    };
+    let is_head = st.cfg.request.is_head();
+    let mut conn: Option<ClientConn> = None;
+    let mut connecting = true;
+    let mut epoch = u64::MAX;
+    let mut next_send = Instant::now();
+    while !stop.get() {
+        if st.paused.get() {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match dial(dest, source) {
+                Ok(c) => {
+                    st.open_connections.set(st.open_connections.get() + 1);
+                    if st.measuring.get() {
+                        st.record.borrow_mut().connections_opened += 1;
+                    }
+                    conn.insert(c)
+                }
+                Err(f) => {
+                    st.note(&Err(f), Duration::ZERO);
+                    if std::mem::take(&mut connecting) {
+                        st.connecting.set(st.connecting.get() - 1);
+                    }
+                    glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let began = match st.cfg.mode {
+            Mode::Closed { .. } => Instant::now(),
+            Mode::Open { .. } => {
+                let (start, interval) = st.schedule.get();
+                if epoch != st.epoch.get() {
+                    // Spread the VUs' first sends evenly over one interval.
+                    epoch = st.epoch.get();
+                    let frac = global as f64 / st.total_vus.get().max(1) as f64;
+                    next_send = start + interval.mul_f64(frac.min(1.0));
+                }
+                let intended = next_send;
+                next_send += interval;
+                let now = Instant::now();
+                if intended > now {
+                    glommio::timer::sleep(intended - now).await;
+                } else if now - intended > Duration::from_millis(1) && st.measuring.get() {
+                    st.record.borrow_mut().late_sends += 1;
+                }
+                intended
+            }
+        };
+        let result = c
+            .exchange(
+                &st.requests[target],
+                is_head,
+                st.cfg.timeout,
+                st.cfg.connect_timeout,
+            )
+            .await;
+        if std::mem::take(&mut connecting) {
+            st.connecting.set(st.connecting.get() - 1);
+        }
+        st.note(&result, began.elapsed());
+        let reuse = matches!(&result, Ok(r) if r.keep_alive);
+        if !reuse {
+            conn = None;
+            st.open_connections.set(st.open_connections.get() - 1);
+            if let Err(f) = result {
+                if matches!(
+                    f.class,
+                    ErrorClass::ConnectRefused | ErrorClass::ConnectTimeout
+                ) {
+                    glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                }
+            }
+        }
+        if let Mode::Closed { think } = st.cfg.mode {
+            if !think.is_zero() {
+                glommio::timer::sleep(think).await;
+            }
+        }
+    }
+    if conn.is_some() {
+        st.open_connections.set(st.open_connections.get() - 1);
+    }
+    if connecting {
+        st.connecting.set(st.connecting.get() - 1);
+    }
+}
