@@ -7,23 +7,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Starts a separate mock provider process on a free port.
-fn mock_provider(name: &str, port: u16) -> Proc {
-    let dir = tmpdir(&format!("mock-{name}-{port}"));
-    let p = spawn(
-        &[
-            "mock-provider",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--cores",
-            "0",
-        ],
-        dir.join("mock.log"),
-    );
-    wait_port(port, Duration::from_secs(10));
-    p
-}
-
 fn provider_toml(name: &str, endpoint: &str, prefix: &str, extra: &str) -> String {
     format!(
         "[[providers]]\nname = \"{name}\"\nendpoints = [\"{endpoint}\"]\n{extra}\n\

@@ -137,25 +137,25 @@ pub fn rfc3339_now() -> String {
 /// Hardware, kernel, sysctls and rlimits, for summary.json.
 pub fn host_info() -> Value {
     let read = crate::doctor::read_trim;
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        });
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
     let mem_gb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("MemTotal:"))
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             .map(|kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0)
     });
-    let os = std::fs::read_to_string("/etc/os-release").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-            .map(|v| v.trim_matches('"').to_string())
-    });
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        });
     let sysctls: serde_json::Map<String, Value> = [
         "net.core.somaxconn",
         "net.ipv4.tcp_max_syn_backlog",
@@ -173,7 +173,10 @@ pub fn host_info() -> Value {
     .iter()
     .map(|k| {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
-        (k.to_string(), read(&path).map(Value::from).unwrap_or(Value::Null))
+        (
+            k.to_string(),
+            read(&path).map(Value::from).unwrap_or(Value::Null),
+        )
     })
     .collect();
     let limit = |r| {

@@ -2,6 +2,7 @@
 
 use super::stage::StageRow;
 use plotters::coord::combinators::IntoLogRange;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -33,13 +34,10 @@ pub fn write(dir: &Path, rows: &[StageRow], title: &str) -> Result<(), String> {
     .map_err(|e| format!("latency_vs_vus.svg: {e}"))
 }
 
-fn chart(
-    path: &Path,
-    title: &str,
-    y_label: &str,
-    log_y: bool,
-    series: &[(&str, &[(f64, f64)], RGBColor)],
-) -> DrawResult {
+/// One line on a chart: its legend name, its points, its colour.
+type Series<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
+
+fn chart(path: &Path, title: &str, y_label: &str, log_y: bool, series: &[Series]) -> DrawResult {
     let points = series.iter().flat_map(|s| s.1.iter());
     let (mut x_min, mut x_max, mut y_max) = (f64::MAX, 0.0f64, 0.0f64);
     let mut y_min = f64::MAX;
@@ -65,45 +63,39 @@ fn chart(
     if log_y {
         let y_lo = if y_min == f64::MAX { 0.01 } else { y_min * 0.8 };
         let y_hi = (y_max * 1.25).max(y_lo * 10.0);
-        let mut c = builder.build_cartesian_2d(x_range, (y_lo..y_hi).log_scale())?;
-        c.configure_mesh()
-            .x_desc("virtual users (log)")
-            .y_desc(y_label)
-            .draw()?;
-        draw_series(&mut c, series)?;
-        c.configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        let c = builder.build_cartesian_2d(x_range, (y_lo..y_hi).log_scale())?;
+        draw(c, y_label, series)?;
     } else {
-        let mut c = builder.build_cartesian_2d(x_range, 0.0..(y_max * 1.15).max(1.0))?;
-        c.configure_mesh()
-            .x_desc("virtual users (log)")
-            .y_desc(y_label)
-            .draw()?;
-        draw_series(&mut c, series)?;
-        c.configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        let c = builder.build_cartesian_2d(x_range, 0.0..(y_max * 1.15).max(1.0))?;
+        draw(c, y_label, series)?;
     }
     root.present()?;
     Ok(())
 }
 
-fn draw_series<'a, X, Y>(
-    c: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
-    series: &[(&str, &[(f64, f64)], RGBColor)],
+/// Mesh, lines, points and legend, whatever the axes' scales.
+fn draw<'a, X, Y>(
+    mut c: ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    y_label: &str,
+    series: &[Series],
 ) -> DrawResult
 where
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
+    c.configure_mesh()
+        .x_desc("virtual users (log)")
+        .y_desc(y_label)
+        .draw()?;
     for &(name, data, color) in series {
         c.draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))?
             .label(name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         c.draw_series(data.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
     }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }

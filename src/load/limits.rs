@@ -66,7 +66,11 @@ pub fn describe(caps: &ClientCaps, peak_vus: usize, sources_given: bool) -> Vec<
     let mut out = vec![format!(
         "client limits: RLIMIT_NOFILE {} allows {} connections; ports {}-{} x {} \
          (source, destination) pair(s) allow {}",
-        caps.nofile, caps.fd_cap, caps.port_range.0, caps.port_range.1, caps.port_pairs,
+        caps.nofile,
+        caps.fd_cap,
+        caps.port_range.0,
+        caps.port_range.1,
+        caps.port_pairs,
         caps.port_cap
     )];
     if peak_vus as u64 > caps.client_cap {

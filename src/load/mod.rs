@@ -76,7 +76,8 @@ impl Shards {
                 reports: report_tx.clone(),
             };
             shards.commands.push(tx);
-            let handle = worker::spawn(spec).map_err(|e| format!("cannot start a load thread: {e}"))?;
+            let handle =
+                worker::spawn(spec).map_err(|e| format!("cannot start a load thread: {e}"))?;
             shards.threads.push(handle);
         }
         for _ in 0..cfg.cores.len() {
@@ -96,11 +97,25 @@ impl Shards {
         }
     }
 
-    fn stop(self) {
+    /// Stops the shards; returns every request they completed in the run.
+    fn stop(self) -> u64 {
         self.send(&Command::Stop);
+        let mut requests = 0;
+        let mut finished = 0;
+        while finished < self.commands.len() {
+            match self.reports.recv_timeout(Duration::from_secs(60)) {
+                Ok(Report::Finished { requests: r, .. }) => {
+                    requests += r;
+                    finished += 1;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
         for t in self.threads {
             let _ = t.join();
         }
+        requests
     }
 }
 
@@ -179,7 +194,7 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
         rows.push(row);
         verdict = Some(v);
     }
-    shards.stop();
+    let all_requests = shards.stop();
     drop(stop_sampler);
     let _ = sampler.join();
     let was_interrupted = interrupted.load(Ordering::Relaxed);
@@ -189,7 +204,9 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
         "breaking point: {}; max stable VUs: {}; max RPS: {:.0} at {} VUs; failure mode: {}; \
          client limits hit: {}",
         findings.breaking_point,
-        findings.max_stable_vus.map_or("none".into(), |v| v.to_string()),
+        findings
+            .max_stable_vus
+            .map_or("none".into(), |v| v.to_string()),
         findings.max_rps,
         findings.max_rps_vus,
         findings.failure_mode,
@@ -209,6 +226,7 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
             started_at,
             finished_at: artifacts::rfc3339_now(),
             interrupted: was_interrupted,
+            all_requests,
         };
         let summary = serde_json::to_string_pretty(&report::summary_json(&info))
             .map_err(|e| format!("summary.json: {e}"))?;
@@ -278,14 +296,17 @@ impl Running<'_> {
                     failed,
                     open_connections,
                     p99_us,
-                }) => self.progress.update(shard, d, failed, open_connections, p99_us),
+                }) => self
+                    .progress
+                    .update(shard, d, failed, open_connections, p99_us),
                 Ok(Report::WindowStart { .. }) => {
                     if target_cpu_start.is_none() {
                         target_cpu_start = pid.as_deref().and_then(resources::cpu_seconds);
                     }
                 }
                 Ok(Report::StageDone(s)) => done.push(*s),
-                Ok(Report::Ready(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Report::Ready(_) | Report::Finished { .. }) | Err(RecvTimeoutError::Timeout) => {
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err("the load shards exited unexpectedly".into())
                 }
@@ -310,11 +331,20 @@ impl Running<'_> {
                 ));
             }
         }
-        let target_cpu = match (pid.as_deref().and_then(resources::cpu_seconds), target_cpu_start) {
+        let target_cpu = match (
+            pid.as_deref().and_then(resources::cpu_seconds),
+            target_cpu_start,
+        ) {
             (Some(end), Some(start)) => Some(end.0 - start.0),
             _ => None,
         };
-        Ok(StageRow::merge(step.index, step.vus, self.cfg.mode, done, target_cpu))
+        Ok(StageRow::merge(
+            step.index,
+            step.vus,
+            self.cfg.mode,
+            done,
+            target_cpu,
+        ))
     }
 }
 

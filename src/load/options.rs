@@ -101,9 +101,13 @@ pub struct LoadArgs {
 /// Closed or open loop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
-    Closed { think: Duration },
+    Closed {
+        think: Duration,
+    },
     /// Requests per second over all VUs of the run.
-    Open { rate: f64 },
+    Open {
+        rate: f64,
+    },
 }
 
 /// A validated load run.
@@ -209,8 +213,7 @@ impl LoadArgs {
         let body = match (&self.body, &self.body_file) {
             (Some(b), _) => Some(b.clone().into_bytes()),
             (None, Some(path)) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("--body-file {}: {e}", path.display()))?,
+                std::fs::read(path).map_err(|e| format!("--body-file {}: {e}", path.display()))?,
             ),
             (None, None) => None,
         };
@@ -290,10 +293,15 @@ mod tests {
     #[test]
     fn durations_and_fractions() {
         assert_eq!(parse_duration("x", "30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("x", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_duration("x", "2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("x", "3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("--iteration", "soon").unwrap_err().contains("--iteration"));
+        assert!(parse_duration("--iteration", "soon")
+            .unwrap_err()
+            .contains("--iteration"));
         assert_eq!(parse_fraction("x", "5%").unwrap(), 0.05);
         assert_eq!(parse_fraction("x", "0.25").unwrap(), 0.25);
         assert!(parse_fraction("x", "150%").is_err());

@@ -114,7 +114,7 @@ impl Plan {
         }
         let i = self.next_index;
         let step = match &self.profile {
-            Profile::Single { vus, duration } => (i == 0).then(|| Step {
+            Profile::Single { vus, duration } => (i == 0).then_some(Step {
                 index: 0,
                 vus: *vus,
                 duration: *duration,
@@ -139,7 +139,7 @@ impl Plan {
             } => {
                 let vus = start + step * i;
                 let max = max.unwrap_or(self.client_cap).max(*start);
-                (vus <= max).then(|| Step {
+                (vus <= max).then_some(Step {
                     index: i,
                     vus,
                     duration: *iteration,

@@ -38,7 +38,9 @@ impl Progress {
     pub fn stage(&mut self, label: String) {
         self.stage_label = label;
         self.stage_started = Instant::now();
-        self.shards.iter_mut().for_each(|s| *s = ShardProgress::default());
+        self.shards
+            .iter_mut()
+            .for_each(|s| *s = ShardProgress::default());
         self.last_done = 0;
         self.last_print = Instant::now();
     }

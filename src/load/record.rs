@@ -287,15 +287,30 @@ mod tests {
     #[test]
     fn classifies_by_errno() {
         let e = |n| io::Error::from_raw_os_error(n);
-        assert_eq!(ErrorClass::of_connect(&e(libc::ECONNREFUSED)), ErrorClass::ConnectRefused);
-        assert_eq!(ErrorClass::of_connect(&e(libc::EADDRNOTAVAIL)), ErrorClass::ClientPorts);
-        assert_eq!(ErrorClass::of_connect(&e(libc::EMFILE)), ErrorClass::ClientFds);
-        assert_eq!(ErrorClass::of_connect(&e(libc::ENFILE)), ErrorClass::ClientFds);
+        assert_eq!(
+            ErrorClass::of_connect(&e(libc::ECONNREFUSED)),
+            ErrorClass::ConnectRefused
+        );
+        assert_eq!(
+            ErrorClass::of_connect(&e(libc::EADDRNOTAVAIL)),
+            ErrorClass::ClientPorts
+        );
+        assert_eq!(
+            ErrorClass::of_connect(&e(libc::EMFILE)),
+            ErrorClass::ClientFds
+        );
+        assert_eq!(
+            ErrorClass::of_connect(&e(libc::ENFILE)),
+            ErrorClass::ClientFds
+        );
         assert_eq!(
             ErrorClass::of_connect(&io::ErrorKind::TimedOut.into()),
             ErrorClass::ConnectTimeout
         );
-        assert_eq!(ErrorClass::of_exchange(&e(libc::ECONNRESET)), ErrorClass::Reset);
+        assert_eq!(
+            ErrorClass::of_exchange(&e(libc::ECONNRESET)),
+            ErrorClass::Reset
+        );
         assert_eq!(
             ErrorClass::of_exchange(&io::ErrorKind::TimedOut.into()),
             ErrorClass::Timeout

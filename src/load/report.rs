@@ -49,7 +49,9 @@ pub fn findings(profile: &Profile, rows: &[StageRow], overall: &Record) -> Findi
     client_limits_hit.dedup();
     let tested = rows.iter().map(|r| r.vus).max().unwrap_or(0);
     let breaking = rows.iter().find(|r| r.verdict == Some(Verdict::Breaking));
-    let client_stop = rows.iter().find(|r| r.verdict == Some(Verdict::ClientLimit));
+    let client_stop = rows
+        .iter()
+        .find(|r| r.verdict == Some(Verdict::ClientLimit));
     let dominant = |r: &StageRow| {
         r.errors
             .iter()
@@ -110,6 +112,9 @@ pub struct RunInfo<'a> {
     pub started_at: String,
     pub finished_at: String,
     pub interrupted: bool,
+    /// Every request completed in the run, ramps and cool-downs included (the stages
+    /// count only their measured windows).
+    pub all_requests: u64,
 }
 
 fn mode_json(mode: Mode) -> Value {
@@ -142,6 +147,7 @@ pub fn summary_json(run: &RunInfo) -> Value {
         "max_rps": f.max_rps,
         "max_rps_vus": f.max_rps_vus,
         "failure_mode": f.failure_mode,
+        "all_requests": run.all_requests,
         "total_requests": o.total(),
         "successful_requests": o.ok,
         "failed_requests": o.failed(),
@@ -189,7 +195,17 @@ pub fn report_md(run: &RunInfo) -> String {
         cfg.sources.len().max(1),
         cfg.connect_rate
     );
-    let _ = writeln!(s, "- {} to {}{}", run.started_at, run.finished_at, if run.interrupted { " (interrupted)" } else { "" });
+    let _ = writeln!(
+        s,
+        "- {} to {}{}",
+        run.started_at,
+        run.finished_at,
+        if run.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(
         s,
         "- client caps: {} connections (fds {}, ports {}; {} binds)\n",
@@ -203,7 +219,11 @@ pub fn report_md(run: &RunInfo) -> String {
         "| max stable VUs | {} |",
         f.max_stable_vus.map_or("none".into(), |v| v.to_string())
     );
-    let _ = writeln!(s, "| max RPS | {:.0} (at {} VUs) |", f.max_rps, f.max_rps_vus);
+    let _ = writeln!(
+        s,
+        "| max RPS | {:.0} (at {} VUs) |",
+        f.max_rps, f.max_rps_vus
+    );
     let _ = writeln!(s, "| failure mode | {} |", f.failure_mode);
     let _ = writeln!(
         s,
@@ -243,13 +263,20 @@ pub fn report_md(run: &RunInfo) -> String {
     }
     let errors: Vec<_> = run.rows.iter().filter(|r| !r.errors.is_empty()).collect();
     if !errors.is_empty() {
-        let _ = writeln!(s, "\n## Errors by class\n\n| stage | VUs | errors |\n|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Errors by class\n\n| stage | VUs | errors |\n|---|---|---|"
+        );
         for r in errors {
             let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             let _ = writeln!(s, "| {} | {} | {} |", r.stage, r.vus, list.join(", "));
         }
     }
-    let notes: Vec<_> = run.rows.iter().flat_map(|r| r.notes.iter().map(move |n| (r.stage, n))).collect();
+    let notes: Vec<_> = run
+        .rows
+        .iter()
+        .flat_map(|r| r.notes.iter().map(move |n| (r.stage, n)))
+        .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "\n## Notes\n");
         for (stage, n) in notes {

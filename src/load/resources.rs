@@ -87,7 +87,8 @@ pub fn spawn_sampler(
                 last_self = me;
                 if let (Some(p), Some(ps)) = (pid, pid_s.as_deref()) {
                     if let Some((cpu, threads)) = cpu_seconds(ps) {
-                        sample.cpu_percent = last_target.map(|l| round2((cpu - l) / elapsed * 100.0));
+                        sample.cpu_percent =
+                            last_target.map(|l| round2((cpu - l) / elapsed * 100.0));
                         sample.threads = Some(threads);
                         last_target = Some(cpu);
                     }

@@ -118,7 +118,13 @@ impl StageRow {
         let total = record.total();
         let failed = record.failed();
         let client = record.client_limit_failures();
-        let rate = |n: u64| if total == 0 { 0.0 } else { n as f64 / total as f64 };
+        let rate = |n: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                n as f64 / total as f64
+            }
+        };
         let client_cpu = per_shard.iter().map(|s| s.cpu_percent).fold(0.0, f64::max);
         let mut client_limits = Vec::new();
         if record.count(ErrorClass::ClientPorts) > 0 {
@@ -243,7 +249,10 @@ impl StageRow {
             self.client_cpu_percent
         );
         if let Some(v) = self.verdict {
-            line.push_str(&format!(" -> {}", serde_json::to_string(&v).unwrap_or_default()));
+            line.push_str(&format!(
+                " -> {}",
+                serde_json::to_string(&v).unwrap_or_default()
+            ));
         }
         line
     }

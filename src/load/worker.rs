@@ -56,6 +56,12 @@ pub enum Report {
         shard: usize,
     },
     StageDone(Box<ShardStage>),
+    /// After Stop, once the VUs finished their last request: every request this shard
+    /// completed in the run (ramps and cool-downs included).
+    Finished {
+        shard: usize,
+        requests: u64,
+    },
 }
 
 /// One shard's measured window.
@@ -133,10 +139,13 @@ struct ShardState {
     done: Cell<u64>,
     failed: Cell<u64>,
     seq: Cell<u64>,
+    /// VU tasks still running (stopping ones included).
+    live: Cell<usize>,
 }
 
 impl ShardState {
     fn note(&self, result: &Result<super::client::Response, Failure>, latency: Duration) {
+        // `seq` counts every completed request of the run.
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
         self.done.set(self.done.get() + 1);
@@ -184,7 +193,10 @@ pub fn thread_cpu() -> Duration {
     };
     // SAFETY: clock_gettime writes only the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 async fn worker_main(spec: WorkerSpec) {
@@ -211,6 +223,7 @@ async fn worker_main(spec: WorkerSpec) {
         done: Cell::new(0),
         failed: Cell::new(0),
         seq: Cell::new(0),
+        live: Cell::new(0),
     });
     let _ = spec.reports.send(Report::Ready(Ok(())));
     loop {
@@ -221,9 +234,19 @@ async fn worker_main(spec: WorkerSpec) {
             Err(TryRecvError::Empty) => glommio::timer::sleep(COMMAND_POLL).await,
         }
     }
+    // Let every VU finish the request it has in flight, so that the run's request count
+    // matches what the target answered.
     for stop in st.vus.borrow().iter() {
         stop.set(true);
     }
+    let deadline = Instant::now() + st.cfg.timeout + st.cfg.connect_timeout;
+    while st.live.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = spec.reports.send(Report::Finished {
+        shard: st.id,
+        requests: st.seq.get(),
+    });
 }
 
 fn progress(st: &ShardState, spec: &WorkerSpec) {
@@ -343,6 +366,7 @@ async fn resize(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: &StageCommand) -> b
             let local = st.vus.borrow().len();
             st.vus.borrow_mut().push(stop.clone());
             st.connecting.set(st.connecting.get() + 1);
+            st.live.set(st.live.get() + 1);
             glommio::spawn_local(virtual_user(st.clone(), local, stop)).detach();
             spawned += 1;
         }
@@ -456,4 +480,5 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
     if connecting {
         st.connecting.set(st.connecting.get() - 1);
     }
+    st.live.set(st.live.get() - 1);
 }

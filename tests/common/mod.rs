@@ -81,6 +81,23 @@ pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
     Proc { child, log }
 }
 
+/// Starts a separate mock provider process on a free port.
+pub fn mock_provider(name: &str, port: u16) -> Proc {
+    let dir = tmpdir(&format!("mock-{name}-{port}"));
+    let p = spawn(
+        &[
+            "mock-provider",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cores",
+            "0",
+        ],
+        dir.join("mock.log"),
+    );
+    wait_port(port, Duration::from_secs(10));
+    p
+}
+
 pub fn wait_port(port: u16, timeout: Duration) {
     wait_listening(port, true, timeout);
 }
