@@ -126,7 +126,7 @@ async fn shard_main(spec: ShardSpec) {
             body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
         },
         routes: RouteTable::new(&cfg.routes, &cfg.providers),
-        providers: Providers::new(&cfg.providers),
+        providers: Providers::new(&cfg.providers, spec.max_connections),
         stats: RefCell::new(ShardStats::new(
             spec.id,
             spec.core,

@@ -67,44 +67,55 @@ pub fn parse_response(
             value: range_in(buf, h.value),
         });
     }
-    let values = |name: &'static str| {
-        headers
-            .iter()
-            .filter(move |h| buf[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
-            .map(move |h| &buf[h.value.clone()])
-    };
+    // One pass over the fields: this runs for every provider response (and every response
+    // the load generator reads).
     let http11 = minor == 1;
     let mut close = false;
     let mut ka = false;
-    for v in values("connection") {
-        for t in list_elements(v) {
-            close |= t.eq_ignore_ascii_case(b"close");
-            ka |= t.eq_ignore_ascii_case(b"keep-alive");
+    let mut te_seen = false;
+    let mut te_last_chunked = false;
+    let mut cl_seen = false;
+    let mut cl: Result<Option<u64>, ()> = Ok(None);
+    for h in headers.iter() {
+        let name = &buf[h.name.clone()];
+        let value = &buf[h.value.clone()];
+        if name.eq_ignore_ascii_case(b"connection") {
+            for t in list_elements(value) {
+                close |= t.eq_ignore_ascii_case(b"close");
+                ka |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te_seen = true;
+            if let Some(last) = list_elements(value).last() {
+                te_last_chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            cl_seen = true;
+            cl = match (cl, parse_content_length(std::iter::once(value))) {
+                (Ok(prev), Ok(Some(n))) if prev.is_none() || prev == Some(n) => Ok(Some(n)),
+                _ => Err(()),
+            };
         }
     }
     let mut keep_alive = !close && (http11 || ka);
     let no_body = request_was_head || (100..200).contains(&code) || code == 204 || code == 304;
     let framing = if no_body {
         Framing::Length(0)
-    } else if values("transfer-encoding").next().is_some() {
-        let last_chunked = values("transfer-encoding")
-            .flat_map(list_elements)
-            .last()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    } else if te_seen {
         // TE with CL: TE wins, but the connection must not be reused (RFC 9112 §6.3).
-        if values("content-length").next().is_some() {
+        if cl_seen {
             keep_alive = false;
         }
-        if last_chunked {
+        if te_last_chunked {
             Framing::Chunked
         } else {
             Framing::UntilClose
         }
     } else {
-        match parse_content_length(values("content-length")) {
+        match cl {
             Ok(Some(n)) => Framing::Length(n),
             Ok(None) => Framing::UntilClose,
-            Err(_) => {
+            Err(()) => {
                 return Err(HttpError::new(
                     502,
                     "bad_response",

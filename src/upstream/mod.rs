@@ -37,7 +37,9 @@ pub struct ProviderConfig {
     pub pool_max_total: usize,
     /// Idle pooled connections older than this are closed.
     pub pool_idle_timeout_ms: u64,
-    /// Requests that may wait for a connection per endpoint per shard when at the cap.
+    /// Requests that may wait for a connection per endpoint per shard when at the cap;
+    /// 0 (the default) means the shard's client connection cap, so a request is never
+    /// refused by the queue while its connection was accepted.
     pub queue_max: usize,
     /// How long a request waits for a connection before 503.
     pub queue_timeout_ms: u64,
@@ -56,7 +58,7 @@ impl Default for ProviderConfig {
             pool_max_idle: 1024,
             pool_max_total: 1024,
             pool_idle_timeout_ms: 60_000,
-            queue_max: 16_384,
+            queue_max: 0,
             queue_timeout_ms: 5_000,
         }
     }

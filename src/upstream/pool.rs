@@ -63,12 +63,20 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn new(cfgs: &[ProviderConfig]) -> Providers {
+    /// `connection_cap` is the shard's client connection cap (the default `queue_max`).
+    pub fn new(cfgs: &[ProviderConfig], connection_cap: usize) -> Providers {
         let list = cfgs
             .iter()
             .map(|c| Provider {
                 name: c.name.clone(),
-                cfg: c.clone(),
+                cfg: ProviderConfig {
+                    queue_max: if c.queue_max == 0 {
+                        connection_cap.max(1)
+                    } else {
+                        c.queue_max
+                    },
+                    ..c.clone()
+                },
                 endpoints: c
                     .endpoints
                     .iter()
