@@ -7,7 +7,8 @@
 #
 # Default load: 2,000 VUs for 15 s on /v1/mock/api/small. The gateway (with its embedded mock
 # provider) runs on CPU 1 and is restarted after every apply, so listen-time values such as
-# somaxconn take effect; the generator runs on CPU 0.
+# somaxconn take effect; the generator runs on CPU 0. GATEWAY_CONFIG=FILE starts the gateway
+# with that config (e.g. a larger server.backlog, so somaxconn is what caps it).
 set -eu
 here=$(cd "$(dirname "$0")/../.." && pwd)
 [ "$(id -u)" = 0 ] || { echo "netns-experiment: needs root (unshare -n, sysctl writes)" >&2; exit 2; }
@@ -27,6 +28,10 @@ fi
 
 ip link set lo up
 pidfile=$out/gateway.pid
+config_arg=""
+if [ -n "${GATEWAY_CONFIG:-}" ]; then
+	config_arg="--config $(cd "$(dirname "$GATEWAY_CONFIG")" && pwd)/$(basename "$GATEWAY_CONFIG")"
+fi
 cat > "$out/restart-gateway.sh" <<RESTART
 #!/bin/sh
 # Stops the previous gateway (if any) and starts a fresh one, so it listens with the values
@@ -36,7 +41,7 @@ if [ -s "$pidfile" ]; then
 	kill "\$(cat "$pidfile")" 2>/dev/null || true
 	sleep 1
 fi
-taskset -c 1 "$bin" serve --cores 1 --listen 127.0.0.1:18080 --admin 127.0.0.1:19901 \
+taskset -c 1 "$bin" serve $config_arg --cores 1 --listen 127.0.0.1:18080 --admin 127.0.0.1:19901 \
 	>> "$out/gateway.log" 2>&1 &
 echo \$! > "$pidfile"
 for _ in \$(seq 100); do
