@@ -284,7 +284,7 @@ impl Running<'_> {
             + self.cfg.timeout
             + Duration::from_secs(30);
         self.vus_now = step.vus;
-        let pid = self.cfg.pid.map(|p| p.to_string());
+        let pid = self.cfg.pid;
         let mut target_cpu_start = None;
         let mut done: Vec<ShardStage> = Vec::new();
         let mut ended = false;
@@ -301,7 +301,7 @@ impl Running<'_> {
                     .update(shard, d, failed, open_connections, p99_us),
                 Ok(Report::WindowStart { .. }) => {
                     if target_cpu_start.is_none() {
-                        target_cpu_start = pid.as_deref().and_then(resources::cpu_seconds);
+                        target_cpu_start = pid.and_then(resources::tree_cpu_seconds);
                     }
                 }
                 Ok(Report::StageDone(s)) => done.push(*s),
@@ -331,10 +331,7 @@ impl Running<'_> {
                 ));
             }
         }
-        let target_cpu = match (
-            pid.as_deref().and_then(resources::cpu_seconds),
-            target_cpu_start,
-        ) {
+        let target_cpu = match (pid.and_then(resources::tree_cpu_seconds), target_cpu_start) {
             (Some(end), Some(start)) => Some(end.0 - start.0),
             _ => None,
         };

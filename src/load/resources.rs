@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Serialize)]
 pub struct ResourceSample {
     pub timestamp_ms: u64,
-    /// Target process: CPU % of one core over the last second (200 = two cores busy).
+    /// Target process and its descendants: CPU % of one core over the last second (200 = two
+    /// cores busy); memory, fds and threads are summed over the tree too.
     pub cpu_percent: Option<f64>,
     pub memory_mb: Option<f64>,
     pub open_fds: Option<u64>,
@@ -30,17 +31,60 @@ fn clock_ticks() -> f64 {
     }
 }
 
+/// Fields 3.. of /proc/PID/stat (after the command name, which may contain spaces).
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// utime + stime of a process (`self` or a pid), in seconds, and its thread count.
 pub fn cpu_seconds(pid: &str) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may itself contain spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14, stime 15, num_threads 20.
+    let f = stat_fields(pid)?;
+    // f[0] is field 3 (state): utime is field 14, stime 15, num_threads 20.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     let threads: u64 = f.get(17)?.parse().ok()?;
     Some(((utime + stime) as f64 / clock_ticks(), threads))
+}
+
+/// `pid` and its live descendants (nginx's workers are children of the master we are given).
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let mut parent = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(p) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // f[1] is field 4, the parent pid.
+            if let Some(pp) =
+                stat_fields(&p.to_string()).and_then(|f| f.get(1)?.parse::<i32>().ok())
+            {
+                parent.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+/// CPU seconds and threads summed over `pid`'s process tree.
+pub fn tree_cpu_seconds(pid: i32) -> Option<(f64, u64)> {
+    let mut total = None::<(f64, u64)>;
+    for p in process_tree(pid) {
+        if let Some((c, t)) = cpu_seconds(&p.to_string()) {
+            let (tc, tt) = total.unwrap_or((0.0, 0));
+            total = Some((tc + c, tt + t));
+        }
+    }
+    total
 }
 
 fn rss_mb(pid: i32) -> Option<f64> {
@@ -63,9 +107,8 @@ pub fn spawn_sampler(
     std::thread::Builder::new()
         .name("coregate-load-resources".into())
         .spawn(move || {
-            let pid_s = pid.map(|p| p.to_string());
             let mut last = Instant::now();
-            let mut last_target = pid_s.as_deref().and_then(cpu_seconds).map(|c| c.0);
+            let mut last_target = pid.and_then(tree_cpu_seconds).map(|c| c.0);
             let mut last_self = cpu_seconds("self").map(|c| c.0).unwrap_or(0.0);
             loop {
                 match stop.recv_timeout(Duration::from_secs(1)) {
@@ -85,15 +128,23 @@ pub fn spawn_sampler(
                     client_cpu_percent: round2((me - last_self) / elapsed * 100.0),
                 };
                 last_self = me;
-                if let (Some(p), Some(ps)) = (pid, pid_s.as_deref()) {
-                    if let Some((cpu, threads)) = cpu_seconds(ps) {
+                if let Some(p) = pid {
+                    let tree = process_tree(p);
+                    if let Some((cpu, threads)) = tree_cpu_seconds(p) {
                         sample.cpu_percent =
                             last_target.map(|l| round2((cpu - l) / elapsed * 100.0));
                         sample.threads = Some(threads);
                         last_target = Some(cpu);
                     }
-                    sample.memory_mb = rss_mb(p).map(round2);
-                    sample.open_fds = open_fds(p);
+                    sample.memory_mb = tree
+                        .iter()
+                        .filter_map(|&p| rss_mb(p))
+                        .reduce(|a, b| a + b)
+                        .map(round2);
+                    sample.open_fds = tree
+                        .iter()
+                        .filter_map(|&p| open_fds(p))
+                        .reduce(|a, b| a + b);
                 }
                 if samples.send(sample).is_err() {
                     return;
@@ -115,5 +166,17 @@ mod tests {
         let pid = std::process::id() as i32;
         assert!(super::rss_mb(pid).unwrap() > 0.0);
         assert!(super::open_fds(pid).unwrap() >= 3);
+    }
+
+    #[test]
+    fn sums_a_process_tree() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let tree = super::process_tree(me);
+        assert!(tree.contains(&(child.id() as i32)), "{tree:?}");
+        let (_, threads) = super::tree_cpu_seconds(me).unwrap();
+        assert!(threads >= 2);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
