@@ -170,7 +170,10 @@ mod tests {
 
     #[test]
     fn sums_a_process_tree() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id() as i32;
         let tree = super::process_tree(me);
         assert!(tree.contains(&(child.id() as i32)), "{tree:?}");
