@@ -104,6 +104,79 @@ fn refused_connections_are_classified() {
 }
 
 #[test]
+fn connect_and_request_timeouts_are_classified() {
+    use std::os::fd::AsRawFd;
+    // A listener whose accept queue is full drops new SYNs: the connect times out.
+    let full = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SAFETY: listen(2) on a valid listening socket; only its backlog changes.
+    unsafe { libc::listen(full.as_raw_fd(), 0) };
+    let port = full.local_addr().expect("addr").port();
+    let _fill: Vec<_> = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(
+                &full.local_addr().expect("addr"),
+                Duration::from_millis(300),
+            )
+            .ok()
+        })
+        .collect();
+    let dir = tmpdir("load-connect-timeout");
+    let url = format!("http://127.0.0.1:{port}/");
+    let (_, summary) = load(
+        &dir,
+        &[
+            &url,
+            "--vus",
+            "2",
+            "--duration",
+            "2s",
+            "--cores",
+            "0",
+            "--connect-timeout",
+            "300ms",
+        ],
+        None,
+    );
+    let stage = &summary["stages"][0];
+    assert!(errors(stage, "connect_timeout") > 0, "{stage}");
+    assert_eq!(stage["successful_requests"], 0);
+
+    // A server that accepts and reads but never answers: the request times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let dir = tmpdir("load-request-timeout");
+    let url = format!("http://127.0.0.1:{port}/");
+    let (_, summary) = load(
+        &dir,
+        &[
+            &url,
+            "--vus",
+            "2",
+            "--duration",
+            "2s",
+            "--cores",
+            "0",
+            "--timeout",
+            "300ms",
+        ],
+        None,
+    );
+    let stage = &summary["stages"][0];
+    assert!(errors(stage, "timeout") > 0, "{stage}");
+    assert_eq!(
+        stage["errors"].as_object().map(|m| m.len()),
+        Some(1),
+        "{stage}"
+    );
+}
+
+#[test]
 fn resets_and_5xx_from_the_provider_are_classified() {
     let mp = free_port();
     let _mock = mock_provider("load-classes", mp);
