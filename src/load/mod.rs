@@ -180,6 +180,10 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
                 break;
             }
         };
+        if interrupted.load(Ordering::Relaxed) {
+            row.notes
+                .push("interrupted: the measured window was cut short".into());
+        }
         let v = plan.judge(row.rates());
         if is_bp {
             row.verdict = Some(v);
