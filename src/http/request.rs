@@ -6,6 +6,7 @@
 //! before a single body byte is read or forwarded — this is the smuggling boundary.
 
 use super::{list_elements, parse_content_length, range_in, Framing, HttpError};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Most header fields the parser has room for without heap allocation.
@@ -89,16 +90,17 @@ pub fn parse_head(
 ) -> Result<Parsed, HttpError> {
     headers.clear();
     let max = limits.max_headers;
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut heap;
-    let slots: &mut [httparse::Header<'_>] = if max <= STACK_HEADERS {
+    // Uninitialised slots: zeroing 64 headers (2 KiB) per request showed in profiles.
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap: Vec<httparse::Header<'_>>;
+    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max <= STACK_HEADERS {
         &mut stack[..max]
     } else {
-        heap = vec![httparse::EMPTY_HEADER; max];
-        &mut heap
+        heap = Vec::with_capacity(max);
+        &mut heap.spare_capacity_mut()[..max]
     };
-    let mut req = httparse::Request::new(slots);
-    let status = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let status = match req.parse_with_uninit_headers(buf, slots) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HttpError::new(

@@ -3,6 +3,7 @@
 
 use super::request::HeaderRange;
 use super::{list_elements, parse_content_length, range_in, Framing, HttpError};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -35,11 +36,14 @@ pub fn parse_response(
     headers: &mut Vec<HeaderRange>,
 ) -> Result<ParsedResponse, HttpError> {
     headers.clear();
-    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let status = resp.parse(buf).map_err(|e| {
-        HttpError::new(502, "bad_response", format!("malformed response head: {e}"))
-    })?;
+    // Uninitialised slots: zeroing 128 headers (4 KiB) per response showed in profiles.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let status = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        .map_err(|e| {
+            HttpError::new(502, "bad_response", format!("malformed response head: {e}"))
+        })?;
     let head_len = match status {
         httparse::Status::Partial => {
             if buf.len() >= max_head {
