@@ -254,6 +254,60 @@ fn a_low_client_fd_limit_is_reported_as_a_client_limit() {
 }
 
 #[test]
+fn exhausted_client_ports_are_reported_as_a_client_limit() {
+    // Needs its own network namespace (ip_local_port_range is per namespace): root + unshare.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("unshare").arg("--version").output().is_err()
+    {
+        eprintln!("skipped: needs root and unshare");
+        return;
+    }
+    let dir = tmpdir("load-ports");
+    let out = dir.to_str().expect("utf-8 path");
+    // Ten ephemeral ports for 30 VUs to one destination.
+    let script = format!(
+        "set -e; ip link set lo up; echo '40000 40009' > /proc/sys/net/ipv4/ip_local_port_range; \
+         {BIN} mock-provider --listen 127.0.0.1:9902 --cores 0 & mock=$!; \
+         for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/9902) 2>/dev/null && break; sleep 0.05; done; \
+         {BIN} load http://127.0.0.1:9902/api/small?latency_ms=20 --vus 30 --duration 1s \
+           --cores 0 --no-progress --out {out}; kill $mock"
+    );
+    let run = Command::new("unshare")
+        .args(["-n", "bash", "-c", &script])
+        .output()
+        .expect("unshare");
+    let text = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        text.contains("ports 40000-40009 x 1 (source, destination) pair(s) allow 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: this run asks for up to 30 VUs"),
+        "{text}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary"))
+            .expect("json");
+    let stage = &summary["stages"][0];
+    assert!(errors(stage, "client_ports_exhausted") > 0, "{stage}");
+    assert!(
+        stage["successful_requests"].as_u64().unwrap_or(0) > 0,
+        "{stage}"
+    );
+    let hit = summary["client_limits"]["hit"].as_array().expect("hit");
+    assert!(hit.iter().any(|h| h == "client_ports_exhausted"), "{hit:?}");
+    assert_eq!(
+        summary["client_limits"]["caps"]["binding"],
+        "ephemeral ports"
+    );
+}
+
+#[test]
 fn breaking_point_search_finds_the_threshold_or_says_none_found() {
     let mp = free_port();
     let _mock = mock_provider("load-bp", mp);
