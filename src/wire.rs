@@ -52,9 +52,14 @@ impl Stream {
         poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)).await
     }
 
+    /// Writes some of `data` (at least one byte unless it is empty); returns how much.
+    pub async fn write(&self, data: &[u8]) -> io::Result<usize> {
+        poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, data)).await
+    }
+
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, data)).await?;
+            let n = self.write(data).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

@@ -66,7 +66,7 @@ fn counts_match_the_gateways_own_stats() {
         None,
     );
     assert!(out.status.success(), "{}", stdout(&out));
-    let all = summary["all_requests"].as_u64().expect("all_requests");
+    let all = summary["all_responses"].as_u64().expect("all_responses");
     assert!(all > 100, "{summary}");
     // Every request the generator completed is one the gateway counted, and no more.
     let s = gw.stats_until(|s| s["total"]["requests"].as_u64() == Some(before + all));
@@ -585,5 +585,87 @@ fn bad_flags_are_errors_that_name_the_flag() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn ctrl_c_ends_a_window_or_a_cooldown_at_once_and_still_writes_artifacts() {
+    let mp = free_port();
+    let _mock = mock_provider("load-sigint", mp);
+    let url = format!("http://127.0.0.1:{mp}/api/small");
+    let cases: [(&str, &[&str], u64); 2] = [
+        (
+            "window",
+            &[
+                "--profile",
+                "scale",
+                "--stages",
+                "2,4",
+                "--stage-duration",
+                "20s",
+            ],
+            1500,
+        ),
+        (
+            "cooldown",
+            &[
+                "--profile",
+                "breaking-point",
+                "--start",
+                "2",
+                "--step",
+                "2",
+                "--max-vus",
+                "4",
+                "--iteration",
+                "1s",
+                "--cooldown",
+                "30s",
+            ],
+            2500,
+        ),
+    ];
+    for (name, args, after_ms) in cases {
+        let dir = tmpdir(&format!("load-sigint-{name}"));
+        let mut child = Command::new(BIN)
+            .args(["load", &url, "--cores", "0", "--no-progress", "--out"])
+            .arg(&dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn load");
+        std::thread::sleep(Duration::from_millis(after_ms));
+        let sent = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let mut exited = None;
+        while sent.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(exited.is_some_and(|s| s.success()), "{name}: no clean exit");
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{name}: took {:?}",
+            sent.elapsed()
+        );
+        let summary: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("summary.json")).expect("summary"),
+        )
+        .expect("json");
+        assert_eq!(summary["interrupted"], true, "{name}");
+        let stages = summary["stages"].as_array().expect("stages");
+        let last = stages.last().expect("a stage");
+        assert_eq!(last["interrupted"], true, "{name}: {last}");
+        assert!(
+            last["verdict"].is_null(),
+            "{name}: an interrupted stage is not judged"
+        );
     }
 }

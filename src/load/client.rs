@@ -52,6 +52,8 @@ impl Failure {
 pub struct ClientConn {
     rx: Rx,
     fresh: bool,
+    /// Exchanges started on this connection.
+    exchanges: u64,
     headers: Vec<crate::http::request::HeaderRange>,
 }
 
@@ -89,6 +91,7 @@ pub fn dial(dest: SocketAddr, source: Option<IpAddr>) -> Result<ClientConn, Fail
     Ok(ClientConn {
         rx: Rx::new(Stream::new(stream), 4096),
         fresh: true,
+        exchanges: 0,
         headers: Vec::new(),
     })
 }
@@ -111,6 +114,11 @@ fn bind_address_no_port(socket: &Socket) {
 }
 
 impl ClientConn {
+    /// The last exchange was not the connection's first.
+    pub fn reused(&self) -> bool {
+        self.exchanges > 1
+    }
+
     /// Sends `request` and reads the whole response (the body is read and dropped).
     /// `timeout` bounds each wait for response bytes; `connect_timeout` bounds the first
     /// write on a fresh connection, which is where the connect completes.
@@ -121,21 +129,22 @@ impl ClientConn {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Response, Failure> {
+        self.exchanges += 1;
         let stream = self.rx.stream.clone();
+        let mut rest = request;
         if self.fresh {
+            // The first write completes the connect: only it is bounded by the connect
+            // timeout, so a large body to a slow reader is not called a connect failure.
             stream.set_write_timeout(connect_timeout);
-            stream
-                .write_all(request)
-                .await
-                .map_err(|e| Failure::connect(&e))?;
+            let n = stream.write(rest).await.map_err(|e| Failure::connect(&e))?;
+            rest = &rest[n.min(rest.len())..];
             stream.set_write_timeout(timeout);
             self.fresh = false;
-        } else {
-            stream
-                .write_all(request)
-                .await
-                .map_err(|e| Failure::exchange(&e))?;
         }
+        stream
+            .write_all(rest)
+            .await
+            .map_err(|e| Failure::exchange(&e))?;
         loop {
             let head = self.read_head(is_head, timeout).await?;
             self.rx.consume(head.head_len);

@@ -97,15 +97,22 @@ impl Shards {
         }
     }
 
-    /// Stops the shards; returns every request they completed in the run.
-    fn stop(self) -> u64 {
+    /// Stops the shards; returns the complete responses they received in the run.
+    /// Shards get `timeout` to let their VUs finish; one that does not report by then is
+    /// left behind (the process is about to exit).
+    fn stop(self, timeout: Duration) -> u64 {
         self.send(&Command::Stop);
-        let mut requests = 0;
+        let n = self.commands.len();
+        // A shard that missed Stop still sees the channel disconnect.
+        drop(self.commands);
+        let deadline = Instant::now() + timeout + Duration::from_secs(5);
+        let mut responses = 0;
         let mut finished = 0;
-        while finished < self.commands.len() {
-            match self.reports.recv_timeout(Duration::from_secs(60)) {
-                Ok(Report::Finished { requests: r, .. }) => {
-                    requests += r;
+        while finished < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reports.recv_timeout(left) {
+                Ok(Report::Finished { responses: r, .. }) => {
+                    responses += r;
                     finished += 1;
                 }
                 Ok(_) => {}
@@ -113,9 +120,14 @@ impl Shards {
             }
         }
         for t in self.threads {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
-        requests
+        responses
     }
 }
 
@@ -146,6 +158,8 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
     };
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal ends the run gracefully; a second one exits at once.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, interrupted.clone());
         let _ = signal_hook::flag::register(sig, interrupted.clone());
     }
     let started_at = artifacts::rfc3339_now();
@@ -180,12 +194,14 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
                 break;
             }
         };
-        if interrupted.load(Ordering::Relaxed) {
+        let v = if row.interrupted {
             row.notes
-                .push("interrupted: the measured window was cut short".into());
-        }
-        let v = plan.judge(row.rates());
-        if is_bp {
+                .push("interrupted: the measured window was cut short; not judged".into());
+            plan::Verdict::Stable
+        } else {
+            plan.judge(row.rates())
+        };
+        if is_bp && !row.interrupted {
             row.verdict = Some(v);
         }
         run.progress.println(&row.line());
@@ -198,9 +214,15 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
         rows.push(row);
         verdict = Some(v);
     }
-    let all_requests = shards.stop();
+    let all_responses = shards.stop(cfg.timeout + cfg.connect_timeout);
     drop(stop_sampler);
     let _ = sampler.join();
+    while let Ok(mut s) = samples.try_recv() {
+        s.active_connections = progress.open_connections();
+        if let Some(a) = artifacts.as_mut() {
+            let _ = a.resource(&s);
+        }
+    }
     let was_interrupted = interrupted.load(Ordering::Relaxed);
 
     let findings = report::findings(&cfg.profile, &rows, &overall);
@@ -230,7 +252,7 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
             started_at,
             finished_at: artifacts::rfc3339_now(),
             interrupted: was_interrupted,
-            all_requests,
+            all_responses,
         };
         let summary = serde_json::to_string_pretty(&report::summary_json(&info))
             .map_err(|e| format!("summary.json: {e}"))?;

@@ -130,6 +130,11 @@ pub struct LoadConfig {
     pub command_line: String,
 }
 
+/// Longest duration any flag accepts (7 days): keeps every deadline computable.
+const MAX_DURATION_SECS: f64 = 7.0 * 86_400.0;
+/// Most VUs any profile may ask for (far above what one process can hold).
+const MAX_VUS: usize = 10_000_000;
+
 /// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -144,10 +149,12 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+    match num.trim().parse::<f64>().map(|v| v * scale) {
+        Ok(secs) if (0.0..=MAX_DURATION_SECS).contains(&secs) => {
+            Duration::try_from_secs_f64(secs).map_err(|e| format!("{flag}: {s:?}: {e}"))
+        }
         _ => Err(format!(
-            "{flag}: {s:?} is not a duration (use e.g. 30s, 500ms, 2m)"
+            "{flag}: {s:?} is not a duration between 0 and 7 days (use e.g. 30s, 500ms, 2m)"
         )),
     }
 }
@@ -193,7 +200,7 @@ pub fn parse_sources(s: &str) -> Result<Vec<IpAddr>, String> {
 fn parse_vu_list(s: &str) -> Result<Vec<usize>, String> {
     let stages: Result<Vec<usize>, _> = s.split(',').map(|v| v.trim().parse::<usize>()).collect();
     match stages {
-        Ok(v) if !v.is_empty() && v.iter().all(|&n| n > 0) => Ok(v),
+        Ok(v) if !v.is_empty() && v.iter().all(|&n| n > 0 && n <= MAX_VUS) => Ok(v),
         _ => Err(format!(
             "--stages: {s:?} is not a list of positive VU counts (e.g. 10,100,1000)"
         )),
@@ -220,8 +227,8 @@ impl LoadArgs {
         let request = RequestTemplate::new(self.method.as_deref(), &self.headers, body)?;
         let think = parse_duration("--think", &self.think)?;
         let mode = match self.rate {
-            Some(r) if r.is_finite() && r > 0.0 => Mode::Open { rate: r },
-            Some(r) => return Err(format!("--rate: {r} must be a positive number")),
+            Some(r) if r.is_finite() && (0.001..=1e9).contains(&r) => Mode::Open { rate: r },
+            Some(r) => return Err(format!("--rate: {r} must be between 0.001 and 1e9")),
             None => Mode::Closed { think },
         };
         let sources = match &self.source {
@@ -229,6 +236,9 @@ impl LoadArgs {
             None => Vec::new(),
         };
         let profile = match self.profile.as_str() {
+            "single" if self.vus > MAX_VUS => {
+                return Err(format!("--vus must be at most {MAX_VUS}"))
+            }
             "single" => Profile::Single {
                 vus: self.vus.max(1),
                 duration: parse_duration("--duration", &self.duration)?,
@@ -240,6 +250,11 @@ impl LoadArgs {
             "breaking-point" => {
                 if self.start == 0 || self.step == 0 {
                     return Err("--start and --step must be at least 1".into());
+                }
+                if self.start > MAX_VUS || self.step > MAX_VUS || self.max_vus > Some(MAX_VUS) {
+                    return Err(format!(
+                        "--start, --step and --max-vus must be at most {MAX_VUS}"
+                    ));
                 }
                 Profile::BreakingPoint {
                     start: self.start,

@@ -137,7 +137,9 @@ impl Plan {
                 cooldown,
                 ..
             } => {
-                let vus = start + step * i;
+                // Flags bound start, step and max, so this cannot overflow in practice;
+                // saturate anyway rather than wrap.
+                let vus = start.saturating_add(step.saturating_mul(i));
                 let max = max.unwrap_or(self.client_cap).max(*start);
                 (vus <= max).then_some(Step {
                     index: i,

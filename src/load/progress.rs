@@ -38,9 +38,12 @@ impl Progress {
     pub fn stage(&mut self, label: String) {
         self.stage_label = label;
         self.stage_started = Instant::now();
-        self.shards
-            .iter_mut()
-            .for_each(|s| *s = ShardProgress::default());
+        // Connections stay open from stage to stage; only the counts start again.
+        for s in &mut self.shards {
+            s.done = 0;
+            s.failed = 0;
+            s.p99_us = 0;
+        }
         self.last_done = 0;
         self.last_print = Instant::now();
     }

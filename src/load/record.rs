@@ -76,7 +76,7 @@ impl ErrorClass {
             Some(libc::ETIMEDOUT) => ErrorClass::ConnectTimeout,
             Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE) => ErrorClass::ClientPorts,
             Some(libc::EMFILE | libc::ENFILE) => ErrorClass::ClientFds,
-            Some(libc::ECONNRESET) => ErrorClass::Reset,
+            Some(libc::ECONNRESET | libc::EPIPE) => ErrorClass::Reset,
             Some(_) => ErrorClass::OtherIo,
             None if e.kind() == io::ErrorKind::TimedOut => ErrorClass::ConnectTimeout,
             None => ErrorClass::OtherIo,

@@ -30,12 +30,16 @@ pub fn findings(profile: &Profile, rows: &[StageRow], overall: &Record) -> Findi
         Profile::BreakingPoint { threshold, .. } => *threshold,
         _ => DEFAULT_STABLE_THRESHOLD,
     };
+    // An interrupted window measured too little to judge or to count.
+    let rows: Vec<StageRow> = rows.iter().filter(|r| !r.interrupted).cloned().collect();
+    let rows = rows.as_slice();
     let stable = |r: &StageRow| {
         r.verdict.unwrap_or(Verdict::Stable) == Verdict::Stable
-            && r.server_error_rate < threshold.max(f64::MIN_POSITIVE)
+            && r.rates().server_error_rate < threshold.max(f64::MIN_POSITIVE)
             && r.client_limit_rate == 0.0
     };
     let max_stable_vus = rows.iter().filter(|r| stable(r)).map(|r| r.vus).max();
+
     let peak = rows
         .iter()
         .max_by(|a, b| a.rps.total_cmp(&b.rps))
@@ -112,9 +116,9 @@ pub struct RunInfo<'a> {
     pub started_at: String,
     pub finished_at: String,
     pub interrupted: bool,
-    /// Every request completed in the run, ramps and cool-downs included (the stages
+    /// Complete responses received in the run, ramps and cool-downs included (the stages
     /// count only their measured windows).
-    pub all_requests: u64,
+    pub all_responses: u64,
 }
 
 fn mode_json(mode: Mode) -> Value {
@@ -147,11 +151,12 @@ pub fn summary_json(run: &RunInfo) -> Value {
         "max_rps": f.max_rps,
         "max_rps_vus": f.max_rps_vus,
         "failure_mode": f.failure_mode,
-        "all_requests": run.all_requests,
+        "all_responses": run.all_responses,
         "total_requests": o.total(),
         "successful_requests": o.ok,
         "failed_requests": o.failed(),
         "errors": o.error_map(),
+        "other_errnos": super::stage::errno_map(&o.other_errnos),
         "p50_ms": o.quantile_ms(0.5),
         "p99_ms": o.quantile_ms(0.99),
         "p999_ms": o.quantile_ms(0.999),

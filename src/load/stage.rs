@@ -66,9 +66,20 @@ pub struct StageRow {
     /// Client limits hit in this stage: client_ports_exhausted, client_fd_limit, client_cpu.
     pub client_limits: Vec<&'static str>,
     pub verdict: Option<Verdict>,
+    /// The window was cut short (Ctrl-C): reported, but neither judged nor counted in the
+    /// findings.
+    pub interrupted: bool,
     pub notes: Vec<String>,
     pub per_shard: Vec<ShardRow>,
     pub timestamp: String,
+}
+
+/// errno → count, keyed by the OS's text for the error (which includes the number).
+pub fn errno_map(errnos: &BTreeMap<i32, u64>) -> BTreeMap<String, u64> {
+    errnos
+        .iter()
+        .map(|(k, v)| (std::io::Error::from_raw_os_error(*k).to_string(), *v))
+        .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -96,7 +107,9 @@ impl StageRow {
         let mut ramp = Duration::ZERO;
         let mut cpu = Duration::ZERO;
         let mut open = 0;
+        let mut interrupted = false;
         for s in shards {
+            interrupted |= s.interrupted;
             let secs = s.window.as_secs_f64().max(1e-6);
             let total = s.record.total();
             rps += total as f64 / secs;
@@ -171,11 +184,7 @@ impl StageRow {
                 + record.count(ErrorClass::ConnectTimeout),
             connection_refused: record.count(ErrorClass::ConnectRefused),
             errors: record.error_map(),
-            other_errnos: record
-                .other_errnos
-                .iter()
-                .map(|(k, v)| (std::io::Error::from_raw_os_error(*k).to_string(), *v))
-                .collect(),
+            other_errnos: errno_map(&record.other_errnos),
             statuses: record
                 .statuses
                 .iter()
@@ -208,6 +217,7 @@ impl StageRow {
                 .map(|s| round2(s * 1e6 / total as f64)),
             client_limits,
             verdict: None,
+            interrupted,
             notes,
             per_shard,
             timestamp: super::artifacts::rfc3339_now(),
@@ -216,8 +226,11 @@ impl StageRow {
     }
 
     pub fn rates(&self) -> StepRates {
+        // A whole window without one completed request or failure: the server is stuck
+        // (every request outlived the window), which is a failure, not a stable stage.
+        let stuck = self.total_requests == 0 && self.vus > 0;
         StepRates {
-            server_error_rate: self.server_error_rate,
+            server_error_rate: if stuck { 1.0 } else { self.server_error_rate },
             client_limit_rate: self.client_limit_rate,
         }
     }

@@ -56,11 +56,11 @@ pub enum Report {
         shard: usize,
     },
     StageDone(Box<ShardStage>),
-    /// After Stop, once the VUs finished their last request: every request this shard
-    /// completed in the run (ramps and cool-downs included).
+    /// After Stop, once the VUs finished their last request: the complete responses this
+    /// shard received in the run (ramps and cool-downs included).
     Finished {
         shard: usize,
-        requests: u64,
+        responses: u64,
     },
 }
 
@@ -77,6 +77,8 @@ pub struct ShardStage {
     pub cpu: Duration,
     pub open_connections: usize,
     pub record: Record,
+    /// The window was cut short (Ctrl-C or stop).
+    pub interrupted: bool,
 }
 
 pub struct WorkerSpec {
@@ -139,18 +141,25 @@ struct ShardState {
     done: Cell<u64>,
     failed: Cell<u64>,
     seq: Cell<u64>,
+    /// Complete responses over the whole run.
+    responses: Cell<u64>,
     /// VU tasks still running (stopping ones included).
     live: Cell<usize>,
+    /// Stop was received (possibly while a stage was sleeping).
+    stopping: Cell<bool>,
 }
 
 impl ShardState {
     fn note(&self, result: &Result<super::client::Response, Failure>, latency: Duration) {
-        // `seq` counts every completed request of the run.
+        // `seq` numbers every outcome of the run, for sampling and request ids.
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
         self.done.set(self.done.get() + 1);
         let (status, error) = match result {
-            Ok(r) => (r.status, ErrorClass::of_status(r.status)),
+            Ok(r) => {
+                self.responses.set(self.responses.get() + 1);
+                (r.status, ErrorClass::of_status(r.status))
+            }
             Err(f) => (0, Some(f.class)),
         };
         if error.is_some() {
@@ -223,10 +232,12 @@ async fn worker_main(spec: WorkerSpec) {
         done: Cell::new(0),
         failed: Cell::new(0),
         seq: Cell::new(0),
+        responses: Cell::new(0),
         live: Cell::new(0),
+        stopping: Cell::new(false),
     });
     let _ = spec.reports.send(Report::Ready(Ok(())));
-    loop {
+    while !st.stopping.get() {
         match spec.commands.try_recv() {
             Ok(Command::Stage(cmd)) => run_stage(&st, &spec, cmd).await,
             Ok(Command::EndStage) => {}
@@ -245,7 +256,7 @@ async fn worker_main(spec: WorkerSpec) {
     }
     let _ = spec.reports.send(Report::Finished {
         shard: st.id,
-        requests: st.seq.get(),
+        responses: st.responses.get(),
     });
 }
 
@@ -267,13 +278,19 @@ fn progress(st: &ShardState, spec: &WorkerSpec) {
     });
 }
 
-/// Sleeps up to `d`, waking early for EndStage. Returns true when told to end.
-async fn sleep_or_end(spec: &WorkerSpec, d: Duration) -> bool {
-    let until = Instant::now() + d;
+/// Sleeps up to `d`, waking early for EndStage or Stop (which it remembers in
+/// `st.stopping`, so the shard's main loop still sees it). Returns true when told to end.
+async fn sleep_or_end(st: &ShardState, spec: &WorkerSpec, d: Duration) -> bool {
+    let until = Instant::now().checked_add(d).unwrap_or_else(Instant::now);
     loop {
+        if st.stopping.get() {
+            return true;
+        }
         match spec.commands.try_recv() {
-            Ok(Command::EndStage) | Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
-                return true
+            Ok(Command::EndStage) => return true,
+            Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
+                st.stopping.set(true);
+                return true;
             }
             _ => {}
         }
@@ -289,39 +306,45 @@ async fn run_stage(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: StageCommand) {
     st.done.set(0);
     st.failed.set(0);
     st.record.replace(Record::new());
+    let mut ended = false;
     if !cmd.cooldown.is_zero() {
         st.paused.set(true);
-        sleep_or_end(spec, cmd.cooldown).await;
+        ended = sleep_or_end(st, spec, cmd.cooldown).await;
         st.paused.set(false);
     }
     st.total_vus.set(cmd.total_vus);
+    let interval = match st.cfg.mode {
+        Mode::Open { rate } => Duration::try_from_secs_f64(cmd.total_vus.max(1) as f64 / rate)
+            .unwrap_or(Duration::from_secs(3600)),
+        Mode::Closed { .. } => Duration::ZERO,
+    };
+    // Open loop: ramping (and resuming after a cool-down) VUs pace themselves at the
+    // stage's rate from now, instead of catching up on a stale schedule.
+    restart_schedule(st, interval);
     let ramp_start = Instant::now();
-    let mut ended = resize(st, spec, &cmd).await;
+    if !ended {
+        ended = resize(st, spec, &cmd).await;
+    }
     // The ramp ends when every new VU has connected (or failed to).
     let connect_deadline = Instant::now() + st.cfg.connect_timeout + Duration::from_secs(1);
     while !ended && st.connecting.get() > 0 && Instant::now() < connect_deadline {
-        ended = sleep_or_end(spec, Duration::from_millis(10)).await;
+        ended = sleep_or_end(st, spec, Duration::from_millis(10)).await;
     }
     let ramp = ramp_start.elapsed();
 
     st.record.replace(Record::new());
-    let interval = match st.cfg.mode {
-        Mode::Open { rate } => Duration::from_secs_f64(cmd.total_vus.max(1) as f64 / rate),
-        Mode::Closed { .. } => Duration::ZERO,
-    };
+    restart_schedule(st, interval);
     let start = Instant::now();
-    st.schedule.set((start, interval));
-    st.epoch.set(st.epoch.get() + 1);
-    st.measuring.set(true);
+    st.measuring.set(!ended);
     let cpu_start = thread_cpu();
     let _ = spec.reports.send(Report::WindowStart { shard: st.id });
-    let end = start + cmd.duration;
+    let end = start.checked_add(cmd.duration).unwrap_or(start);
     while !ended {
         let now = Instant::now();
         if now >= end {
             break;
         }
-        ended = sleep_or_end(spec, (end - now).min(Duration::from_secs(1))).await;
+        ended = sleep_or_end(st, spec, (end - now).min(Duration::from_secs(1))).await;
         progress(st, spec);
     }
     st.measuring.set(false);
@@ -329,6 +352,7 @@ async fn run_stage(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: StageCommand) {
     let cpu = thread_cpu().saturating_sub(cpu_start);
     let record = st.record.replace(Record::new());
     let _ = spec.reports.send(Report::StageDone(Box::new(ShardStage {
+        interrupted: ended,
         shard: st.id,
         core: spec.core,
         index: cmd.index,
@@ -339,6 +363,11 @@ async fn run_stage(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: StageCommand) {
         open_connections: st.open_connections.get(),
         record,
     })));
+}
+
+fn restart_schedule(st: &ShardState, interval: Duration) {
+    st.schedule.set((Instant::now(), interval));
+    st.epoch.set(st.epoch.get() + 1);
 }
 
 /// Grows (at the connect rate) or shrinks this shard's VUs to `cmd.vus`.
@@ -375,7 +404,7 @@ async fn resize(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: &StageCommand) -> b
                 last_progress = Instant::now();
                 progress(st, spec);
             }
-            if sleep_or_end(spec, Duration::from_millis(5)).await {
+            if sleep_or_end(st, spec, Duration::from_millis(5)).await {
                 return true;
             }
         }
@@ -383,22 +412,31 @@ async fn resize(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: &StageCommand) -> b
     false
 }
 
+/// A reused connection that failed before any response byte.
+fn stale(result: &Result<super::client::Response, Failure>) -> bool {
+    matches!(result, Err(f) if matches!(f.class, ErrorClass::Closed | ErrorClass::Reset))
+}
+
 /// One virtual user: a connection and a loop of requests on it.
 async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
     let global = local * st.shards + st.id;
     let target = global % st.requests.len().max(1);
     let dest = st.cfg.targets[target].addr;
+    // Every (source, target) pair gets VUs, even when the two counts share a factor.
     let source = match st.cfg.sources.len() {
         0 => None,
-        n => Some(st.cfg.sources[global % n]),
+        n => Some(st.cfg.sources[(global / st.requests.len().max(1)) % n]),
     };
     let is_head = st.cfg.request.is_head();
     let mut conn: Option<ClientConn> = None;
     let mut connecting = true;
     let mut epoch = u64::MAX;
     let mut next_send = Instant::now();
+    // Set after a cool-down: the server may have closed the idle connection meanwhile.
+    let mut was_idle = false;
     while !stop.get() {
         if st.paused.get() {
+            was_idle = true;
             glommio::timer::sleep(Duration::from_millis(20)).await;
             continue;
         }
@@ -437,13 +475,16 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
                 let now = Instant::now();
                 if intended > now {
                     glommio::timer::sleep(intended - now).await;
+                    if stop.get() {
+                        break;
+                    }
                 } else if now - intended > Duration::from_millis(1) && st.measuring.get() {
                     st.record.borrow_mut().late_sends += 1;
                 }
                 intended
             }
         };
-        let result = c
+        let mut result = c
             .exchange(
                 &st.requests[target],
                 is_head,
@@ -451,13 +492,34 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
                 st.cfg.connect_timeout,
             )
             .await;
+        if std::mem::take(&mut was_idle) && c.reused() && stale(&result) {
+            // Closed by the server while the VU idled through a cool-down: not a failure
+            // of this request. Reconnect (paced) and send it again, once.
+            st.open_connections.set(st.open_connections.get() - 1);
+            conn = None;
+            glommio::timer::sleep(RECONNECT_BACKOFF).await;
+            match dial(dest, source) {
+                Ok(fresh) => {
+                    st.open_connections.set(st.open_connections.get() + 1);
+                    let c = conn.insert(fresh);
+                    result = c
+                        .exchange(
+                            &st.requests[target],
+                            is_head,
+                            st.cfg.timeout,
+                            st.cfg.connect_timeout,
+                        )
+                        .await;
+                }
+                Err(f) => result = Err(f),
+            }
+        }
         if std::mem::take(&mut connecting) {
             st.connecting.set(st.connecting.get() - 1);
         }
         st.note(&result, began.elapsed());
         let reuse = matches!(&result, Ok(r) if r.keep_alive);
-        if !reuse {
-            conn = None;
+        if !reuse && conn.take().is_some() {
             st.open_connections.set(st.open_connections.get() - 1);
             if let Err(f) = result {
                 if matches!(
