@@ -120,41 +120,27 @@ fn connect_and_request_timeouts_are_classified() {
             .ok()
         })
         .collect();
-    let dir = tmpdir("load-connect-timeout");
-    let url = format!("http://127.0.0.1:{port}/");
-    let (_, summary) = load(
-        &dir,
-        &[
-            &url,
-            "--vus",
-            "2",
-            "--duration",
-            "2s",
-            "--cores",
-            "0",
-            "--connect-timeout",
-            "300ms",
-        ],
-        None,
-    );
-    let stage = &summary["stages"][0];
-    assert!(errors(stage, "connect_timeout") > 0, "{stage}");
-    assert_eq!(stage["successful_requests"], 0);
-
     // A server that accepts and reads but never answers: the request times out.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = silent.local_addr().expect("addr").port();
+    let silent_port = silent.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for s in silent.incoming().flatten() {
             held.push(s);
         }
     });
-    let dir = tmpdir("load-request-timeout");
-    let url = format!("http://127.0.0.1:{port}/");
-    let (_, summary) = load(
-        &dir,
-        &[
+    for (name, port, flag, class) in [
+        (
+            "connect-timeout",
+            port,
+            "--connect-timeout",
+            "connect_timeout",
+        ),
+        ("request-timeout", silent_port, "--timeout", "timeout"),
+    ] {
+        let dir = tmpdir(&format!("load-{name}"));
+        let url = format!("http://127.0.0.1:{port}/");
+        let args = [
             &url,
             "--vus",
             "2",
@@ -162,18 +148,16 @@ fn connect_and_request_timeouts_are_classified() {
             "2s",
             "--cores",
             "0",
-            "--timeout",
+            flag,
             "300ms",
-        ],
-        None,
-    );
-    let stage = &summary["stages"][0];
-    assert!(errors(stage, "timeout") > 0, "{stage}");
-    assert_eq!(
-        stage["errors"].as_object().map(|m| m.len()),
-        Some(1),
-        "{stage}"
-    );
+        ];
+        let (_, summary) = load(&dir, &args, None);
+        let stage = &summary["stages"][0];
+        assert!(errors(stage, class) > 0, "{name}: {stage}");
+        assert_eq!(stage["successful_requests"], 0, "{name}");
+        let classes = stage["errors"].as_object().map(|m| m.len());
+        assert_eq!(classes, Some(1), "{name}: {stage}");
+    }
 }
 
 #[test]

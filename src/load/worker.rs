@@ -150,6 +150,21 @@ struct ShardState {
 }
 
 impl ShardState {
+    async fn exchange(
+        &self,
+        c: &mut ClientConn,
+        target: usize,
+        is_head: bool,
+    ) -> Result<super::client::Response, Failure> {
+        c.exchange(
+            &self.requests[target],
+            is_head,
+            self.cfg.timeout,
+            self.cfg.connect_timeout,
+        )
+        .await
+    }
+
     fn note(&self, result: &Result<super::client::Response, Failure>, latency: Duration) {
         // `seq` numbers every outcome of the run, for sampling and request ids.
         let seq = self.seq.get() + 1;
@@ -484,14 +499,7 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
                 intended
             }
         };
-        let mut result = c
-            .exchange(
-                &st.requests[target],
-                is_head,
-                st.cfg.timeout,
-                st.cfg.connect_timeout,
-            )
-            .await;
+        let mut result = st.exchange(c, target, is_head).await;
         if std::mem::take(&mut was_idle) && c.reused() && stale(&result) {
             // Closed by the server while the VU idled through a cool-down: not a failure
             // of this request. Reconnect (paced) and send it again, once.
@@ -501,15 +509,7 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
             match dial(dest, source) {
                 Ok(fresh) => {
                     st.open_connections.set(st.open_connections.get() + 1);
-                    let c = conn.insert(fresh);
-                    result = c
-                        .exchange(
-                            &st.requests[target],
-                            is_head,
-                            st.cfg.timeout,
-                            st.cfg.connect_timeout,
-                        )
-                        .await;
+                    result = st.exchange(conn.insert(fresh), target, is_head).await;
                 }
                 Err(f) => result = Err(f),
             }
