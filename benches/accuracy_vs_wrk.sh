@@ -51,7 +51,7 @@ for c in $CONNS; do
 import json, sys
 s = json.load(open(sys.argv[1]))
 st = s["stages"][0]
-print(st["rps"], st["p50_ms"], s["all_requests"])' "$OUT/load/summary.json")"
+print(st["rps"], st["p50_ms"], s["all_responses"])' "$OUT/load/summary.json")"
         cpu_us=$(awk -v c="$(cpu "$OUT/load.time")" -v n="$all" 'BEGIN {printf "%.2f", c * 1e6 / n}')
         printf 'coregate\t%s\t%s\t%s\t%s\t%s\n' "$c" "$r" "$rps" "$p50" "$cpu_us" | tee -a "$TSV"
     done

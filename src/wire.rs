@@ -140,6 +140,9 @@ pub struct Rx {
     end: usize,
     /// Bytes read since the owner last took them.
     pub bytes: u64,
+    /// Arm glommio's read timer on every wait (the default). The load generator turns it
+    /// off and enforces its request timeout with one sweep per shard instead.
+    pub timed: bool,
 }
 
 impl Rx {
@@ -150,6 +153,7 @@ impl Rx {
             pos: 0,
             end: 0,
             bytes: 0,
+            timed: true,
         }
     }
 
@@ -197,7 +201,9 @@ impl Rx {
         if self.end == self.buf.len() {
             return Err(io::Error::other("read buffer full"));
         }
-        self.stream.set_read_timeout(timeout);
+        if self.timed {
+            self.stream.set_read_timeout(timeout);
+        }
         let n = self.stream.read(&mut self.buf[self.end..]).await?;
         self.end += n;
         self.bytes += n as u64;

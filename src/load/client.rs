@@ -88,8 +88,11 @@ pub fn dial(dest: SocketAddr, source: Option<IpAddr>) -> Result<ClientConn, Fail
     }
     // SAFETY: the fd is a valid, owned, non-blocking TCP socket; glommio takes ownership.
     let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    let mut rx = Rx::new(Stream::new(stream), 4096);
+    // No glommio timer per read: the shard's sweep enforces --timeout (worker::sweep).
+    rx.timed = false;
     Ok(ClientConn {
-        rx: Rx::new(Stream::new(stream), 4096),
+        rx,
         fresh: true,
         exchanges: 0,
         headers: Vec::new(),
@@ -114,6 +117,10 @@ fn bind_address_no_port(socket: &Socket) {
 }
 
 impl ClientConn {
+    pub fn fd(&self) -> i32 {
+        self.rx.stream.fd()
+    }
+
     /// The last exchange was not the connection's first.
     pub fn reused(&self) -> bool {
         self.exchanges > 1

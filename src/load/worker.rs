@@ -119,14 +119,48 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<std::thread::JoinHandle<()>> {
         })
 }
 
+/// What the shard knows of one VU: its stop flag, and the exchange it has in flight, so
+/// that [`sweep`] can time it out.
+#[derive(Default)]
+struct VuSlot {
+    stop: Cell<bool>,
+    /// When the exchange in flight started waiting, and on which socket.
+    busy: Cell<Option<(Instant, i32)>>,
+    timed_out: Cell<bool>,
+}
+
+/// How often a shard looks for exchanges past `--timeout` (its precision).
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// Enforces `--timeout` for every VU of a shard with one timer, instead of a glommio timer
+/// armed and cancelled on every read: an exchange waiting longer has its socket shut down,
+/// which ends the pending read, and the VU reports a timeout.
+async fn sweep(st: Rc<ShardState>) {
+    while !st.stopping.get() {
+        glommio::timer::sleep(SWEEP_EVERY).await;
+        let now = Instant::now();
+        for slot in st.vus.borrow().iter() {
+            if let Some((since, fd)) = slot.busy.get() {
+                if now.saturating_duration_since(since) >= st.cfg.timeout {
+                    slot.timed_out.set(true);
+                    slot.busy.set(None);
+                    // SAFETY: shutdown(2) on the VU's open socket; the VU owns and later
+                    // closes it. No memory is involved.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+            }
+        }
+    }
+}
+
 /// State shared by one shard's VU tasks (one thread: `Cell`/`RefCell`, no atomics).
 struct ShardState {
     id: usize,
     shards: usize,
     cfg: LoadConfig,
     requests: Vec<Vec<u8>>,
-    /// One stop flag per VU, in spawn order.
-    vus: RefCell<Vec<Rc<Cell<bool>>>>,
+    /// One slot per VU, in spawn order.
+    vus: RefCell<Vec<Rc<VuSlot>>>,
     /// Spawned VUs that have not finished their first connect yet.
     connecting: Cell<usize>,
     open_connections: Cell<usize>,
@@ -150,19 +184,43 @@ struct ShardState {
 }
 
 impl ShardState {
+    /// One exchange, registered in the VU's slot so that [`sweep`] can time it out.
     async fn exchange(
         &self,
+        slot: &VuSlot,
         c: &mut ClientConn,
         target: usize,
         is_head: bool,
     ) -> Result<super::client::Response, Failure> {
-        c.exchange(
-            &self.requests[target],
-            is_head,
-            self.cfg.timeout,
-            self.cfg.connect_timeout,
-        )
-        .await
+        slot.busy.set(Some((Instant::now(), c.fd())));
+        let result = c
+            .exchange(
+                &self.requests[target],
+                is_head,
+                self.cfg.timeout,
+                self.cfg.connect_timeout,
+            )
+            .await;
+        slot.busy.set(None);
+        if slot.timed_out.replace(false) {
+            // The sweep shut the socket down: whatever the read saw, the cause is the
+            // timeout (unless the connect itself failed first).
+            return match result {
+                Err(f)
+                    if matches!(
+                        f.class,
+                        ErrorClass::ConnectRefused | ErrorClass::ConnectTimeout
+                    ) =>
+                {
+                    Err(f)
+                }
+                _ => Err(Failure {
+                    class: ErrorClass::Timeout,
+                    errno: None,
+                }),
+            };
+        }
+        result
     }
 
     fn note(&self, result: &Result<super::client::Response, Failure>, latency: Duration) {
@@ -251,6 +309,7 @@ async fn worker_main(spec: WorkerSpec) {
         live: Cell::new(0),
         stopping: Cell::new(false),
     });
+    glommio::spawn_local(sweep(st.clone())).detach();
     let _ = spec.reports.send(Report::Ready(Ok(())));
     while !st.stopping.get() {
         match spec.commands.try_recv() {
@@ -262,8 +321,8 @@ async fn worker_main(spec: WorkerSpec) {
     }
     // Let every VU finish the request it has in flight, so that the run's request count
     // matches what the target answered.
-    for stop in st.vus.borrow().iter() {
-        stop.set(true);
+    for slot in st.vus.borrow().iter() {
+        slot.stop.set(true);
     }
     let deadline = Instant::now() + st.cfg.timeout + st.cfg.connect_timeout;
     while st.live.get() > 0 && Instant::now() < deadline {
@@ -390,8 +449,8 @@ fn restart_schedule(st: &ShardState, interval: Duration) {
 async fn resize(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: &StageCommand) -> bool {
     let have = st.vus.borrow().len();
     if cmd.vus <= have {
-        for stop in st.vus.borrow_mut().drain(cmd.vus..) {
-            stop.set(true);
+        for slot in st.vus.borrow_mut().drain(cmd.vus..) {
+            slot.stop.set(true);
         }
         return false;
     }
@@ -406,12 +465,12 @@ async fn resize(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: &StageCommand) -> b
             ((started.elapsed().as_secs_f64() * cmd.connect_rate) as usize + 1).min(want)
         };
         while spawned < allowed {
-            let stop = Rc::new(Cell::new(false));
+            let slot = Rc::new(VuSlot::default());
             let local = st.vus.borrow().len();
-            st.vus.borrow_mut().push(stop.clone());
+            st.vus.borrow_mut().push(slot.clone());
             st.connecting.set(st.connecting.get() + 1);
             st.live.set(st.live.get() + 1);
-            glommio::spawn_local(virtual_user(st.clone(), local, stop)).detach();
+            glommio::spawn_local(virtual_user(st.clone(), local, slot)).detach();
             spawned += 1;
         }
         if spawned < want {
@@ -433,7 +492,8 @@ fn stale(result: &Result<super::client::Response, Failure>) -> bool {
 }
 
 /// One virtual user: a connection and a loop of requests on it.
-async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
+async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSlot>) {
+    let stop = &slot.stop;
     let global = local * st.shards + st.id;
     let target = global % st.requests.len().max(1);
     let dest = st.cfg.targets[target].addr;
@@ -499,7 +559,7 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
                 intended
             }
         };
-        let mut result = st.exchange(c, target, is_head).await;
+        let mut result = st.exchange(&slot, c, target, is_head).await;
         if std::mem::take(&mut was_idle) && c.reused() && stale(&result) {
             // Closed by the server while the VU idled through a cool-down: not a failure
             // of this request. Reconnect (paced) and send it again, once.
@@ -509,7 +569,9 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, stop: Rc<Cell<bool>>) {
             match dial(dest, source) {
                 Ok(fresh) => {
                     st.open_connections.set(st.open_connections.get() + 1);
-                    result = st.exchange(conn.insert(fresh), target, is_head).await;
+                    result = st
+                        .exchange(&slot, conn.insert(fresh), target, is_head)
+                        .await;
                 }
                 Err(f) => result = Err(f),
             }
