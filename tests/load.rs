@@ -160,6 +160,55 @@ fn connect_and_request_timeouts_are_classified() {
     }
 }
 
+/// A raw TCP server that answers every request with `reply` (then closes if `close`).
+fn raw_server(reply: &'static [u8], close: bool) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                    if s.write_all(reply).is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn malformed_and_truncated_responses_are_classified() {
+    for (name, reply, close, class) in [
+        (
+            "garbage",
+            &b"HELLO WORLD\r\n\r\n"[..],
+            false,
+            "malformed_response",
+        ),
+        (
+            "truncated",
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"[..],
+            true,
+            "closed_early",
+        ),
+        ("silent-close", &b""[..], true, "closed_early"),
+    ] {
+        let port = raw_server(reply, close);
+        let dir = tmpdir(&format!("load-{name}"));
+        let url = format!("http://127.0.0.1:{port}/");
+        let args = [&url, "--vus", "2", "--duration", "1s", "--cores", "0"];
+        let (_, summary) = load(&dir, &args, None);
+        let stage = &summary["stages"][0];
+        let total = stage["total_requests"].as_u64().unwrap_or(0);
+        assert!(total > 0, "{name}: {stage}");
+        assert_eq!(errors(stage, class), total, "{name}: {stage}");
+    }
+}
+
 #[test]
 fn resets_and_5xx_from_the_provider_are_classified() {
     let mp = free_port();
