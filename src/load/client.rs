@@ -195,6 +195,13 @@ impl ClientConn {
     }
 
     async fn read_body(&mut self, framing: Framing, timeout: Duration) -> Result<(), Failure> {
+        // The common case: the whole body arrived with the head.
+        if let Framing::Length(n) = framing {
+            if n <= self.rx.buffered().len() as u64 {
+                self.rx.consume(n as usize);
+                return Ok(());
+            }
+        }
         if framing == Framing::UntilClose {
             self.rx.clear();
             loop {

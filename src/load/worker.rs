@@ -184,15 +184,17 @@ struct ShardState {
 }
 
 impl ShardState {
-    /// One exchange, registered in the VU's slot so that [`sweep`] can time it out.
+    /// One exchange starting `now`, registered in the VU's slot so that [`sweep`] can time
+    /// it out.
     async fn exchange(
         &self,
         slot: &VuSlot,
         c: &mut ClientConn,
         target: usize,
         is_head: bool,
+        now: Instant,
     ) -> Result<super::client::Response, Failure> {
-        slot.busy.set(Some((Instant::now(), c.fd())));
+        slot.busy.set(Some((now, c.fd())));
         let result = c
             .exchange(
                 &self.requests[target],
@@ -559,7 +561,12 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSlot>) {
                 intended
             }
         };
-        let mut result = st.exchange(&slot, c, target, is_head).await;
+        // Closed loop: the send time is `began`; open loop: now (began is the intention).
+        let now = match st.cfg.mode {
+            Mode::Closed { .. } => began,
+            Mode::Open { .. } => Instant::now(),
+        };
+        let mut result = st.exchange(&slot, c, target, is_head, now).await;
         if std::mem::take(&mut was_idle) && c.reused() && stale(&result) {
             // Closed by the server while the VU idled through a cool-down: not a failure
             // of this request. Reconnect (paced) and send it again, once.
@@ -570,7 +577,7 @@ async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSlot>) {
                 Ok(fresh) => {
                     st.open_connections.set(st.open_connections.get() + 1);
                     result = st
-                        .exchange(&slot, conn.insert(fresh), target, is_head)
+                        .exchange(&slot, conn.insert(fresh), target, is_head, Instant::now())
                         .await;
                 }
                 Err(f) => result = Err(f),
