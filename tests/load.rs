@@ -79,6 +79,39 @@ fn counts_match_the_gateways_own_stats() {
 }
 
 #[test]
+fn several_urls_share_the_vus_round_robin() {
+    let gw = gateway("load-urls", "1", "");
+    let dir = tmpdir("load-urls-out");
+    let health = format!("http://127.0.0.1:{}/health", gw.port);
+    let proxied = format!("http://127.0.0.1:{}/v1/mock/api/small", gw.port);
+    let (_, summary) = load(
+        &dir,
+        &[
+            &health,
+            &proxied,
+            "--vus",
+            "4",
+            "--duration",
+            "1s",
+            "--cores",
+            "0",
+        ],
+        None,
+    );
+    let all = summary["all_responses"].as_u64().expect("all_responses");
+    let s = gw.stats_until(|s| s["total"]["requests"].as_u64() >= Some(all));
+    // Half of the VUs proxy to the embedded mock provider, the other half ask for /health.
+    let proxied_count = s["total"]["providers"]["mock"]["requests"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        proxied_count > 0 && proxied_count < all,
+        "{proxied_count} of {all}: {s}"
+    );
+    assert_eq!(summary["targets"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
 fn refused_connections_are_classified() {
     let port = free_port();
     let dir = tmpdir("load-refused");
