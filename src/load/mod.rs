@@ -1,7 +1,7 @@
 //! `coregate load`: an honest, thread-per-core HTTP/1.1 load generator.
 //!
 //! It exists to tell a server's limits from a client's. One pinned glommio shard per core
-//! ([`worker`]) drives its share of virtual users, each a keep-alive connection
+//! ([`worker`]) drives its share of virtual users ([`vu`]), each a keep-alive connection
 //! ([`client`]); the main thread (this module) walks a profile ([`plan`]), sends each
 //! shard its share of a stage, merges the shards' windows ([`stage`]), and writes the
 //! artifacts ([`artifacts`], [`report`], [`charts`]).
@@ -31,6 +31,7 @@ pub mod report;
 pub mod resources;
 pub mod stage;
 pub mod target;
+pub mod vu;
 pub mod worker;
 
 pub use options::LoadArgs;

@@ -3,18 +3,16 @@
 //! [`Record`] live on its thread; the main thread sends it stage commands and receives
 //! progress and one finished [`Record`] per stage over crossbeam channels.
 
-use super::client::{dial, ClientConn, Failure};
+use super::client::Failure;
 use super::options::{LoadConfig, Mode};
 use super::record::{ErrorClass, Record, Sample};
+use super::vu::{sweep, virtual_user, VuSlot};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Pause after a failed connect before the VU tries again (keeps a refused target from
-/// turning the generator into a busy loop).
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often a shard looks at its command channel while idle.
 const COMMAND_POLL: Duration = Duration::from_millis(5);
 
@@ -119,113 +117,42 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<std::thread::JoinHandle<()>> {
         })
 }
 
-/// What the shard knows of one VU: its stop flag, and the exchange it has in flight, so
-/// that [`sweep`] can time it out.
-#[derive(Default)]
-struct VuSlot {
-    stop: Cell<bool>,
-    /// When the exchange in flight started waiting, and on which socket.
-    busy: Cell<Option<(Instant, i32)>>,
-    timed_out: Cell<bool>,
-}
-
-/// How often a shard looks for exchanges past `--timeout` (its precision).
-const SWEEP_EVERY: Duration = Duration::from_millis(50);
-
-/// Enforces `--timeout` for every VU of a shard with one timer, instead of a glommio timer
-/// armed and cancelled on every read: an exchange waiting longer has its socket shut down,
-/// which ends the pending read, and the VU reports a timeout.
-async fn sweep(st: Rc<ShardState>) {
-    while !st.stopping.get() {
-        glommio::timer::sleep(SWEEP_EVERY).await;
-        let now = Instant::now();
-        for slot in st.vus.borrow().iter() {
-            if let Some((since, fd)) = slot.busy.get() {
-                if now.saturating_duration_since(since) >= st.cfg.timeout {
-                    slot.timed_out.set(true);
-                    slot.busy.set(None);
-                    // SAFETY: shutdown(2) on the VU's open socket; the VU owns and later
-                    // closes it. No memory is involved.
-                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                }
-            }
-        }
-    }
-}
-
 /// State shared by one shard's VU tasks (one thread: `Cell`/`RefCell`, no atomics).
-struct ShardState {
-    id: usize,
-    shards: usize,
-    cfg: LoadConfig,
-    requests: Vec<Vec<u8>>,
+pub(super) struct ShardState {
+    pub(super) id: usize,
+    pub(super) shards: usize,
+    pub(super) cfg: LoadConfig,
+    pub(super) requests: Vec<Vec<u8>>,
     /// One slot per VU, in spawn order.
-    vus: RefCell<Vec<Rc<VuSlot>>>,
+    pub(super) vus: RefCell<Vec<Rc<VuSlot>>>,
     /// Spawned VUs that have not finished their first connect yet.
-    connecting: Cell<usize>,
-    open_connections: Cell<usize>,
-    paused: Cell<bool>,
-    measuring: Cell<bool>,
+    pub(super) connecting: Cell<usize>,
+    pub(super) open_connections: Cell<usize>,
+    pub(super) paused: Cell<bool>,
+    pub(super) measuring: Cell<bool>,
     /// Open loop: start of the current schedule and the interval between one VU's sends.
-    schedule: Cell<(Instant, Duration)>,
-    total_vus: Cell<usize>,
+    pub(super) schedule: Cell<(Instant, Duration)>,
+    pub(super) total_vus: Cell<usize>,
     /// Bumped when the schedule restarts, so VUs re-align to it.
-    epoch: Cell<u64>,
-    record: RefCell<Record>,
-    done: Cell<u64>,
-    failed: Cell<u64>,
-    seq: Cell<u64>,
+    pub(super) epoch: Cell<u64>,
+    pub(super) record: RefCell<Record>,
+    pub(super) done: Cell<u64>,
+    pub(super) failed: Cell<u64>,
+    pub(super) seq: Cell<u64>,
     /// Complete responses over the whole run.
-    responses: Cell<u64>,
+    pub(super) responses: Cell<u64>,
     /// VU tasks still running (stopping ones included).
-    live: Cell<usize>,
+    pub(super) live: Cell<usize>,
     /// Stop was received (possibly while a stage was sleeping).
-    stopping: Cell<bool>,
+    pub(super) stopping: Cell<bool>,
 }
 
 impl ShardState {
-    /// One exchange starting `now`, registered in the VU's slot so that [`sweep`] can time
-    /// it out.
-    async fn exchange(
+    pub(super) fn note(
         &self,
-        slot: &VuSlot,
-        c: &mut ClientConn,
-        target: usize,
-        is_head: bool,
-        now: Instant,
-    ) -> Result<super::client::Response, Failure> {
-        slot.busy.set(Some((now, c.fd())));
-        let result = c
-            .exchange(
-                &self.requests[target],
-                is_head,
-                self.cfg.timeout,
-                self.cfg.connect_timeout,
-            )
-            .await;
-        slot.busy.set(None);
-        if slot.timed_out.replace(false) {
-            // The sweep shut the socket down: whatever the read saw, the cause is the
-            // timeout (unless the connect itself failed first).
-            return match result {
-                Err(f)
-                    if matches!(
-                        f.class,
-                        ErrorClass::ConnectRefused | ErrorClass::ConnectTimeout
-                    ) =>
-                {
-                    Err(f)
-                }
-                _ => Err(Failure {
-                    class: ErrorClass::Timeout,
-                    errno: None,
-                }),
-            };
-        }
-        result
-    }
-
-    fn note(&self, result: &Result<super::client::Response, Failure>, latency: Duration) {
+        result: &Result<super::client::Response, Failure>,
+        latency: Duration,
+    ) {
         // `seq` numbers every outcome of the run, for sampling and request ids.
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
@@ -486,130 +413,4 @@ async fn resize(st: &Rc<ShardState>, spec: &WorkerSpec, cmd: &StageCommand) -> b
         }
     }
     false
-}
-
-/// A reused connection that failed before any response byte.
-fn stale(result: &Result<super::client::Response, Failure>) -> bool {
-    matches!(result, Err(f) if matches!(f.class, ErrorClass::Closed | ErrorClass::Reset))
-}
-
-/// One virtual user: a connection and a loop of requests on it.
-async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSlot>) {
-    let stop = &slot.stop;
-    let global = local * st.shards + st.id;
-    let target = global % st.requests.len().max(1);
-    let dest = st.cfg.targets[target].addr;
-    // Every (source, target) pair gets VUs, even when the two counts share a factor.
-    let source = match st.cfg.sources.len() {
-        0 => None,
-        n => Some(st.cfg.sources[(global / st.requests.len().max(1)) % n]),
-    };
-    let is_head = st.cfg.request.is_head();
-    let mut conn: Option<ClientConn> = None;
-    let mut connecting = true;
-    let mut epoch = u64::MAX;
-    let mut next_send = Instant::now();
-    // Set after a cool-down: the server may have closed the idle connection meanwhile.
-    let mut was_idle = false;
-    while !stop.get() {
-        if st.paused.get() {
-            was_idle = true;
-            glommio::timer::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match dial(dest, source) {
-                Ok(c) => {
-                    st.open_connections.set(st.open_connections.get() + 1);
-                    if st.measuring.get() {
-                        st.record.borrow_mut().connections_opened += 1;
-                    }
-                    conn.insert(c)
-                }
-                Err(f) => {
-                    st.note(&Err(f), Duration::ZERO);
-                    if std::mem::take(&mut connecting) {
-                        st.connecting.set(st.connecting.get() - 1);
-                    }
-                    glommio::timer::sleep(RECONNECT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let began = match st.cfg.mode {
-            Mode::Closed { .. } => Instant::now(),
-            Mode::Open { .. } => {
-                let (start, interval) = st.schedule.get();
-                if epoch != st.epoch.get() {
-                    // Spread the VUs' first sends evenly over one interval.
-                    epoch = st.epoch.get();
-                    let frac = global as f64 / st.total_vus.get().max(1) as f64;
-                    next_send = start + interval.mul_f64(frac.min(1.0));
-                }
-                let intended = next_send;
-                next_send += interval;
-                let now = Instant::now();
-                if intended > now {
-                    glommio::timer::sleep(intended - now).await;
-                    if stop.get() {
-                        break;
-                    }
-                } else if now - intended > Duration::from_millis(1) && st.measuring.get() {
-                    st.record.borrow_mut().late_sends += 1;
-                }
-                intended
-            }
-        };
-        // Closed loop: the send time is `began`; open loop: now (began is the intention).
-        let now = match st.cfg.mode {
-            Mode::Closed { .. } => began,
-            Mode::Open { .. } => Instant::now(),
-        };
-        let mut result = st.exchange(&slot, c, target, is_head, now).await;
-        if std::mem::take(&mut was_idle) && c.reused() && stale(&result) {
-            // Closed by the server while the VU idled through a cool-down: not a failure
-            // of this request. Reconnect (paced) and send it again, once.
-            st.open_connections.set(st.open_connections.get() - 1);
-            conn = None;
-            glommio::timer::sleep(RECONNECT_BACKOFF).await;
-            match dial(dest, source) {
-                Ok(fresh) => {
-                    st.open_connections.set(st.open_connections.get() + 1);
-                    result = st
-                        .exchange(&slot, conn.insert(fresh), target, is_head, Instant::now())
-                        .await;
-                }
-                Err(f) => result = Err(f),
-            }
-        }
-        if std::mem::take(&mut connecting) {
-            st.connecting.set(st.connecting.get() - 1);
-        }
-        st.note(&result, began.elapsed());
-        let reuse = matches!(&result, Ok(r) if r.keep_alive);
-        if !reuse && conn.take().is_some() {
-            st.open_connections.set(st.open_connections.get() - 1);
-            if let Err(f) = result {
-                if matches!(
-                    f.class,
-                    ErrorClass::ConnectRefused | ErrorClass::ConnectTimeout
-                ) {
-                    glommio::timer::sleep(RECONNECT_BACKOFF).await;
-                }
-            }
-        }
-        if let Mode::Closed { think } = st.cfg.mode {
-            if !think.is_zero() {
-                glommio::timer::sleep(think).await;
-            }
-        }
-    }
-    if conn.is_some() {
-        st.open_connections.set(st.open_connections.get() - 1);
-    }
-    if connecting {
-        st.connecting.set(st.connecting.get() - 1);
-    }
-    st.live.set(st.live.get() - 1);
 }
