@@ -122,7 +122,6 @@ pub struct Record {
     /// Latency of every request that got a complete response (any status), in µs, to
     /// three significant digits.
     pub latency: Histogram<u64>,
-    pub responses: u64,
     pub ok: u64,
     pub errors: [u64; CLASSES],
     /// errno → count, for `OtherIo`.
@@ -147,7 +146,6 @@ impl Record {
     pub fn new() -> Record {
         Record {
             latency: crate::stats::histogram(3),
-            responses: 0,
             ok: 0,
             errors: [0; CLASSES],
             other_errnos: BTreeMap::new(),
@@ -163,6 +161,11 @@ impl Record {
 
     pub fn failed(&self) -> u64 {
         self.errors.iter().sum()
+    }
+
+    /// Complete responses (any status): the latency histogram counts exactly these.
+    pub fn responses(&self) -> u64 {
+        self.latency.len()
     }
 
     /// Every attempt: complete responses plus transport failures.
@@ -186,7 +189,6 @@ impl Record {
     /// still a response latency.
     pub fn response(&mut self, status: u16, latency_us: u64) {
         crate::stats::record(&mut self.latency, latency_us);
-        self.responses += 1;
         self.min_us = self.min_us.min(latency_us);
         self.max_us = self.max_us.max(latency_us);
         self.sum_us += u128::from(latency_us);
@@ -212,7 +214,6 @@ impl Record {
 
     pub fn merge(&mut self, other: Record) {
         let _ = self.latency.add(&other.latency);
-        self.responses += other.responses;
         self.ok += other.ok;
         for (a, b) in self.errors.iter_mut().zip(other.errors) {
             *a += b;
@@ -233,7 +234,7 @@ impl Record {
 
     /// Latency at quantile `q` in ms (0 when there were no responses).
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        if self.responses == 0 {
+        if self.responses() == 0 {
             return 0.0;
         }
         // The exact maximum is kept separately; the histogram's is rounded to its bucket.
@@ -246,7 +247,7 @@ impl Record {
     }
 
     pub fn min_ms(&self) -> f64 {
-        if self.responses == 0 {
+        if self.responses() == 0 {
             0.0
         } else {
             self.min_us as f64 / 1000.0
@@ -254,10 +255,10 @@ impl Record {
     }
 
     pub fn mean_ms(&self) -> f64 {
-        if self.responses == 0 {
+        if self.responses() == 0 {
             0.0
         } else {
-            self.sum_us as f64 / self.responses as f64 / 1000.0
+            self.sum_us as f64 / self.responses() as f64 / 1000.0
         }
     }
 

@@ -266,7 +266,7 @@ async fn worker_main(spec: WorkerSpec) {
 fn progress(st: &ShardState, spec: &WorkerSpec) {
     let p99 = {
         let rec = st.record.borrow();
-        if rec.responses > 0 {
+        if rec.responses() > 0 {
             rec.latency.value_at_quantile(0.99)
         } else {
             0
