@@ -7,6 +7,7 @@ use super::options::Mode;
 use super::record::ErrorClass;
 use super::worker::ShardState;
 use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,25 @@ fn stale(result: &Result<super::client::Response, Failure>) -> bool {
     matches!(result, Err(f) if matches!(f.class, ErrorClass::Closed | ErrorClass::Reset))
 }
 
+impl ShardState {
+    /// Opens a VU's connection, counting it as open (and, inside a window, as opened).
+    fn open(&self, dest: SocketAddr, source: Option<IpAddr>) -> Result<ClientConn, Failure> {
+        let c = dial(dest, source)?;
+        self.open_connections.set(self.open_connections.get() + 1);
+        if self.measuring.get() {
+            self.record.borrow_mut().connections_opened += 1;
+        }
+        Ok(c)
+    }
+
+    /// Marks a VU's first attempt as finished, once (the ramp waits for all of them).
+    fn first_attempt_done(&self, pending: &mut bool) {
+        if std::mem::take(pending) {
+            self.connecting.set(self.connecting.get() - 1);
+        }
+    }
+}
+
 /// One virtual user: a connection and a loop of requests on it.
 pub(super) async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSlot>) {
     let stop = &slot.stop;
@@ -122,19 +142,11 @@ pub(super) async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSl
         }
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match dial(dest, source) {
-                Ok(c) => {
-                    st.open_connections.set(st.open_connections.get() + 1);
-                    if st.measuring.get() {
-                        st.record.borrow_mut().connections_opened += 1;
-                    }
-                    conn.insert(c)
-                }
+            None => match st.open(dest, source) {
+                Ok(c) => conn.insert(c),
                 Err(f) => {
                     st.note(&Err(f), Duration::ZERO);
-                    if std::mem::take(&mut connecting) {
-                        st.connecting.set(st.connecting.get() - 1);
-                    }
+                    st.first_attempt_done(&mut connecting);
                     glommio::timer::sleep(RECONNECT_BACKOFF).await;
                     continue;
                 }
@@ -176,19 +188,16 @@ pub(super) async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSl
             st.open_connections.set(st.open_connections.get() - 1);
             conn = None;
             glommio::timer::sleep(RECONNECT_BACKOFF).await;
-            match dial(dest, source) {
+            result = match st.open(dest, source) {
                 Ok(fresh) => {
-                    st.open_connections.set(st.open_connections.get() + 1);
-                    result = st
-                        .exchange(&slot, conn.insert(fresh), target, is_head, Instant::now())
-                        .await;
+                    let fresh = conn.insert(fresh);
+                    st.exchange(&slot, fresh, target, is_head, Instant::now())
+                        .await
                 }
-                Err(f) => result = Err(f),
-            }
+                Err(f) => Err(f),
+            };
         }
-        if std::mem::take(&mut connecting) {
-            st.connecting.set(st.connecting.get() - 1);
-        }
+        st.first_attempt_done(&mut connecting);
         st.note(&result, began.elapsed());
         let reuse = matches!(&result, Ok(r) if r.keep_alive);
         if !reuse && conn.take().is_some() {
@@ -211,8 +220,6 @@ pub(super) async fn virtual_user(st: Rc<ShardState>, local: usize, slot: Rc<VuSl
     if conn.is_some() {
         st.open_connections.set(st.open_connections.get() - 1);
     }
-    if connecting {
-        st.connecting.set(st.connecting.get() - 1);
-    }
+    st.first_attempt_done(&mut connecting);
     st.live.set(st.live.get() - 1);
 }
