@@ -293,12 +293,15 @@ fn somaxconn_check(config: &Config) -> Check {
     }
 }
 
+/// net.ipv4.ip_local_port_range, when readable.
+pub(crate) fn port_range() -> Option<(u32, u32)> {
+    let range = read_trim("/proc/sys/net/ipv4/ip_local_port_range")?;
+    let mut it = range.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 fn port_range_check(config: &Config, shards: usize) -> Check {
-    let range = read_trim("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = range
-        .split_whitespace()
-        .filter_map(|v| v.parse::<u64>().ok());
-    let (Some(lo), Some(hi)) = (it.next(), it.next()) else {
+    let Some((lo, hi)) = port_range().map(|(lo, hi)| (u64::from(lo), u64::from(hi))) else {
         return check(
             Level::Warn,
             "port_range",

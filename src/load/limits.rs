@@ -28,13 +28,9 @@ pub struct ClientCaps {
     pub binding: &'static str,
 }
 
+/// The ephemeral port range (the kernel's default when it cannot be read).
 pub fn port_range() -> (u32, u32) {
-    crate::doctor::read_trim("/proc/sys/net/ipv4/ip_local_port_range")
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|v| v.parse::<u32>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32768, 60999))
+    crate::doctor::port_range().unwrap_or((32768, 60999))
 }
 
 pub fn client_caps(cfg: &LoadConfig, nofile: u64) -> ClientCaps {

@@ -132,6 +132,21 @@ impl Shards {
     }
 }
 
+/// Writes the resource samples taken so far, with the generator's open connections.
+fn drain_resources(
+    samples: &Receiver<resources::ResourceSample>,
+    open_connections: u64,
+    mut artifacts: Option<&mut Artifacts>,
+) -> std::io::Result<()> {
+    while let Ok(mut s) = samples.try_recv() {
+        s.active_connections = open_connections;
+        if let Some(a) = artifacts.as_deref_mut() {
+            a.resource(&s)?;
+        }
+    }
+    Ok(())
+}
+
 /// Splits `vus` over `n` shards as evenly as possible.
 fn split(vus: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| vus / n + usize::from(i < vus % n)).collect()
@@ -218,12 +233,8 @@ pub fn run(args: LoadArgs) -> Result<(), String> {
     let all_responses = shards.stop(cfg.timeout + cfg.connect_timeout);
     drop(stop_sampler);
     let _ = sampler.join();
-    while let Ok(mut s) = samples.try_recv() {
-        s.active_connections = progress.open_connections();
-        if let Some(a) = artifacts.as_mut() {
-            let _ = a.resource(&s);
-        }
-    }
+    // The samples taken after the last stage; a write error here has nothing left to stop.
+    let _ = drain_resources(&samples, progress.open_connections(), artifacts.as_mut());
     let was_interrupted = interrupted.load(Ordering::Relaxed);
 
     let findings = report::findings(&cfg.profile, &rows, &overall);
@@ -338,13 +349,12 @@ impl Running<'_> {
                     return Err("the load shards exited unexpectedly".into())
                 }
             }
-            while let Ok(mut s) = self.samples.try_recv() {
-                s.active_connections = self.progress.open_connections();
-                if let Some(a) = self.artifacts.as_mut() {
-                    a.resource(&s)
-                        .map_err(|e| format!("cannot write resources.jsonl: {e}"))?;
-                }
-            }
+            drain_resources(
+                self.samples,
+                self.progress.open_connections(),
+                self.artifacts.as_deref_mut(),
+            )
+            .map_err(|e| format!("cannot write resources.jsonl: {e}"))?;
             self.progress.tick();
             if !ended && self.interrupted.load(Ordering::Relaxed) {
                 ended = true;

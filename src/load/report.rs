@@ -63,6 +63,9 @@ pub fn findings(profile: &Profile, rows: &[StageRow], overall: &Record) -> Findi
             .map(|(k, _)| k.to_string())
             .unwrap_or_else(|| "none".into())
     };
+    let overall_mode = overall
+        .dominant_error()
+        .map_or_else(|| "none".to_string(), |c| c.name().to_string());
     let (breaking_point_vus, breaking_point, failure_mode) = match (profile, breaking, client_stop)
     {
         (Profile::BreakingPoint { .. }, Some(r), _) => {
@@ -79,21 +82,13 @@ pub fn findings(profile: &Profile, rows: &[StageRow], overall: &Record) -> Findi
             ),
             format!("client limit: {}", r.client_limits.join(", ")),
         ),
-        (Profile::BreakingPoint { .. }, None, None) => (
-            None,
-            format!("none found up to {tested} VUs"),
-            overall
-                .dominant_error()
-                .map(|c| c.name().to_string())
-                .unwrap_or_else(|| "none".into()),
-        ),
+        (Profile::BreakingPoint { .. }, None, None) => {
+            (None, format!("none found up to {tested} VUs"), overall_mode)
+        }
         _ => (
             None,
             format!("not searched ({} profile)", profile.name()),
-            overall
-                .dominant_error()
-                .map(|c| c.name().to_string())
-                .unwrap_or_else(|| "none".into()),
+            overall_mode,
         ),
     };
     Findings {
