@@ -8,12 +8,19 @@
 //! testbed), `out` (default target/bench/<bench>-<target>-<path>), `testbed` (default
 //! ../shared/bench), plus the profile's own flags, passed to `coregate load` as given.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_coregate");
+// The integration tests' helpers (free ports, waiting for a listener, the binary's path).
+#[path = "../../tests/common/mod.rs"]
+mod harness;
+use harness::{free_port, BIN};
+
+/// Waits up to 15 s for a listener (panics with the port if none comes).
+fn wait_port(port: u16) {
+    harness::wait_port(port, Duration::from_secs(15));
+}
 
 /// Options from the command line (after `--`) and the environment.
 pub struct Options {
@@ -45,13 +52,6 @@ impl Options {
         }
         let env = format!("COREGATE_BENCH_{}", name.to_uppercase().replace('-', "_"));
         std::env::var(env).unwrap_or_else(|_| default.to_string())
-    }
-}
-
-fn free_port() -> u16 {
-    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-        Ok(a) => a.port(),
-        Err(e) => fail(&format!("no free port: {e}")),
     }
 }
 
@@ -96,16 +96,6 @@ fn start(procs: &mut Procs, cores: &str, program: &str, args: &[&str], log: Path
     pid
 }
 
-fn wait_port(port: u16) {
-    let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    fail(&format!("nothing listens on port {port} after 15 s"));
-}
 
 /// A started target: the URL to load and the PID to sample.
 pub struct Target {
