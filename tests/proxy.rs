@@ -14,6 +14,19 @@ fn provider_toml(name: &str, endpoint: &str, prefix: &str, extra: &str) -> Strin
     )
 }
 
+/// A mock provider process (on a free port) and a gateway on core 0 routing `/p/` to it as
+/// provider "m"; returns both processes and the mock's port.
+fn gateway_to_mock(name: &str, extra: &str) -> (Proc, Gateway, u16) {
+    let mp = free_port();
+    let mock = mock_provider(name, mp);
+    let gw = gateway(
+        name,
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", extra),
+    );
+    (mock, gw, mp)
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: client.example\r\n\r\n")
 }
@@ -24,13 +37,7 @@ fn provider<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 #[test]
 fn sequential_requests_reuse_one_provider_connection() {
-    let mp = free_port();
-    let _mock = mock_provider("reuse", mp);
-    let gw = gateway(
-        "reuse",
-        "0",
-        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""),
-    );
+    let (_mock, gw, _) = gateway_to_mock("reuse", "");
     for i in 0..20 {
         // Half on one client connection, half on fresh ones: the pool is per shard.
         let resp = request(gw.port, &get(&format!("/p/bytes?size={}", 100 + i)));
@@ -228,13 +235,7 @@ fn forwarded_headers_and_hop_by_hop_removal() {
 
 #[test]
 fn provider_killed_mid_response_truncates_and_closes() {
-    let mp = free_port();
-    let mut mock = mock_provider("killed", mp);
-    let gw = gateway(
-        "killed",
-        "0",
-        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""),
-    );
+    let (mut mock, gw, _) = gateway_to_mock("killed", "");
     let mut s = gw.connect();
     s.write_all(get("/p/tts?frames=100&frame_interval_ms=50").as_bytes())
         .expect("send");
@@ -255,13 +256,7 @@ fn provider_killed_mid_response_truncates_and_closes() {
     );
     // The reset knob does the same without killing the process.
     drop(mock);
-    let mp2 = free_port();
-    let _mock2 = mock_provider("killed2", mp2);
-    let gw2 = gateway(
-        "killed2",
-        "0",
-        &provider_toml("m", &format!("127.0.0.1:{mp2}"), "/p/", ""),
-    );
+    let (_mock2, gw2, _) = gateway_to_mock("killed2", "");
     let mut r = Reader::new(gw2.connect());
     r.send(get("/p/bytes?size=100000&reset=after_head").as_bytes());
     assert!(r.response(false).is_none_or(|x| x.body.len() < 100000));
@@ -273,13 +268,7 @@ fn provider_killed_mid_response_truncates_and_closes() {
 
 #[test]
 fn stale_pooled_connection_is_retried_transparently() {
-    let mp = free_port();
-    let mock = mock_provider("stale", mp);
-    let gw = gateway(
-        "stale",
-        "0",
-        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", ""),
-    );
+    let (mock, gw, mp) = gateway_to_mock("stale", "");
     let mut r = Reader::new(gw.connect());
     r.send(get("/p/bytes?size=10").as_bytes());
     assert_eq!(r.response(false).expect("first").status, 200);
@@ -401,14 +390,8 @@ fn each_timeout_kind_is_504() {
 
 #[test]
 fn queue_at_the_pool_cap_then_503() {
-    let mp = free_port();
-    let _mock = mock_provider("queue", mp);
     let extra = "pool_max_total = 1\npool_max_idle = 1\nqueue_max = 1\nqueue_timeout_ms = 300";
-    let gw = gateway(
-        "queue",
-        "0",
-        &provider_toml("m", &format!("127.0.0.1:{mp}"), "/p/", extra),
-    );
+    let (_mock, gw, _) = gateway_to_mock("queue", extra);
     let port = gw.port;
     let clients: Vec<_> = (0..3)
         .map(|i| {

@@ -96,7 +96,6 @@ fn start(procs: &mut Procs, cores: &str, program: &str, args: &[&str], log: Path
     pid
 }
 
-
 /// A started target: the URL to load and the PID to sample.
 pub struct Target {
     pub url: String,
