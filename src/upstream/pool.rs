@@ -41,6 +41,10 @@ enum Handoff {
 struct Waiter {
     handoff: RefCell<Option<Handoff>>,
     waker: RefCell<Option<Waker>>,
+    /// Still in the endpoint's queue and waiting. A waiter that gives up only clears this;
+    /// its entry is dropped when it reaches the front, so leaving is O(1) even with
+    /// thousands queued.
+    queued: Cell<bool>,
 }
 
 pub struct Endpoint {
@@ -48,6 +52,8 @@ pub struct Endpoint {
     idle: RefCell<Vec<UpConn>>,
     open: Cell<usize>,
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
+    /// Waiters in `waiters` still waiting (the rest gave up and are skipped).
+    queued: Cell<usize>,
 }
 
 /// One provider as seen by one shard.
@@ -87,6 +93,7 @@ impl Providers {
                             idle: RefCell::new(Vec::new()),
                             open: Cell::new(0),
                             waiters: RefCell::new(VecDeque::new()),
+                            queued: Cell::new(0),
                         })
                     })
                     .collect(),
@@ -103,7 +110,7 @@ impl Providers {
             for e in &p.endpoints {
                 open += e.open.get() as u64;
                 idle += e.idle.borrow().len() as u64;
-                queued += e.waiters.borrow().len() as u64;
+                queued += e.queued.get() as u64;
             }
             s.counters.connections_open = open;
             s.counters.connections_idle = idle;
@@ -179,9 +186,19 @@ fn close_one(ep: &Endpoint) {
 
 /// Gives `h` to the oldest live waiter; returns it back if nobody is waiting.
 fn hand_off(ep: &Endpoint, h: Handoff) -> Option<Handoff> {
-    let Some(waiter) = ep.waiters.borrow_mut().pop_front() else {
-        return Some(h);
+    let waiter = {
+        let mut q = ep.waiters.borrow_mut();
+        loop {
+            match q.pop_front() {
+                None => return Some(h),
+                Some(w) if w.queued.get() => break w,
+                // Gave up while queued: skip it.
+                Some(_) => {}
+            }
+        }
     };
+    waiter.queued.set(false);
+    ep.queued.set(ep.queued.get().saturating_sub(1));
     *waiter.handoff.borrow_mut() = Some(h);
     if let Some(w) = waiter.waker.borrow_mut().take() {
         w.wake();
@@ -197,10 +214,16 @@ struct QueueGuard<'a> {
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
-        self.ep
-            .waiters
-            .borrow_mut()
-            .retain(|w| !Rc::ptr_eq(w, &self.waiter));
+        if self.waiter.queued.replace(false) {
+            // Left the queue without a handoff (timeout or cancelled request).
+            let live = self.ep.queued.get().saturating_sub(1);
+            self.ep.queued.set(live);
+            let mut q = self.ep.waiters.borrow_mut();
+            // Bound the skipped entries: compact when most of the queue has given up.
+            if q.len() > 64 && q.len() > 2 * live {
+                q.retain(|w| w.queued.get());
+            }
+        }
         // A handoff that arrived but was never used must not leak.
         match self.waiter.handoff.borrow_mut().take() {
             Some(Handoff::Conn(_)) | Some(Handoff::MayConnect) => close_one(self.ep),
@@ -265,10 +288,12 @@ pub async fn acquire(
             .await
             .map(|c| lease(c, false));
     }
-    if ep.waiters.borrow().len() >= cfg.queue_max {
+    if ep.queued.get() >= cfg.queue_max {
         return Err(UpstreamError::QueueTimeout);
     }
     let waiter = Rc::new(Waiter::default());
+    waiter.queued.set(true);
+    ep.queued.set(ep.queued.get() + 1);
     ep.waiters.borrow_mut().push_back(waiter.clone());
     let guard = QueueGuard { ep, waiter };
     let wait = WaitHandoff(&guard.waiter);
@@ -364,5 +389,71 @@ pub async fn sweep_idle(shard: Rc<Shard>) {
                 close_one(ep);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            idle: RefCell::new(Vec::new()),
+            open: Cell::new(1),
+            waiters: RefCell::new(VecDeque::new()),
+            queued: Cell::new(0),
+        }
+    }
+
+    fn enqueue(ep: &Endpoint) -> Rc<Waiter> {
+        let w = Rc::new(Waiter::default());
+        w.queued.set(true);
+        ep.queued.set(ep.queued.get() + 1);
+        ep.waiters.borrow_mut().push_back(w.clone());
+        w
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_is_skipped_and_no_longer_counted() {
+        let ep = endpoint();
+        let (a, b, c) = (enqueue(&ep), enqueue(&ep), enqueue(&ep));
+        drop(QueueGuard {
+            ep: &ep,
+            waiter: b.clone(),
+        });
+        assert_eq!(ep.queued.get(), 2);
+        assert!(hand_off(&ep, Handoff::MayConnect).is_none());
+        assert!(a.handoff.borrow().is_some());
+        assert!(hand_off(&ep, Handoff::MayConnect).is_none());
+        assert!(b.handoff.borrow().is_none());
+        assert!(c.handoff.borrow().is_some());
+        assert_eq!(ep.queued.get(), 0);
+        assert!(hand_off(&ep, Handoff::MayConnect).is_some());
+    }
+
+    #[test]
+    fn a_served_waiter_leaving_does_not_touch_the_queue_count() {
+        let ep = endpoint();
+        let (a, _b) = (enqueue(&ep), enqueue(&ep));
+        assert!(hand_off(&ep, Handoff::MayConnect).is_none());
+        // The handoff was taken by the request, as `acquire` does before dropping its guard.
+        assert!(a.handoff.borrow_mut().take().is_some());
+        drop(QueueGuard { ep: &ep, waiter: a });
+        assert_eq!(ep.queued.get(), 1);
+    }
+
+    #[test]
+    fn mass_give_up_compacts_the_queue() {
+        let ep = endpoint();
+        let all: Vec<_> = (0..1000).map(|_| enqueue(&ep)).collect();
+        for w in &all[..990] {
+            drop(QueueGuard {
+                ep: &ep,
+                waiter: w.clone(),
+            });
+        }
+        assert_eq!(ep.queued.get(), 10);
+        assert!(ep.waiters.borrow().len() <= 64.max(2 * 10));
     }
 }
