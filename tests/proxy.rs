@@ -185,6 +185,27 @@ fn head_204_304_and_close_delimited_framing() {
 }
 
 #[test]
+fn interim_1xx_responses_are_relayed_to_http11_clients_only() {
+    let gw = gateway("early-hints", "0", "");
+    let mut r = Reader::new(gw.connect());
+    r.send(get("/v1/mock/bytes?size=10&early_hints=1").as_bytes());
+    let hints = r.response(false).expect("103");
+    assert_eq!(hints.status, 103);
+    assert_eq!(hints.header("link"), Some("</voices/en.json>; rel=preload"));
+    assert!(hints.header("via").is_some_and(|v| v.contains("coregate")));
+    let last = r.response(false).expect("final");
+    assert_eq!((last.status, last.body.len()), (200, 10));
+    // The connection stays in sync after the interim response.
+    r.send(get("/health").as_bytes());
+    assert_eq!(r.response(false).expect("health").status, 200);
+    // An HTTP/1.0 client never sees a 1xx (RFC 9110 §15.2).
+    let mut r = Reader::new(gw.connect());
+    r.send(b"GET /v1/mock/bytes?size=10&early_hints=1 HTTP/1.0\r\n\r\n");
+    let resp = r.response(false).expect("1.0 final");
+    assert_eq!((resp.status, resp.body.len()), (200, 10));
+}
+
+#[test]
 fn forwarded_headers_and_hop_by_hop_removal() {
     let gw = gateway("headers", "0", "[[providers]]\nname = \"m\"\nendpoints = [\"MOCK\"]\nhost = \"provider.example\"\n\
          [[routes]]\nprefix = \"/h/\"\nprovider = \"m\"\nrewrite = \"/\"\nadd_headers = { \"X-Api-Key\" = \"secret\" }\nremove_headers = [\"Cookie\"]\n"

@@ -27,6 +27,8 @@ pub struct Knobs {
     pub frame_interval: Option<Duration>,
     /// Pause after the head before the body (tests provider idle-read timeouts).
     pub stall: Duration,
+    /// Send a `103 Early Hints` interim response before the final one.
+    pub early_hints: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,7 @@ impl Knobs {
             "frame_bytes" => self.frame_bytes = value.parse().ok(),
             "frame_interval_ms" => self.frame_interval = ms(value),
             "stall_ms" => self.stall = ms(value).unwrap_or_default(),
+            "early_hints" => self.early_hints = flag(value),
             _ => {}
         }
     }

@@ -324,6 +324,12 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
         let _ = wire.rx.discard_body(&mut body, u64::MAX, TIMEOUT).await;
         return Err(reset(wire));
     }
+    if k.early_hints {
+        wire.tx.buf.extend_from_slice(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </voices/en.json>; rel=preload\r\n\r\n",
+        );
+        wire.tx.flush().await?;
+    }
     let mut status = k.status.unwrap_or(200);
     if k.error_rate > 0.0 && shard.random() < k.error_rate {
         status = 500;

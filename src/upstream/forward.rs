@@ -269,30 +269,50 @@ async fn up_read(
         .map_err(|e| io_to_upstream(&e, kind))
 }
 
-/// Reads the final response head (skipping 1xx interim responses).
-/// The error carries whether any response byte had arrived (then nothing may be retried).
+/// Reads the final response head. Interim (1xx) responses are relayed to the client as
+/// they come (RFC 9110 §15.2: a proxy forwards them), except to an HTTP/1.0 client, which
+/// must never see one, and except 100 Continue when the gateway already answered the
+/// client's `Expect` itself. Fails with `BeforeHead` (carrying whether any response byte
+/// had arrived: then nothing may be retried) or, when relaying a 1xx failed, `MidBody(None)`.
 async fn read_response_head(
     up: &mut Rx,
-    req_is_head: bool,
+    client: &mut Tx,
+    req: ClientSide,
     headers: &mut Vec<HeaderRange>,
     t: Limits,
-) -> Result<ResponseHead, (UpstreamError, bool)> {
+) -> Result<ResponseHead, Download> {
     let head_deadline = Instant::now() + t.ttfb;
     let mut got_bytes = false;
     loop {
         if !up.buffered().is_empty() {
             got_bytes = true;
-            match parse_response(up.buffered(), req_is_head, up.capacity(), headers) {
+            match parse_response(up.buffered(), req.is_head, up.capacity(), headers) {
                 Ok(ParsedResponse::Complete(h)) if h.status == 101 => {
-                    return Err((UpstreamError::BadResponse, true));
+                    return Err(Download::BeforeHead(UpstreamError::BadResponse, true));
                 }
                 Ok(ParsedResponse::Complete(h)) if h.status < 200 => {
+                    let relay = !req.http10 && !(h.status == 100 && req.expects_continue);
+                    if relay {
+                        response_head(
+                            &mut client.buf,
+                            up.buffered(),
+                            &h,
+                            headers,
+                            ClientFraming::None,
+                            false,
+                            false,
+                        );
+                    }
                     up.consume(h.head_len);
+                    // A client that went away fails the exchange like any client write.
+                    if relay && client.flush().await.is_err() {
+                        return Err(Download::MidBody(None));
+                    }
                     continue;
                 }
                 Ok(ParsedResponse::Complete(h)) => return Ok(h),
                 Ok(ParsedResponse::Partial) => {}
-                Err(_) => return Err((UpstreamError::BadResponse, true)),
+                Err(_) => return Err(Download::BeforeHead(UpstreamError::BadResponse, true)),
             }
         }
         // Before the first byte the time-to-first-byte limit applies; once a head has
@@ -304,9 +324,9 @@ async fn read_response_head(
             (to_head, UpstreamError::HeadTimeout)
         };
         match up_read(up, wait, kind, t.deadline).await {
-            Ok(0) => return Err((UpstreamError::Reset, got_bytes)),
+            Ok(0) => return Err(Download::BeforeHead(UpstreamError::Reset, got_bytes)),
             Ok(_) => {}
-            Err(e) => return Err((e, got_bytes)),
+            Err(e) => return Err(Download::BeforeHead(e, got_bytes)),
         }
     }
 }
@@ -317,6 +337,8 @@ struct ClientSide {
     is_head: bool,
     http10: bool,
     keep_alive: bool,
+    /// The client sent `Expect: 100-continue` (the gateway answers it).
+    expects_continue: bool,
 }
 
 /// How the response side ended.
@@ -344,9 +366,9 @@ async fn download(
     upload_done: &Cell<bool>,
     head_sent: &Cell<bool>,
 ) -> Download {
-    let resp = match read_response_head(up, req.is_head, headers, t).await {
+    let resp = match read_response_head(up, client, req, headers, t).await {
         Ok(r) => r,
-        Err((e, got)) => return Download::BeforeHead(e, got),
+        Err(d) => return d,
     };
     let ttfb_us = started.elapsed().as_micros() as u64;
     provider_stats(shard, pidx, |s| {
@@ -509,6 +531,7 @@ pub async fn proxy(conn: &mut Conn, head: RequestHead, route_idx: usize) -> Flow
         is_head: head.is_head(conn.head_bytes()),
         http10: head.version == Version::Http10,
         keep_alive: head.keep_alive,
+        expects_continue: head.expect_continue,
     };
     let up_head = request_head(
         conn.head_bytes(),
