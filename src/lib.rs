@@ -23,6 +23,7 @@ pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod cores;
+pub mod deadline;
 pub mod doctor;
 pub mod event;
 pub mod http;

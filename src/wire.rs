@@ -7,6 +7,7 @@
 //! halves hold a [`Stream`] handle each — an `Rc<RefCell<TcpStream>>` borrowed only for the
 //! duration of a single poll, never across an await.
 
+use crate::deadline::{Armed, Slot};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::{Framing, HttpError};
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -18,6 +19,7 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Read buffer size while streaming a body.
@@ -40,16 +42,34 @@ impl Stream {
         self.0.borrow().as_raw_fd()
     }
 
-    pub fn set_read_timeout(&self, d: Duration) {
-        let _ = self.0.borrow().set_read_timeout(Some(d));
-    }
-
     pub fn set_write_timeout(&self, d: Duration) {
         let _ = self.0.borrow().set_write_timeout(Some(d));
     }
 
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)).await
+    }
+
+    /// Reads some bytes, failing with `TimedOut` when none came within `timeout`
+    /// (enforced by the thread's deadline sweep, see [`crate::deadline`]).
+    pub async fn read_within(
+        &self,
+        buf: &mut [u8],
+        slot: &Slot,
+        timeout: Duration,
+    ) -> io::Result<usize> {
+        let _armed = Armed(slot);
+        poll_fn(|cx| {
+            if slot.fired() {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
+            let r = Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, &mut *buf);
+            if r.is_pending() {
+                slot.arm(timeout, cx.waker());
+            }
+            r
+        })
+        .await
     }
 
     /// Writes some of `data` (at least one byte unless it is empty); returns how much.
@@ -140,9 +160,11 @@ pub struct Rx {
     end: usize,
     /// Bytes read since the owner last took them.
     pub bytes: u64,
-    /// Arm glommio's read timer on every wait (the default). The load generator turns it
-    /// off and enforces its request timeout with one sweep per shard instead.
+    /// Enforce the read timeout (the default). The load generator turns it off and
+    /// enforces its request timeout with a sweep of its own, which shuts sockets down.
     pub timed: bool,
+    /// This connection's read deadline, made on the first timed read.
+    deadline: Option<Rc<Slot>>,
 }
 
 impl Rx {
@@ -154,6 +176,7 @@ impl Rx {
             end: 0,
             bytes: 0,
             timed: true,
+            deadline: None,
         }
     }
 
@@ -201,10 +224,13 @@ impl Rx {
         if self.end == self.buf.len() {
             return Err(io::Error::other("read buffer full"));
         }
-        if self.timed {
-            self.stream.set_read_timeout(timeout);
-        }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        let buf = &mut self.buf[self.end..];
+        let n = if self.timed {
+            let slot = self.deadline.get_or_insert_with(Slot::new);
+            self.stream.read_within(buf, slot, timeout).await?
+        } else {
+            self.stream.read(buf).await?
+        };
         self.end += n;
         self.bytes += n as u64;
         Ok(n)
