@@ -291,7 +291,8 @@ async fn read_response_head(
                     return Err(Download::BeforeHead(UpstreamError::BadResponse, true));
                 }
                 Ok(ParsedResponse::Complete(h)) if h.status < 200 => {
-                    let relay = !req.http10 && !(h.status == 100 && req.expects_continue);
+                    let answered_by_us = h.status == 100 && req.expects_continue;
+                    let relay = !req.http10 && !answered_by_us;
                     if relay {
                         response_head(
                             &mut client.buf,

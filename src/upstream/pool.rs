@@ -454,6 +454,7 @@ mod tests {
             });
         }
         assert_eq!(ep.queued.get(), 10);
-        assert!(ep.waiters.borrow().len() <= 64.max(2 * 10));
+        // Compaction keeps the skipped entries to at most as many as the live ones (or 64).
+        assert!(ep.waiters.borrow().len() <= 64);
     }
 }
