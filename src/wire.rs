@@ -88,6 +88,27 @@ impl Stream {
         Ok(())
     }
 
+    /// Whether bytes, a FIN or an error arrived while nobody was reading. Free when glommio
+    /// has a readiness poll armed (it does after every partial read); otherwise a
+    /// non-blocking `MSG_PEEK`.
+    pub fn input_while_idle(&self) -> bool {
+        if let Some(reported) = self.0.borrow().input_reported() {
+            return reported;
+        }
+        let mut byte = 0u8;
+        // SAFETY: recv(2) writes at most one byte into `byte`, which outlives the call; the
+        // fd is ours. MSG_PEEK leaves the input where it is.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Half-closes the write direction (sends FIN).
     pub fn shutdown_write(&self) -> io::Result<()> {
         // SAFETY: shutdown(2) on a descriptor this handle owns; no memory is involved.

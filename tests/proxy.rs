@@ -288,21 +288,112 @@ fn provider_killed_mid_response_truncates_and_closes() {
 }
 
 #[test]
-fn stale_pooled_connection_is_retried_transparently() {
+fn idle_pooled_connection_closed_by_the_provider_is_not_reused() {
     let (mock, gw, mp) = gateway_to_mock("stale", "");
     let mut r = Reader::new(gw.connect());
     r.send(get("/p/bytes?size=10").as_bytes());
     assert_eq!(r.response(false).expect("first").status, 200);
-    drop(mock); // the provider goes away: the pooled connection is now dead
+    drop(mock); // the provider goes away: the pooled connection gets its FIN
     wait_port_closed(mp, Duration::from_secs(5));
     let _mock = mock_provider("stale-again", mp);
-    r.send(get("/p/bytes?size=11").as_bytes());
+    // A request with a body cannot be replayed, so this only works if the dead connection
+    // is noticed before it is used.
+    r.send(b"POST /p/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
     let resp = r.response(false).expect("second");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(resp.body.len(), 11);
-    let s = gw.stats_until(|s| provider(s, "m")["pool"]["retries"] == 1);
-    assert_eq!(provider(&s, "m")["pool"]["retries"], 1, "{s}");
-    assert_eq!(provider(&s, "m")["pool"]["new_connections"], 2);
+    assert_eq!((resp.status, resp.text()), (200, "hello".to_string()));
+    let s = gw.stats_until(|s| provider(s, "m")["requests"] == 2);
+    let p = provider(&s, "m");
+    assert_eq!(
+        (
+            p["pool"]["retries"].as_u64(),
+            p["pool"]["new_connections"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{p}"
+    );
+}
+
+/// A provider on a raw socket: `script[i]` answers the i-th request on the i-th accepted
+/// connection... as `(connection, request)` pairs decide: each entry is the bytes to send
+/// after reading one request on that connection, or `None` to close instead.
+fn scripted_upstream(conns: Vec<Vec<Option<&'static [u8]>>>) -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let h = std::thread::spawn(move || {
+        for answers in conns {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            for answer in answers {
+                let mut buf = [0u8; 4096];
+                if matches!(s.read(&mut buf), Ok(0) | Err(_)) {
+                    break;
+                }
+                match answer {
+                    Some(bytes) => {
+                        // Several writes (the head, then late extra bytes) are split by a pause.
+                        for (i, part) in bytes.split(|&b| b == b'|').enumerate() {
+                            if i > 0 {
+                                std::thread::sleep(Duration::from_millis(150));
+                            }
+                            let _ = s.write_all(part);
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+    });
+    (port, h)
+}
+
+#[test]
+fn a_reused_connection_that_fails_before_any_byte_is_retried_once() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // The first connection answers once, then closes on the second request without a
+    // byte (as a provider does when its keep-alive timer fires just then).
+    let (up, h) = scripted_upstream(vec![vec![Some(OK), None], vec![Some(OK)]]);
+    let gw = gateway(
+        "retry",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{up}"), "/p/", ""),
+    );
+    let mut r = Reader::new(gw.connect());
+    for _ in 0..2 {
+        r.send(get("/p/x").as_bytes());
+        let resp = r.response(false).expect("response");
+        assert_eq!((resp.status, resp.text()), (200, "ok".to_string()));
+    }
+    let s = gw.stats_until(|s| provider(s, "m")["requests"] == 2);
+    let p = provider(&s, "m");
+    assert_eq!(
+        (
+            p["pool"]["retries"].as_u64(),
+            p["pool"]["new_connections"].as_u64()
+        ),
+        (Some(1), Some(2)),
+        "{p}"
+    );
+    let _ = h.join();
+}
+
+#[test]
+fn bytes_a_provider_sends_after_its_response_never_reach_another_request() {
+    // After a complete response the provider sends a second, unasked-for response on the
+    // same connection. Reusing that connection would give it to the next client.
+    const POISON: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok|HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED";
+    const FRESH: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
+    let (up, h) = scripted_upstream(vec![vec![Some(POISON)], vec![Some(FRESH)]]);
+    let gw = gateway(
+        "poison",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{up}"), "/p/", ""),
+    );
+    let first = request(gw.port, &get("/p/a"));
+    assert_eq!(first.text(), "ok");
+    std::thread::sleep(Duration::from_millis(400));
+    let second = request(gw.port, &get("/p/b"));
+    assert_eq!((second.status, second.text()), (200, "fresh".to_string()));
+    let _ = h.join();
 }
 
 #[test]

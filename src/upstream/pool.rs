@@ -269,7 +269,9 @@ pub async fn acquire(
             let Some(c) = ep.idle.borrow_mut().pop() else {
                 break;
             };
-            if c.idle_since.elapsed() < idle_timeout {
+            // A connection that received bytes or a FIN while idle is unusable: its bytes
+            // would be read as the next request's response.
+            if c.idle_since.elapsed() < idle_timeout && !c.rx.stream.input_while_idle() {
                 provider_stats(shard, provider_idx, |s| s.counters.pool_hits += 1);
                 return Ok(lease(c, true));
             }
@@ -346,8 +348,9 @@ pub fn provider_stats(shard: &Shard, idx: usize, f: impl FnOnce(&mut ProviderSta
     }
 }
 
-/// Closes idle connections past their provider's idle timeout, once a second, until the
-/// shard drains (then all idle connections are closed).
+/// Closes idle connections past their provider's idle timeout, or closed by the provider
+/// (or sent unasked-for bytes), once a second, until the shard drains (then all idle
+/// connections are closed).
 pub async fn sweep_idle(shard: Rc<Shard>) {
     loop {
         let tick = glommio::timer::sleep(Duration::from_secs(1));
@@ -370,9 +373,9 @@ pub async fn sweep_idle(shard: Rc<Shard>) {
             for ep in &p.endpoints {
                 let expired: Vec<UpConn> = {
                     let mut idle = ep.idle.borrow_mut();
-                    let (old, keep): (Vec<UpConn>, Vec<UpConn>) = idle
-                        .drain(..)
-                        .partition(|c| c.idle_since.elapsed() >= timeout);
+                    let (old, keep): (Vec<UpConn>, Vec<UpConn>) = idle.drain(..).partition(|c| {
+                        c.idle_since.elapsed() >= timeout || c.rx.stream.input_while_idle()
+                    });
                     *idle = keep;
                     old
                 };

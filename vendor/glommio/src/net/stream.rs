@@ -232,6 +232,13 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         self.source_rx = Some(reactor.poll_read_ready(stream_fd));
     }
 
+    /// coregate: whether the readiness poll armed after the last read has completed, i.e.
+    /// input (or EOF, or an error) arrived since. `None` when no poll is armed, so only a
+    /// syscall could tell.
+    pub(crate) fn input_reported(&self) -> Option<bool> {
+        self.source_rx.as_ref().map(|src| src.result().is_some())
+    }
+
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
         super::yolo_peek(self.stream.as_raw_fd(), buf)
     }
@@ -495,6 +502,14 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
 
     pub(crate) fn stream(&self) -> &S {
         &self.stream.stream
+    }
+
+    /// coregate: see `NonBufferedStream::input_reported`; buffered input counts as input.
+    pub(crate) fn input_reported(&self) -> Option<bool> {
+        if !self.rx_buf.is_empty() || self.rx_done.get() {
+            return Some(true);
+        }
+        self.stream.input_reported()
     }
 }
 

@@ -498,6 +498,14 @@ impl TcpStream {
 }
 
 impl<B: RxBuf> TcpStream<B> {
+    /// coregate: whether input, EOF or an error was reported on the socket since the last
+    /// read (the readiness poll glommio arms after a partial read has completed). `None`
+    /// when no such poll is armed. A pool uses it to refuse an idle keep-alive connection
+    /// that received bytes nobody asked for, without a syscall.
+    pub fn input_reported(&self) -> Option<bool> {
+        self.stream.input_reported()
+    }
+
     /// Sets the read timeout to the timeout specified.
     ///
     /// If the value specified is [`None`], then read calls will block
