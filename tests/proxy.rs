@@ -313,9 +313,9 @@ fn idle_pooled_connection_closed_by_the_provider_is_not_reused() {
     );
 }
 
-/// A provider on a raw socket: `script[i]` answers the i-th request on the i-th accepted
-/// connection... as `(connection, request)` pairs decide: each entry is the bytes to send
-/// after reading one request on that connection, or `None` to close instead.
+/// A provider on a raw socket. `conns[i]` scripts the i-th accepted connection: for each
+/// request read on it, the bytes to answer with (`|` marks a 150 ms pause between writes),
+/// or `None` to close instead.
 fn scripted_upstream(conns: Vec<Vec<Option<&'static [u8]>>>) -> (u16, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -351,18 +351,31 @@ fn a_reused_connection_that_fails_before_any_byte_is_retried_once() {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     // The first connection answers once, then closes on the second request without a
     // byte (as a provider does when its keep-alive timer fires just then).
-    let (up, h) = scripted_upstream(vec![vec![Some(OK), None], vec![Some(OK)]]);
+    const DATED: &[u8] =
+        b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok";
+    let (up, h) = scripted_upstream(vec![vec![Some(OK), None], vec![Some(DATED)]]);
     let gw = gateway(
         "retry",
         "0",
         &provider_toml("m", &format!("127.0.0.1:{up}"), "/p/", ""),
     );
     let mut r = Reader::new(gw.connect());
+    let mut dates = Vec::new();
     for _ in 0..2 {
         r.send(get("/p/x").as_bytes());
         let resp = r.response(false).expect("response");
         assert_eq!((resp.status, resp.text()), (200, "ok".to_string()));
+        let d: Vec<_> = resp
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("date"))
+            .collect();
+        assert_eq!(d.len(), 1, "one Date: {:?}", resp.headers);
+        dates.push(d[0].1.clone());
     }
+    // The gateway adds a Date the provider left out (RFC 9110 §6.6.1) and keeps its own.
+    assert!(dates[0].ends_with(" GMT") && dates[0] != dates[1]);
+    assert_eq!(dates[1], "Sun, 06 Nov 1994 08:49:37 GMT");
     let s = gw.stats_until(|s| provider(s, "m")["requests"] == 2);
     let p = provider(&s, "m");
     assert_eq!(

@@ -163,7 +163,10 @@ enum ClientFraming {
     UntilClose,
 }
 
-/// Writes the response head for the client into `out`.
+/// Writes the response head for the client into `out`. `date` is added when the provider
+/// sent none (RFC 9110 §6.6.1: a recipient with a clock adds one when forwarding); interim
+/// responses pass `None`.
+#[allow(clippy::too_many_arguments)]
 fn response_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -172,6 +175,7 @@ fn response_head(
     framing: ClientFraming,
     close: bool,
     client_http10: bool,
+    date: Option<&[u8]>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     crate::http::reply::push_u64(out, u64::from(resp.status));
@@ -181,9 +185,11 @@ fn response_head(
     let listed = connection_listed(buf, headers);
     let mut via: Vec<&[u8]> = Vec::new();
     let keep_length = framing == ClientFraming::None && resp.status != 204 && resp.status >= 200;
+    let mut dated = false;
     for h in headers {
         let name = &buf[h.name.clone()];
         let value = &buf[h.value.clone()];
+        dated |= name.eq_ignore_ascii_case(b"date");
         // HEAD and 304 answers keep the Content-Length that describes the absent body.
         if keep_length && name.eq_ignore_ascii_case(b"content-length") {
             push_header(out, name, value);
@@ -197,6 +203,11 @@ fn response_head(
         } else {
             push_header(out, name, value);
         }
+    }
+    if let (false, Some(date)) = (dated, date) {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Via: ");
     for v in &via {
@@ -302,6 +313,7 @@ async fn read_response_head(
                             ClientFraming::None,
                             false,
                             false,
+                            None,
                         );
                     }
                     up.consume(h.head_len);
@@ -399,6 +411,7 @@ async fn download(
         framing,
         close,
         req.http10,
+        Some(shard.date.borrow().get()),
     );
     up.consume(resp.head_len);
     head_sent.set(true);
