@@ -81,6 +81,41 @@ pub enum Parsed {
     Complete(RequestHead),
 }
 
+/// A request line whose version httparse refused. `HTTP/1.x` with a higher minor version
+/// is served as HTTP/1.1 (RFC 9112 §2.3: process it as the highest minor version known);
+/// another major version gets 505; a version that is not `HTTP/<digit>.<digit>` at all
+/// (`http/1.1`, `HTTP/1.10`) is a syntax error, 400.
+fn parse_other_version(
+    buf: &[u8],
+    limits: Limits,
+    headers: &mut Vec<HeaderRange>,
+) -> Result<Parsed, HttpError> {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    let start = line.iter().rposition(|&b| b == b' ').map_or(0, |i| i + 1);
+    match &line[start..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => {
+            // Same length, one byte changed: the header ranges found in the copy are the
+            // ranges in `buf`, and the version byte itself is never forwarded.
+            let mut patched = buf.to_vec();
+            patched[start + 7] = b'1';
+            parse_head(&patched, limits, headers)
+        }
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(HttpError::new(
+                505,
+                "http_version_not_supported",
+                "only HTTP/1.x is served",
+            ))
+        }
+        _ => Err(HttpError::bad_request("malformed HTTP version")),
+    }
+}
+
 /// Parses one request head from the start of `buf`, filling `headers` (cleared first) with
 /// the header index. Returns `Partial` while the head is incomplete and within limits.
 pub fn parse_head(
@@ -109,13 +144,7 @@ pub fn parse_head(
                 format!("more than {max} header fields"),
             ))
         }
-        Err(httparse::Error::Version) => {
-            return Err(HttpError::new(
-                505,
-                "http_version_not_supported",
-                "only HTTP/1.0 and HTTP/1.1 are served",
-            ))
-        }
+        Err(httparse::Error::Version) => return parse_other_version(buf, limits, headers),
         Err(e) => {
             return Err(HttpError::bad_request(format!(
                 "malformed request head: {e}"
@@ -504,10 +533,24 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_minor_version_is_served_as_http11() {
+        let s = "GET /v HTTP/1.2\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+        let h = head(s);
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(
+            (h.path(s.as_bytes()), h.framing),
+            (&b"/v"[..], Framing::Length(3))
+        );
+        assert_eq!(&s.as_bytes()[h.host.clone()], b"x");
+    }
+
+    #[test]
     fn odd_syntax_is_rejected() {
         assert_eq!(status("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/2.0\r\nHost: x\r\n\r\n"), 505);
+        assert_eq!(status("GET / http/1.1\r\nHost: x\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.10\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("GET /#f HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), 405);
