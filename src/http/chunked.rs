@@ -18,8 +18,10 @@ enum State {
     Size {
         digits: u8,
     },
-    /// After the size digits: only whitespace, `;` or CR may follow.
+    /// After the size digits: only CR, `;` or whitespace before a `;` may follow.
     AfterSize,
+    /// Whitespace after the size: allowed only before an extension (`BWS ";"`).
+    SizeBws,
     /// Inside chunk extensions (after a `;`) until CR.
     Ext,
     /// Inside a quoted extension value.
@@ -32,6 +34,9 @@ enum State {
     DataLf,
     /// Start of a trailer line (or the final CRLF).
     TrailerStart,
+    /// A trailer field name, up to its colon.
+    TrailerName,
+    /// A trailer field value, up to CR.
     TrailerLine,
     TrailerLf,
     FinalLf,
@@ -138,9 +143,14 @@ impl ChunkedDecoder {
             }
             State::AfterSize => match b {
                 b'\r' => self.state = State::SizeLf,
-                b' ' | b'\t' => {}
+                b' ' | b'\t' => self.state = State::SizeBws,
                 b';' => self.state = State::Ext,
                 _ => return Err(invalid("bad byte after chunk size")),
+            },
+            State::SizeBws => match b {
+                b' ' | b'\t' => {}
+                b';' => self.state = State::Ext,
+                _ => return Err(invalid("whitespace after chunk size without an extension")),
             },
             State::Ext => match b {
                 b'\r' => self.state = State::SizeLf,
@@ -184,11 +194,19 @@ impl ChunkedDecoder {
             State::TrailerStart => {
                 if b == b'\r' {
                     self.state = State::FinalLf;
-                } else if b == b'\n' || b == b' ' || b == b'\t' {
-                    return Err(invalid("malformed trailer line"));
-                } else {
-                    self.state = State::TrailerLine;
+                } else if is_tchar(b) {
+                    self.state = State::TrailerName;
                     self.count_trailer()?;
+                } else {
+                    return Err(invalid("malformed trailer line"));
+                }
+            }
+            State::TrailerName => {
+                self.count_trailer()?;
+                match b {
+                    b':' => self.state = State::TrailerLine,
+                    c if is_tchar(c) => {}
+                    _ => return Err(invalid("malformed trailer field name")),
                 }
             }
             State::TrailerLine => match b {
@@ -287,7 +305,7 @@ mod tests {
 
     #[test]
     fn decodes_in_any_split() {
-        let body = b"5;ext=\"a;b\"\r\nhello\r\n0006\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"5 ;ext=\"a;b\"\r\nhello\r\n0006\r\n world\r\n0\r\nX-T: 1\r\nX-U:\r\n\r\nNEXT";
         for piece in 1..body.len() {
             let (out, used) = decode(body, piece).unwrap();
             assert_eq!(out, b"hello world");
@@ -307,6 +325,11 @@ mod tests {
             b"5 5\r\nhello\r\n",
             b"0\r\nbad\n\r\n",
             b"5\r\nhello\r\n0\r\n\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5\t\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+            b"0\r\nX-T 1\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
         ] {
             assert!(
                 decode(bad, 64).is_err(),
