@@ -390,6 +390,30 @@ fn a_reused_connection_that_fails_before_any_byte_is_retried_once() {
 }
 
 #[test]
+fn transfer_codings_other_than_chunked_are_kept() {
+    const GZIP: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let (up, h) = scripted_upstream(vec![vec![Some(GZIP)]]);
+    let gw = gateway(
+        "codings",
+        "0",
+        &provider_toml("m", &format!("127.0.0.1:{up}"), "/p/", ""),
+    );
+    let mut s = gw.connect();
+    s.write_all(b"GET /p/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("\r\nTransfer-Encoding: gzip, chunked\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{text}");
+    let _ = h.join();
+}
+
+#[test]
 fn bytes_a_provider_sends_after_its_response_never_reach_another_request() {
     // After a complete response the provider sends a second, unasked-for response on the
     // same connection. Reusing that connection would give it to the next client.

@@ -186,10 +186,16 @@ fn response_head(
     let mut via: Vec<&[u8]> = Vec::new();
     let keep_length = framing == ClientFraming::None && resp.status != 204 && resp.status >= 200;
     let mut dated = false;
+    // Transfer codings other than chunked (e.g. `gzip` on a close-delimited body) still
+    // apply to the bytes relayed; a chunked client framing keeps them in front of chunked.
+    let mut codings: Vec<&[u8]> = Vec::new();
     for h in headers {
         let name = &buf[h.name.clone()];
         let value = &buf[h.value.clone()];
         dated |= name.eq_ignore_ascii_case(b"date");
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings.extend(list_elements(value).filter(|c| !c.eq_ignore_ascii_case(b"chunked")));
+        }
         // HEAD and 304 answers keep the Content-Length that describes the absent body.
         if keep_length && name.eq_ignore_ascii_case(b"content-length") {
             push_header(out, name, value);
@@ -225,7 +231,14 @@ fn response_head(
             crate::http::reply::push_u64(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        (ClientFraming::Chunked, _) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        (ClientFraming::Chunked, _) => {
+            out.extend_from_slice(b"Transfer-Encoding: ");
+            for c in &codings {
+                out.extend_from_slice(c);
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"chunked\r\n");
+        }
         _ => {}
     }
     if close {
