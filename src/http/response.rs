@@ -64,6 +64,14 @@ pub fn parse_response(
             "incomplete status line",
         ));
     };
+    // RFC 9110 §15: the first digit is 1 to 5 (httparse takes any three digits, so "099").
+    if !(100..=599).contains(&code) {
+        return Err(HttpError::new(
+            502,
+            "bad_response",
+            "status code outside 100-599",
+        ));
+    }
     let reason = range_in(buf, resp.reason.unwrap_or("").as_bytes());
     for h in resp.headers.iter() {
         headers.push(HeaderRange {
@@ -184,6 +192,9 @@ mod tests {
         assert_eq!(h.framing, Framing::UntilClose);
         assert!(!h.keep_alive);
         assert!(!parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).keep_alive);
+        for bad in ["HTTP/1.1 099 Low\r\n\r\n", "HTTP/1.1 600 High\r\n\r\n"] {
+            assert!(parse_response(bad.as_bytes(), false, 8192, &mut Vec::new()).is_err());
+        }
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             false,
