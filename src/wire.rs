@@ -109,6 +109,12 @@ impl Stream {
         !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Shuts both directions down: a read waiting on this socket ends at once.
+    pub fn shutdown_both(&self) {
+        // SAFETY: shutdown(2) on a descriptor this handle owns; no memory is involved.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+    }
+
     /// Half-closes the write direction (sends FIN).
     pub fn shutdown_write(&self) -> io::Result<()> {
         // SAFETY: shutdown(2) on a descriptor this handle owns; no memory is involved.

@@ -12,6 +12,7 @@
 //! gateway: one pinned glommio executor per core, each with its own SO_REUSEPORT listener.
 
 pub mod knobs;
+pub mod ws;
 
 use crate::config::{Config, ConfigError};
 use crate::http::chunked::{encode_chunk, LAST_CHUNK};
@@ -171,6 +172,8 @@ struct MockRequest {
     seen: Option<serde_json::Value>,
     path: String,
     knobs: Knobs,
+    /// `Sec-WebSocket-Key` of an upgrade request.
+    ws_key: Option<String>,
 }
 
 async fn serve(shard: Rc<MockShard>, mut wire: Wire) {
@@ -206,6 +209,11 @@ async fn read_request(wire: &mut Wire, headers: &mut Vec<HeaderRange>) -> Option
                         (name, &buf[h.value.clone()])
                     });
                     let knobs = Knobs::parse(query, hs);
+                    let ws_key = headers
+                        .iter()
+                        .filter(|_| head.upgrade)
+                        .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"sec-websocket-key"))
+                        .map(|h| String::from_utf8_lossy(&buf[h.value.clone()]).into_owned());
                     let path = path.to_string();
                     let is_head = head.is_head(buf);
                     let seen = (path == "/headers").then(|| {
@@ -229,6 +237,7 @@ async fn read_request(wire: &mut Wire, headers: &mut Vec<HeaderRange>) -> Option
                         seen,
                         path,
                         knobs,
+                        ws_key,
                     });
                 }
                 Ok(Parsed::Partial) => {}
@@ -350,6 +359,24 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
         head_only,
     };
     match req.path.as_str() {
+        "/ws" => {
+            let Some(key) = &req.ws_key else {
+                let json = crate::http::reply::json_error(
+                    426,
+                    "upgrade_required",
+                    "connect with a WebSocket handshake",
+                    None,
+                );
+                let w = Whole {
+                    status: 426,
+                    ..json_reply
+                };
+                send_whole(wire, w, &json, None).await?;
+                return Ok(!close);
+            };
+            ws::session(wire, key).await?;
+            return Ok(false);
+        }
         "/echo" => return echo(wire, &mut body, status, out, close).await,
         "/tts" => {
             let text = read_all(wire, &mut body, MAX_TTS_TEXT).await?;

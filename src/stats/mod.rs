@@ -65,6 +65,10 @@ pub struct Counters {
     pub accept_paused: u64,
     /// Sum of recorded request latencies, µs (for Prometheus `_sum`).
     pub latency_sum_us: u64,
+    /// Gauge: upgraded connections (WebSocket tunnels) open now. Long-lived tunnels are
+    /// spread over shards by SO_REUSEPORT's hash, not by load: this shows the skew.
+    pub tunnels_active: u64,
+    pub tunnels_total: u64,
 }
 
 /// Upstream errors by kind; each maps to one JSON error code and one metric label.

@@ -47,6 +47,10 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
     );
     m.insert("accept_errors".into(), c.accept_errors.into());
     m.insert("accept_paused".into(), c.accept_paused.into());
+    m.insert(
+        "tunnels".into(),
+        json!({"active": c.tunnels_active, "total": c.tunnels_total}),
+    );
     m.insert("latency_us".into(), latency_json(latency));
     m
 }
@@ -115,6 +119,8 @@ fn add_counters(a: &mut Counters, b: &Counters) {
     a.accept_errors += b.accept_errors;
     a.accept_paused += b.accept_paused;
     a.latency_sum_us += b.latency_sum_us;
+    a.tunnels_active += b.tunnels_active;
+    a.tunnels_total += b.tunnels_total;
 }
 
 fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
@@ -210,12 +216,24 @@ pub fn prometheus(agg: &Aggregator) -> String {
     let mut p = Prom { out: String::new() };
     let shard_labels = |s: &ShardView| format!("shard=\"{}\",core=\"{}\"", s.shard, s.core);
     type Get = fn(&Counters) -> u64;
-    let simple: [(&str, &str, &str, Get); 11] = [
+    let simple: [(&str, &str, &str, Get); 13] = [
         (
             "coregate_connections_active",
             "gauge",
             "Client connections open.",
             |c| c.connections_active,
+        ),
+        (
+            "coregate_tunnels_active",
+            "gauge",
+            "Upgraded connections (WebSocket tunnels) open.",
+            |c| c.tunnels_active,
+        ),
+        (
+            "coregate_tunnels_total",
+            "counter",
+            "Upgraded connections opened.",
+            |c| c.tunnels_total,
         ),
         (
             "coregate_connections_total",

@@ -7,6 +7,7 @@
 //! response byte has been forwarded.
 
 use super::pool::{acquire, provider_stats, Provider, UpConn};
+use super::ProviderConfig;
 use crate::conn::{BodyError, BodyState, Conn, Flow};
 use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::reply::{json_error, Reply};
@@ -96,6 +97,10 @@ fn request_head(
         if name.eq_ignore_ascii_case(b"content-length") {
             had_content_length = true;
         }
+        if head.upgrade && name.eq_ignore_ascii_case(b"upgrade") {
+            push_header(&mut out, name, value);
+            continue;
+        }
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"expect")
@@ -140,6 +145,9 @@ fn request_head(
     });
     for (k, v) in &route.add_headers {
         push_header(&mut out, k, v);
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
     }
     match head.framing {
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -249,17 +257,47 @@ fn response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes a 101 Switching Protocols head for the client: the provider's fields minus the
+/// hop-by-hop ones, except `Upgrade`, which names the protocol switched to.
+fn switching_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead, headers: &[HeaderRange]) {
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(&buf[resp.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    let listed = connection_listed(buf, headers);
+    for h in headers {
+        let name = &buf[h.name.clone()];
+        let keep = name.eq_ignore_ascii_case(b"upgrade")
+            || !(is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)));
+        if keep {
+            push_header(out, name, &buf[h.value.clone()]);
+        }
+    }
+    out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
+}
+
 /// Time limits of one exchange with a provider.
 #[derive(Clone, Copy)]
-struct Limits {
+pub(super) struct Limits {
     /// Longest pause between reads (and for writes) on the provider connection.
-    idle: Duration,
+    pub(super) idle: Duration,
     /// Time to the first response byte.
     ttfb: Duration,
     /// End of the total budget.
     deadline: Instant,
     /// Longest pause between reads of the client's request body.
     client_body: Duration,
+}
+
+impl Limits {
+    /// The provider's limits for an exchange that started at `started`.
+    pub(super) fn of(cfg: &ProviderConfig, started: Instant, client_body: Duration) -> Limits {
+        Limits {
+            idle: Duration::from_millis(cfg.idle_read_timeout_ms),
+            ttfb: Duration::from_millis(cfg.response_head_timeout_ms),
+            deadline: started + Duration::from_millis(cfg.total_timeout_ms),
+            client_body,
+        }
+    }
 }
 
 fn io_to_upstream(e: &io::Error, timeout_kind: UpstreamError) -> UpstreamError {
@@ -311,6 +349,8 @@ async fn read_response_head(
         if !up.buffered().is_empty() {
             got_bytes = true;
             match parse_response(up.buffered(), req.is_head, up.capacity(), headers) {
+                // 101 only answers a request that asked to switch (RFC 9110 §15.2.2).
+                Ok(ParsedResponse::Complete(h)) if h.status == 101 && req.upgrade => return Ok(h),
                 Ok(ParsedResponse::Complete(h)) if h.status == 101 => {
                     return Err(Download::BeforeHead(UpstreamError::BadResponse, true));
                 }
@@ -359,16 +399,18 @@ async fn read_response_head(
 
 /// What the client asked for, as far as the response side needs to know.
 #[derive(Clone, Copy)]
-struct ClientSide {
+pub(super) struct ClientSide {
     is_head: bool,
     http10: bool,
     keep_alive: bool,
     /// The client sent `Expect: 100-continue` (the gateway answers it).
     expects_continue: bool,
+    /// The client asked to switch protocols: a 101 is the expected answer.
+    upgrade: bool,
 }
 
 /// How the response side ended.
-enum Download {
+pub(super) enum Download {
     /// The whole response was forwarded; the provider connection may be reused if `reuse`.
     Done { reuse: bool, close: bool },
     /// The provider failed before a response head: nothing was sent to the client.
@@ -376,11 +418,14 @@ enum Download {
     /// Failed after the head went out: the client connection must close. `None` means
     /// the client, not the provider, failed.
     MidBody(Option<UpstreamError>),
+    /// The provider switched protocols (101, relayed to the client): the connection is now
+    /// a tunnel.
+    Switched,
 }
 
 /// Reads the provider's response and streams it to the client.
 #[allow(clippy::too_many_arguments)]
-async fn download(
+pub(super) async fn download(
     shard: &Shard,
     pidx: usize,
     client: &mut Tx,
@@ -402,6 +447,13 @@ async fn download(
         s.counters.ttfb_sum_us += ttfb_us;
         s.counters.responses[class_index(resp.status)] += 1;
     });
+    if resp.status == 101 {
+        switching_head(&mut client.buf, up.buffered(), &resp, headers);
+        up.consume(resp.head_len);
+        head_sent.set(true);
+        shard.stats.borrow_mut().response(101);
+        return Download::Switched;
+    }
     let framing = match resp.framing {
         Framing::Length(0) if req.is_head || resp.status == 304 || resp.status == 204 => {
             ClientFraming::None
@@ -559,6 +611,7 @@ pub async fn proxy(conn: &mut Conn, head: RequestHead, route_idx: usize) -> Flow
         http10: head.version == Version::Http10,
         keep_alive: head.keep_alive,
         expects_continue: head.expect_continue,
+        upgrade: head.upgrade,
     };
     let up_head = request_head(
         conn.head_bytes(),
@@ -570,7 +623,11 @@ pub async fn proxy(conn: &mut Conn, head: RequestHead, route_idx: usize) -> Flow
     );
     conn.consume_head(&head);
     let mut headers = std::mem::take(&mut conn.headers);
-    let flow = exchange(conn, &head, req, provider, pidx, &up_head, &mut headers).await;
+    let flow = if head.upgrade {
+        super::tunnel::upgrade(conn, &head, req, provider, pidx, &up_head, &mut headers).await
+    } else {
+        exchange(conn, &head, req, provider, pidx, &up_head, &mut headers).await
+    };
     conn.headers = headers;
     flow
 }
@@ -587,12 +644,7 @@ async fn exchange(
     let shard = conn.shard.clone();
     let cfg = &provider.cfg;
     let started = Instant::now();
-    let t = Limits {
-        idle: Duration::from_millis(cfg.idle_read_timeout_ms),
-        ttfb: Duration::from_millis(cfg.response_head_timeout_ms),
-        deadline: started + Duration::from_millis(cfg.total_timeout_ms),
-        client_body: shard.http.body_read_timeout,
-    };
+    let t = Limits::of(cfg, started, shard.http.body_read_timeout);
     let mut body = BodyState::new(head.framing);
     let mut sent_continue = false;
     let mut retried = false;
@@ -756,6 +808,9 @@ async fn exchange(
                 let _ = conn.flush().await;
                 Flow::Close
             }
+            // Only upgrade requests accept a 101 (they go through `tunnel`), so this does not
+            // happen here; if it did, the connection could not go on as HTTP.
+            Download::Switched => Flow::Close,
         };
     }
 }
@@ -771,7 +826,7 @@ fn client_body_failed(conn: &mut Conn, e: BodyError) -> Flow {
 
 /// Answers 502/503/504 with a JSON body naming the provider. The client connection stays
 /// open when its request body was (or can still be) read to the end.
-async fn fail(
+pub(super) async fn fail(
     conn: &mut Conn,
     head: &RequestHead,
     body: &mut BodyState,

@@ -3,6 +3,8 @@
 //! * [`ProviderConfig`] — one `[[providers]]` entry: endpoints, timeouts, pool sizes.
 //! * `pool` — a shard's idle keep-alive connections per endpoint (LIFO), caps, waiters.
 //! * `forward` — streams one request to a provider and its response back to the client.
+//! * `tunnel` — upgraded connections (WebSocket): a connection of their own, bytes relayed
+//!   both ways after the provider's 101.
 //!
 //! Pool contract (when two requests share a connection): connections are pooled per shard,
 //! per provider, per endpoint. Two providers never share connections even if they name the
@@ -12,6 +14,7 @@
 pub mod connect;
 pub mod forward;
 pub mod pool;
+pub mod tunnel;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,9 @@ pub struct ProviderConfig {
     pub queue_max: usize,
     /// How long a request waits for a connection before 503.
     pub queue_timeout_ms: u64,
+    /// An upgraded connection (WebSocket tunnel) where no byte moved either way for this
+    /// long is closed.
+    pub tunnel_idle_timeout_ms: u64,
 }
 
 impl Default for ProviderConfig {
@@ -60,6 +66,7 @@ impl Default for ProviderConfig {
             pool_idle_timeout_ms: 60_000,
             queue_max: 0,
             queue_timeout_ms: 5_000,
+            tunnel_idle_timeout_ms: 300_000,
         }
     }
 }
@@ -91,6 +98,7 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
             ("total_timeout_ms", p.total_timeout_ms),
             ("pool_idle_timeout_ms", p.pool_idle_timeout_ms),
             ("queue_timeout_ms", p.queue_timeout_ms),
+            ("tunnel_idle_timeout_ms", p.tunnel_idle_timeout_ms),
         ] {
             if v == 0 || v > 24 * 3600 * 1000 {
                 return Err((key(k), format!("{v} is out of range (1..=86400000)")));

@@ -1,0 +1,133 @@
+//! Upgraded connections through the gateway: a real WebSocket client (Python's `websockets`)
+//! against the mock provider's `/ws`, the tunnel gauge in /stats, an upgrade the provider
+//! declines, and the tunnel idle timeout.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+/// A Python that has the `websockets` package (.ci/run installs it).
+fn python_with_websockets() -> &'static str {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|py| {
+            Command::new(py)
+                .args(["-c", "import websockets"])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("no python3 with the websockets package (pip install websockets)")
+}
+
+fn handshake(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_real_websocket_client_through_the_gateway() {
+    let gw = gateway("ws-client", "0", "");
+    let url = format!("ws://127.0.0.1:{}/v1/mock/ws", gw.port);
+    let out = Command::new(python_with_websockets())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/ws_echo.py"
+        ))
+        .arg(&url)
+        .output()
+        .expect("run the client");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = gw.stats_until(|s| {
+        s["total"]["tunnels"]["total"] == 1 && s["total"]["tunnels"]["active"] == 0
+    });
+    assert_eq!(s["total"]["tunnels"]["total"], 1, "{s}");
+    assert_eq!(s["total"]["tunnels"]["active"], 0, "{s}");
+    assert_eq!(s["total"]["responses"]["1xx"], 1, "{s}");
+}
+
+#[test]
+fn the_handshake_is_forwarded_and_the_101_relayed() {
+    let gw = gateway("ws-raw", "0", "");
+    let mut r = Reader::new(gw.connect());
+    r.send(handshake("/v1/mock/ws").as_bytes());
+    let resp = r.response(false).expect("101");
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("upgrade"), Some("websocket"));
+    assert_eq!(resp.header("connection"), Some("Upgrade"));
+    // RFC 6455 §1.3's example key and answer: the provider saw the client's key.
+    assert_eq!(
+        resp.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    // A masked text frame "hi" comes back unmasked.
+    r.send(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    let mut got = [0u8; 4];
+    std::io::Read::read_exact(&mut r.stream, &mut got).expect("echo");
+    assert_eq!(got, [0x81, 2, b'h', b'i']);
+    let s = gw.stats_until(|s| s["total"]["tunnels"]["active"] == 1);
+    assert_eq!(s["total"]["tunnels"]["active"], 1, "{s}");
+    // Closing the client's side ends the tunnel.
+    r.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    assert!(r.closed_within(Duration::from_secs(5)));
+    let s = gw.stats_until(|s| s["total"]["tunnels"]["active"] == 0);
+    assert_eq!(s["total"]["tunnels"]["active"], 0, "{s}");
+}
+
+#[test]
+fn an_upgrade_the_provider_declines_is_an_ordinary_response() {
+    let gw = gateway("ws-declined", "0", "");
+    let mut r = Reader::new(gw.connect());
+    r.send(handshake("/v1/mock/bytes?size=7").as_bytes());
+    let resp = r.response(false).expect("200");
+    assert_eq!((resp.status, resp.body.len()), (200, 7));
+    assert!(resp.header("upgrade").is_none());
+    // The client connection goes on as HTTP.
+    r.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.response(false).expect("health").status, 200);
+    // Without a handshake the mock's /ws asks for one.
+    r.send(b"GET /v1/mock/ws HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.response(false).expect("426").status, 426);
+}
+
+#[test]
+fn an_idle_tunnel_is_closed() {
+    let mp = free_port();
+    let _mock = mock_provider("ws-idle", mp);
+    let gw = gateway(
+        "ws-idle",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"m\"\nendpoints = [\"127.0.0.1:{mp}\"]\n\
+             tunnel_idle_timeout_ms = 300\n\
+             [[routes]]\nprefix = \"/p/\"\nprovider = \"m\"\nrewrite = \"/\"\n"
+        ),
+    );
+    let mut r = Reader::new(gw.connect());
+    r.send(handshake("/p/ws").as_bytes());
+    assert_eq!(r.response(false).expect("101").status, 101);
+    // Traffic keeps it open past the timeout...
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(150));
+        r.stream.write_all(&[0x89, 0x80, 0, 0, 0, 0]).expect("ping");
+    }
+    assert!(!r.closed_within(Duration::from_millis(100)));
+    // ...silence closes it.
+    let started = std::time::Instant::now();
+    assert!(r.closed_within(Duration::from_secs(5)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+}
