@@ -269,7 +269,12 @@ fn build_head(
         }
     }
     let keep_alive = !close && (version == Version::Http11 || keep_alive_token);
-    let upgrade = upgrade_token && f.values("upgrade").next().is_some();
+    // Honoured only where RFC 9110 §7.8 allows it (never in HTTP/1.0) and only without a
+    // body: the gateway switches protocols at the end of the head, not after a body.
+    let upgrade = upgrade_token
+        && f.values("upgrade").next().is_some()
+        && version == Version::Http11
+        && !has_body;
 
     let mut expect_continue = false;
     for v in f.values("expect") {
@@ -530,6 +535,20 @@ mod tests {
         let h = head(s);
         assert_eq!(&s.as_bytes()[h.host.clone()], b"example.com:81");
         assert_eq!(h.path(s.as_bytes()), b"/p?q");
+    }
+
+    #[test]
+    fn upgrade_only_for_bodyless_http11() {
+        let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+        assert!(head(&format!("GET / HTTP/1.1\r\nHost: x\r\n{ws}\r\n")).upgrade);
+        assert!(!head(&format!("GET / HTTP/1.0\r\n{ws}\r\n")).upgrade);
+        assert!(
+            !head(&format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n{ws}\r\nx"
+            ))
+            .upgrade
+        );
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").upgrade);
     }
 
     #[test]
