@@ -40,6 +40,9 @@ pub struct Conn {
     pub peer_ip: Option<std::net::IpAddr>,
     /// Header index of the current request head (reused across requests).
     pub headers: Vec<HeaderRange>,
+    /// When the current exchange was answered, if the connection then went on as something
+    /// else (a WebSocket tunnel): its latency ends there, not when the tunnel closes.
+    pub answered_at: Option<Instant>,
 }
 
 /// Counts a request as in flight (the drain waits for these) until dropped.
@@ -74,6 +77,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _permit: glommio::sync::
         wire: Wire::new(stream, INITIAL_BUF.min(shard.limits.max_head_bytes)),
         peer_ip,
         headers: Vec::with_capacity(16),
+        answered_at: None,
     };
     conn.run().await;
     conn.sync_bytes();
@@ -99,7 +103,8 @@ impl Conn {
             {
                 let mut st = self.shard.stats.borrow_mut();
                 st.counters.requests += 1;
-                st.latency(start.elapsed().as_micros() as u64);
+                let end = self.answered_at.take().unwrap_or_else(Instant::now);
+                st.latency(end.saturating_duration_since(start).as_micros() as u64);
             }
             self.sync_bytes();
             drop(inflight);

@@ -97,6 +97,7 @@ pub(super) async fn upgrade(
     if conn.flush().await.is_err() {
         return Flow::Close;
     }
+    conn.answered_at = Some(Instant::now());
     let idle = Duration::from_millis(cfg.tunnel_idle_timeout_ms);
     let _open = OpenTunnel::new(&shard);
     relay(&mut conn.wire, &mut up, idle).await;
