@@ -35,6 +35,14 @@ fn provider<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     &s["total"]["providers"][name]
 }
 
+/// Provider "m"'s pool retries and new connections once it has seen `requests` requests.
+fn retries_and_new_connections(gw: &Gateway, requests: u64) -> (u64, u64) {
+    let s = gw.stats_until(|s| provider(s, "m")["requests"] == requests);
+    let pool = &provider(&s, "m")["pool"];
+    let n = |k: &str| pool[k].as_u64().unwrap_or(u64::MAX);
+    (n("retries"), n("new_connections"))
+}
+
 #[test]
 fn sequential_requests_reuse_one_provider_connection() {
     let (_mock, gw, _) = gateway_to_mock("reuse", "");
@@ -301,16 +309,7 @@ fn idle_pooled_connection_closed_by_the_provider_is_not_reused() {
     r.send(b"POST /p/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
     let resp = r.response(false).expect("second");
     assert_eq!((resp.status, resp.text()), (200, "hello".to_string()));
-    let s = gw.stats_until(|s| provider(s, "m")["requests"] == 2);
-    let p = provider(&s, "m");
-    assert_eq!(
-        (
-            p["pool"]["retries"].as_u64(),
-            p["pool"]["new_connections"].as_u64()
-        ),
-        (Some(0), Some(2)),
-        "{p}"
-    );
+    assert_eq!(retries_and_new_connections(&gw, 2), (0, 2));
 }
 
 /// A provider on a raw socket. `conns[i]` scripts the i-th accepted connection: for each
@@ -376,16 +375,7 @@ fn a_reused_connection_that_fails_before_any_byte_is_retried_once() {
     // The gateway adds a Date the provider left out (RFC 9110 §6.6.1) and keeps its own.
     assert!(dates[0].ends_with(" GMT") && dates[0] != dates[1]);
     assert_eq!(dates[1], "Sun, 06 Nov 1994 08:49:37 GMT");
-    let s = gw.stats_until(|s| provider(s, "m")["requests"] == 2);
-    let p = provider(&s, "m");
-    assert_eq!(
-        (
-            p["pool"]["retries"].as_u64(),
-            p["pool"]["new_connections"].as_u64()
-        ),
-        (Some(1), Some(2)),
-        "{p}"
-    );
+    assert_eq!(retries_and_new_connections(&gw, 2), (1, 2));
     let _ = h.join();
 }
 

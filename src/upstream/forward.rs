@@ -623,24 +623,42 @@ pub async fn proxy(conn: &mut Conn, head: RequestHead, route_idx: usize) -> Flow
     );
     conn.consume_head(&head);
     let mut headers = std::mem::take(&mut conn.headers);
+    let job = Job {
+        head: &head,
+        req,
+        provider,
+        pidx,
+        up_head: &up_head,
+    };
     let flow = if head.upgrade {
-        super::tunnel::upgrade(conn, &head, req, provider, pidx, &up_head, &mut headers).await
+        super::tunnel::upgrade(conn, job, &mut headers).await
     } else {
-        exchange(conn, &head, req, provider, pidx, &up_head, &mut headers).await
+        exchange(conn, job, &mut headers).await
     };
     conn.headers = headers;
     flow
 }
 
-async fn exchange(
-    conn: &mut Conn,
-    head: &RequestHead,
-    req: ClientSide,
-    provider: &Provider,
-    pidx: usize,
-    up_head: &[u8],
-    headers: &mut Vec<HeaderRange>,
-) -> Flow {
+/// One request on its way to a provider: what [`exchange`] and the tunnel work from.
+#[derive(Clone, Copy)]
+pub(super) struct Job<'a> {
+    pub(super) head: &'a RequestHead,
+    pub(super) req: ClientSide,
+    pub(super) provider: &'a Provider,
+    /// The provider's index in the shard's list (and its stats).
+    pub(super) pidx: usize,
+    /// The request head as sent to the provider.
+    pub(super) up_head: &'a [u8],
+}
+
+async fn exchange(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>) -> Flow {
+    let Job {
+        head,
+        req,
+        provider,
+        pidx,
+        up_head,
+    } = job;
     let shard = conn.shard.clone();
     let cfg = &provider.cfg;
     let started = Instant::now();
@@ -653,18 +671,16 @@ async fn exchange(
         let Some(ep) = provider.pick() else {
             return fail(
                 conn,
-                head,
+                job,
                 &mut body,
                 sent_continue,
-                provider,
-                pidx,
                 UpstreamError::ConnectError,
             )
             .await;
         };
         let mut lease = match acquire(&shard, pidx, &ep, retried).await {
             Ok(l) => l,
-            Err(e) => return fail(conn, head, &mut body, sent_continue, provider, pidx, e).await,
+            Err(e) => return fail(conn, job, &mut body, sent_continue, e).await,
         };
         if head.expect_continue && !sent_continue {
             sent_continue = true;
@@ -798,9 +814,7 @@ async fn exchange(
                     Flow::KeepAlive
                 }
             }
-            Download::BeforeHead(e, _) => {
-                fail(conn, head, &mut body, sent_continue, provider, pidx, e).await
-            }
+            Download::BeforeHead(e, _) => fail(conn, job, &mut body, sent_continue, e).await,
             Download::MidBody(e) => {
                 if let Some(e) = e {
                     provider_stats(&shard, pidx, |s| s.error(e));
@@ -828,13 +842,17 @@ fn client_body_failed(conn: &mut Conn, e: BodyError) -> Flow {
 /// open when its request body was (or can still be) read to the end.
 pub(super) async fn fail(
     conn: &mut Conn,
-    head: &RequestHead,
+    job: Job<'_>,
     body: &mut BodyState,
     sent_continue: bool,
-    provider: &Provider,
-    pidx: usize,
     e: UpstreamError,
 ) -> Flow {
+    let Job {
+        head,
+        provider,
+        pidx,
+        ..
+    } = job;
     provider_stats(&conn.shard, pidx, |s| s.error(e));
     let status = match e {
         UpstreamError::ConnectTimeout

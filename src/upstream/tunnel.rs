@@ -12,10 +12,10 @@
 //! in either direction for the provider's `tunnel_idle_timeout_ms`.
 
 use super::connect::connect;
-use super::forward::{download, fail, Download, Limits};
-use super::pool::{provider_stats, Provider};
+use super::forward::{download, fail, Download, Job, Limits};
+use super::pool::provider_stats;
 use crate::conn::{BodyState, Conn, Flow};
-use crate::http::request::{HeaderRange, RequestHead};
+use crate::http::request::HeaderRange;
 use crate::shard::Shard;
 use crate::wire::{Rx, Tx, Wire};
 use std::cell::Cell;
@@ -27,15 +27,14 @@ const TUNNEL_BUF: usize = 16 * 1024;
 
 /// Forwards an upgrade request (its head already built as `up_head`) and, on 101, relays
 /// the tunnel until it ends.
-pub(super) async fn upgrade(
-    conn: &mut Conn,
-    head: &RequestHead,
-    req: super::forward::ClientSide,
-    provider: &Provider,
-    pidx: usize,
-    up_head: &[u8],
-    headers: &mut Vec<HeaderRange>,
-) -> Flow {
+pub(super) async fn upgrade(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>) -> Flow {
+    let Job {
+        req,
+        provider,
+        pidx,
+        up_head,
+        ..
+    } = job;
     let shard = conn.shard.clone();
     let cfg = &provider.cfg;
     let started = Instant::now();
@@ -44,25 +43,23 @@ pub(super) async fn upgrade(
     let Some(ep) = provider.pick() else {
         return fail(
             conn,
-            head,
+            job,
             &mut no_body,
             false,
-            provider,
-            pidx,
             crate::stats::UpstreamError::ConnectError,
         )
         .await;
     };
     let stream = match connect(ep.addr, Duration::from_millis(cfg.connect_timeout_ms)).await {
         Ok(s) => s,
-        Err(e) => return fail(conn, head, &mut no_body, false, provider, pidx, e).await,
+        Err(e) => return fail(conn, job, &mut no_body, false, e).await,
     };
     provider_stats(&shard, pidx, |s| s.counters.new_connections += 1);
     let mut up = Wire::new(stream, TUNNEL_BUF);
     up.tx.stream.set_write_timeout(t.idle);
     if up.tx.stream.write_all(up_head).await.is_err() {
         let e = crate::stats::UpstreamError::Reset;
-        return fail(conn, head, &mut no_body, false, provider, pidx, e).await;
+        return fail(conn, job, &mut no_body, false, e).await;
     }
     let d = download(
         &shard,
@@ -84,7 +81,7 @@ pub(super) async fn upgrade(
             return if close { Flow::Close } else { Flow::KeepAlive };
         }
         Download::BeforeHead(e, _) => {
-            return fail(conn, head, &mut no_body, false, provider, pidx, e).await;
+            return fail(conn, job, &mut no_body, false, e).await;
         }
         Download::MidBody(e) => {
             if let Some(e) = e {
