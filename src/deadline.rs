@@ -82,7 +82,32 @@ impl Drop for Armed<'_> {
     }
 }
 
+/// Marks the sweep stopped however it ends, including being dropped with its executor, so
+/// that a later executor on this thread starts its own.
+struct Sweeping;
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        let _ = SWEEPING.try_with(|s| s.set(false));
+    }
+}
+
+/// Drops the wakers of reads still waiting. A waiting read's slot holds its own task's
+/// waker, so a task parked on a read when its executor stops would keep itself (and its
+/// socket) alive: a shard calls this at the end of its run.
+pub fn release_wakers() {
+    let wakers: Vec<Waker> = SLOTS.with(|s| {
+        s.borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|slot| slot.waker.take())
+            .collect()
+    });
+    drop(wakers);
+}
+
 async fn sweep() {
+    let _running = Sweeping;
     loop {
         glommio::timer::sleep(TICK).await;
         let now = Instant::now();
@@ -107,7 +132,6 @@ async fn sweep() {
             w.wake();
         }
         if idle {
-            SWEEPING.with(|s| s.set(false));
             return;
         }
     }

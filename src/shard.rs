@@ -175,6 +175,7 @@ async fn shard_main(spec: ShardSpec) {
     }
     pool_sweeper.await;
     ship(&shard, &spec.snapshots);
+    crate::deadline::release_wakers();
 }
 
 fn ship(shard: &Shard, tx: &Sender<Snapshot>) {

@@ -88,12 +88,14 @@ impl Stream {
         Ok(())
     }
 
-    /// Whether bytes, a FIN or an error arrived while nobody was reading. Free when glommio
-    /// has a readiness poll armed (it does after every partial read); otherwise a
-    /// non-blocking `MSG_PEEK`.
+    /// Whether bytes, a FIN or an error arrived while nobody was reading. When glommio's
+    /// readiness poll (armed after every partial read) has already reported input, that
+    /// answers it for free. Its silence proves nothing, though: the poll may not have been
+    /// submitted yet, or its completion not reaped, so otherwise a non-blocking `MSG_PEEK`
+    /// asks the socket itself.
     pub fn input_while_idle(&self) -> bool {
-        if let Some(reported) = self.0.borrow().input_reported() {
-            return reported;
+        if self.0.borrow().input_reported() == Some(true) {
+            return true;
         }
         let mut byte = 0u8;
         // SAFETY: recv(2) writes at most one byte into `byte`, which outlives the call; the

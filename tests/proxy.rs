@@ -383,7 +383,9 @@ fn a_reused_connection_that_fails_before_any_byte_is_retried_once() {
 fn transfer_codings_other_than_chunked_are_kept() {
     const GZIP: &[u8] =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
-    let (up, h) = scripted_upstream(vec![vec![Some(GZIP)]]);
+    // Close-delimited: the codings are relayed as they are, chunked included.
+    const RAW: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nxyz";
+    let (up, h) = scripted_upstream(vec![vec![Some(GZIP)], vec![Some(RAW)], vec![Some(GZIP)]]);
     let gw = gateway(
         "codings",
         "0",
@@ -400,6 +402,20 @@ fn transfer_codings_other_than_chunked_are_kept() {
         "{text}"
     );
     assert!(text.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{text}");
+    let mut s = gw.connect();
+    s.write_all(b"GET /p/y HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("\r\nTransfer-Encoding: chunked, gzip, chunked\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"), "{text}");
+    // An HTTP/1.0 client cannot be told about gzip: 502 rather than an unlabelled body.
+    let resp = request(gw.port, "GET /p/z HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.status, 502, "{}", resp.text());
     let _ = h.join();
 }
 

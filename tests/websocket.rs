@@ -63,6 +63,7 @@ fn the_handshake_is_forwarded_and_the_101_relayed() {
     assert_eq!(resp.status, 101);
     assert_eq!(resp.header("upgrade"), Some("websocket"));
     assert_eq!(resp.header("connection"), Some("Upgrade"));
+    assert_eq!(resp.header("via"), Some("1.1 coregate"));
     // RFC 6455 §1.3's example key and answer: the provider saw the client's key.
     assert_eq!(
         resp.header("sec-websocket-accept"),
@@ -97,7 +98,11 @@ fn an_upgrade_the_provider_declines_is_an_ordinary_response() {
     assert_eq!(r.response(false).expect("health").status, 200);
     // Without a handshake the mock's /ws asks for one.
     r.send(b"GET /v1/mock/ws HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert_eq!(r.response(false).expect("426").status, 426);
+    let resp = r.response(false).expect("426");
+    assert_eq!(
+        (resp.status, resp.header("upgrade")),
+        (426, Some("websocket"))
+    );
 }
 
 #[test]

@@ -230,7 +230,7 @@ impl ChunkedDecoder {
         }
         if matches!(
             self.state,
-            State::AfterSize | State::Ext | State::ExtQuoted { .. }
+            State::AfterSize | State::SizeBws | State::Ext | State::ExtQuoted { .. }
         ) {
             self.line_len += 1;
             if self.line_len > MAX_SIZE_LINE {
@@ -337,6 +337,9 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+        // Whitespace after a size counts against the size-line limit too.
+        let endless = [&b"5"[..], &[b' '; MAX_SIZE_LINE + 10]].concat();
+        assert!(ChunkedDecoder::default().step(&endless).is_err());
     }
 
     #[test]

@@ -367,11 +367,12 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
                     "connect with a WebSocket handshake",
                     None,
                 );
-                let w = Whole {
-                    status: 426,
-                    ..json_reply
-                };
-                send_whole(wire, w, &json, None).await?;
+                // RFC 9110 §15.5.22: a 426 names the protocol to switch to.
+                let len = Len::Fixed(json.len() as u64);
+                let extra = ["Upgrade: websocket"];
+                write_head(wire, 426, "application/json", len, close, &extra);
+                wire.tx.buf.extend_from_slice(&json);
+                wire.tx.flush().await?;
                 return Ok(!close);
             };
             ws::session(wire, key).await?;

@@ -133,16 +133,8 @@ fn request_head(
         }
         None => out.extend_from_slice(b"unknown"),
     }
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nVia: ");
-    for v in &via {
-        out.extend_from_slice(v);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(if head.version == Version::Http10 {
-        b"1.0 coregate\r\n"
-    } else {
-        b"1.1 coregate\r\n"
-    });
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    push_via(&mut out, &via, head.version != Version::Http10);
     for (k, v) in &route.add_headers {
         push_header(&mut out, k, v);
     }
@@ -194,15 +186,16 @@ fn response_head(
     let mut via: Vec<&[u8]> = Vec::new();
     let keep_length = framing == ClientFraming::None && resp.status != 204 && resp.status >= 200;
     let mut dated = false;
-    // Transfer codings other than chunked (e.g. `gzip` on a close-delimited body) still
-    // apply to the bytes relayed; a chunked client framing keeps them in front of chunked.
-    let mut codings: Vec<&[u8]> = Vec::new();
+    let mut upgrade_offered = false;
     for h in headers {
         let name = &buf[h.name.clone()];
         let value = &buf[h.value.clone()];
         dated |= name.eq_ignore_ascii_case(b"date");
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            codings.extend(list_elements(value).filter(|c| !c.eq_ignore_ascii_case(b"chunked")));
+        // A 426 names the protocol to upgrade to, which the gateway can tunnel.
+        if resp.status == 426 && name.eq_ignore_ascii_case(b"upgrade") {
+            push_header(out, name, value);
+            upgrade_offered = true;
+            continue;
         }
         // HEAD and 304 answers keep the Content-Length that describes the absent body.
         if keep_length && name.eq_ignore_ascii_case(b"content-length") {
@@ -223,16 +216,7 @@ fn response_head(
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"Via: ");
-    for v in &via {
-        out.extend_from_slice(v);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(if resp.http11 {
-        b"1.1 coregate\r\n"
-    } else {
-        b"1.0 coregate\r\n"
-    });
+    push_via(out, &via, resp.http11);
     match (framing, resp.framing) {
         (ClientFraming::Length, Framing::Length(n)) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -241,7 +225,7 @@ fn response_head(
         }
         (ClientFraming::Chunked, _) => {
             out.extend_from_slice(b"Transfer-Encoding: ");
-            for c in &codings {
+            for c in transfer_codings(buf, headers, resp.framing) {
                 out.extend_from_slice(c);
                 out.extend_from_slice(b", ");
             }
@@ -249,12 +233,43 @@ fn response_head(
         }
         _ => {}
     }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if client_http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    match (upgrade_offered, close) {
+        (true, true) => out.extend_from_slice(b"Connection: Upgrade, close\r\n"),
+        (true, false) => out.extend_from_slice(b"Connection: Upgrade\r\n"),
+        (false, true) => out.extend_from_slice(b"Connection: close\r\n"),
+        (false, false) if client_http10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (false, false) => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The transfer codings that still apply to the body bytes as relayed: those before the
+/// final `chunked` the gateway decodes, or all of them on a close-delimited body (RFC 9112
+/// §6.3: a response whose codings do not end in chunked is read until close, undecoded).
+fn transfer_codings<'a>(buf: &'a [u8], headers: &[HeaderRange], framing: Framing) -> Vec<&'a [u8]> {
+    let mut te: Vec<&[u8]> = headers
+        .iter()
+        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"transfer-encoding"))
+        .flat_map(|h| list_elements(&buf[h.value.clone()]))
+        .collect();
+    if framing == Framing::Chunked {
+        te.pop();
+    }
+    te
+}
+
+/// Appends `Via`: the received values, then this hop (RFC 9110 §7.6.3).
+fn push_via(out: &mut Vec<u8>, received: &[&[u8]], http11: bool) {
+    out.extend_from_slice(b"Via: ");
+    for v in received {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(if http11 {
+        b"1.1 coregate\r\n"
+    } else {
+        b"1.0 coregate\r\n"
+    });
 }
 
 /// Writes a 101 Switching Protocols head for the client: the provider's fields minus the
@@ -264,14 +279,21 @@ fn switching_head(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead, headers: &
     out.extend_from_slice(&buf[resp.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let listed = connection_listed(buf, headers);
+    let mut via: Vec<&[u8]> = Vec::new();
     for h in headers {
         let name = &buf[h.name.clone()];
+        let value = &buf[h.value.clone()];
+        if name.eq_ignore_ascii_case(b"via") {
+            via.push(value);
+            continue;
+        }
         let keep = name.eq_ignore_ascii_case(b"upgrade")
             || !(is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)));
         if keep {
-            push_header(out, name, &buf[h.value.clone()]);
+            push_header(out, name, value);
         }
     }
+    push_via(out, &via, resp.http11);
     out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
 }
 
@@ -453,6 +475,14 @@ pub(super) async fn download(
         head_sent.set(true);
         shard.stats.borrow_mut().response(101);
         return Download::Switched;
+    }
+    // An HTTP/1.0 client cannot be sent Transfer-Encoding (RFC 9112 §6.1), so a body still
+    // under a coding such as gzip could only reach it unlabelled: refuse it instead.
+    if req.http10
+        && resp.framing != Framing::Length(0)
+        && !transfer_codings(up.buffered(), headers, resp.framing).is_empty()
+    {
+        return Download::BeforeHead(UpstreamError::BadResponse, true);
     }
     let framing = match resp.framing {
         Framing::Length(0) if req.is_head || resp.status == 304 || resp.status == 204 => {

@@ -214,6 +214,8 @@ struct QueueGuard<'a> {
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
+        // The entry may stay in the queue a while: it must not keep the task alive.
+        self.waiter.waker.take();
         if self.waiter.queued.replace(false) {
             // Left the queue without a handoff (timeout or cancelled request).
             let live = self.ep.queued.get().saturating_sub(1);
@@ -307,13 +309,16 @@ pub async fn acquire(
     let handoff = guard.waiter.handoff.borrow_mut().take();
     drop(guard);
     match handoff {
-        Some(Handoff::Conn(c)) => {
+        Some(Handoff::Conn(c)) if !c.rx.stream.input_while_idle() => {
             provider_stats(shard, provider_idx, |s| s.counters.pool_hits += 1);
             Ok(lease(c, true))
         }
-        Some(Handoff::MayConnect) => open_new(shard, provider_idx, ep, cfg)
-            .await
-            .map(|c| lease(c, false)),
+        // A handed-over connection that got unasked-for bytes: close it and use its slot.
+        Some(Handoff::Conn(_)) | Some(Handoff::MayConnect) => {
+            open_new(shard, provider_idx, ep, cfg)
+                .await
+                .map(|c| lease(c, false))
+        }
         None => Err(UpstreamError::QueueTimeout),
     }
 }
