@@ -15,6 +15,7 @@ fn python_with_websockets() -> &'static str {
         .find(|py| {
             Command::new(py)
                 .args(["-c", "import websockets"])
+                .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         })
