@@ -6,7 +6,7 @@
 //! next read would wait. Whenever framing is in doubt the connection answers, then closes.
 
 use crate::http::reply::{json_error, Reply};
-use crate::http::request::{parse_head, HeaderRange, Parsed, RequestHead};
+use crate::http::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm};
 use crate::http::HttpError;
 use crate::route::Target;
 use crate::shard::Shard;
@@ -133,6 +133,16 @@ impl Conn {
     }
 
     async fn dispatch(&mut self, head: RequestHead) -> Flow {
+        if head.form == TargetForm::Asterisk {
+            // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7), not a route.
+            let reply = Reply {
+                status: 200,
+                content_type: "application/json",
+                body: b"{}",
+                extra: &["Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"],
+            };
+            return self.answer_locally(&head, &reply).await;
+        }
         let buf = self.head_bytes();
         let target = self
             .shard

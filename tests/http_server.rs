@@ -172,6 +172,10 @@ fn unsupported_coding_and_version() {
         request(gw.port, "GET / HTTP/1.1\r\nHost: t\r\nExpect: x\r\n\r\n").status,
         417
     );
+    // `OPTIONS *` is about the server, answered by the gateway itself.
+    let resp = request(gw.port, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert!(resp.header("allow").is_some_and(|a| a.contains("OPTIONS")));
 }
 
 #[test]
