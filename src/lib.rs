@@ -1,6 +1,7 @@
 //! # coregate
 //!
-//! A thread-per-core, shared-nothing HTTP/1.1 gateway for voice-AI provider APIs.
+//! A thread-per-core, shared-nothing HTTP/1.1 and WebSocket gateway for voice-AI provider
+//! APIs.
 //!
 //! One glommio (io_uring) executor runs per CPU core, pinned to it. Each of these *shards*
 //! owns its own SO_REUSEPORT listener, parser state, route table, provider connection pools
@@ -11,7 +12,9 @@
 //! A request's path through the modules:
 //!
 //! `accept` → `conn` (with `http::request` parsing and `wire` buffering) → `route` →
-//! `upstream::pool` / `upstream::forward` (or a local answer) → response back through `conn`.
+//! `upstream::pool` / `upstream::forward` (or a local answer) → response back through `conn`;
+//! an upgrade request (WebSocket) goes to `upstream::tunnel` and, after the provider's 101,
+//! stays a byte tunnel. `deadline` enforces every read timeout with one sweep per thread.
 //!
 //! `shard` ties one core's pieces together; `server` starts and drains the shards;
 //! `stats` counts; `mock` is the provider stand-in used by tests, benchmarks and the
