@@ -391,23 +391,24 @@ fn transfer_codings_other_than_chunked_are_kept() {
         "0",
         &provider_toml("m", &format!("127.0.0.1:{up}"), "/p/", ""),
     );
-    let mut s = gw.connect();
-    s.write_all(b"GET /p/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    // The raw bytes of one `Connection: close` exchange, as the client sees them.
+    let raw_get = |path: &str| {
+        let mut s = gw.connect();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    let text = raw_get("/p/x");
     assert!(
         text.contains("\r\nTransfer-Encoding: gzip, chunked\r\n"),
         "{text}"
     );
     assert!(text.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{text}");
-    let mut s = gw.connect();
-    s.write_all(b"GET /p/y HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
+    let text = raw_get("/p/y");
     assert!(
         text.contains("\r\nTransfer-Encoding: chunked, gzip, chunked\r\n"),
         "{text}"
