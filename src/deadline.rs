@@ -49,7 +49,14 @@ impl Slot {
         if self.deadline.get().is_none() {
             self.deadline.set(Some(Instant::now() + timeout));
             if !SWEEPING.with(|s| s.replace(true)) {
-                glommio::spawn_local(sweep()).detach();
+                // The guard exists before the task first runs, so even a sweep dropped
+                // unpolled (its executor stopping) clears the flag.
+                let running = Sweeping;
+                glommio::spawn_local(async move {
+                    let _running = running;
+                    sweep().await
+                })
+                .detach();
             }
         }
         let mut w = self.waker.borrow_mut();
@@ -107,7 +114,6 @@ pub fn release_wakers() {
 }
 
 async fn sweep() {
-    let _running = Sweeping;
     loop {
         glommio::timer::sleep(TICK).await;
         let now = Instant::now();

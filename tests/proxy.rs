@@ -383,7 +383,8 @@ fn a_reused_connection_that_fails_before_any_byte_is_retried_once() {
 fn transfer_codings_other_than_chunked_are_kept() {
     const GZIP: &[u8] =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
-    // Close-delimited: the codings are relayed as they are, chunked included.
+    // Close-delimited with chunked inside: relayed as it is (chunked may not be applied
+    // twice), so the client reads it until close.
     const RAW: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nxyz";
     let (up, h) = scripted_upstream(vec![vec![Some(GZIP)], vec![Some(RAW)], vec![Some(GZIP)]]);
     let gw = gateway(
@@ -410,10 +411,11 @@ fn transfer_codings_other_than_chunked_are_kept() {
     assert!(text.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{text}");
     let text = raw_get("/p/y");
     assert!(
-        text.contains("\r\nTransfer-Encoding: chunked, gzip, chunked\r\n"),
+        text.contains("\r\nTransfer-Encoding: chunked, gzip\r\n"),
         "{text}"
     );
-    assert!(text.ends_with("\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"), "{text}");
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nxyz"), "{text}");
     // An HTTP/1.0 client cannot be told about gzip: 502 rather than an unlabelled body.
     let resp = request(gw.port, "GET /p/z HTTP/1.0\r\n\r\n");
     assert_eq!(resp.status, 502, "{}", resp.text());

@@ -134,6 +134,9 @@ impl ChunkedDecoder {
                     self.size = (self.size << 4) | u64::from(d);
                     self.state = State::Size { digits };
                     self.line_len += 1;
+                    if self.line_len > MAX_SIZE_LINE {
+                        return Err(invalid("chunk size line too long"));
+                    }
                 } else if digits == 0 {
                     return Err(invalid("missing chunk size"));
                 } else {

@@ -107,6 +107,12 @@ fn parse_other_version(
     else {
         return Err(malformed());
     };
+    // httparse refuses a version as soon as it differs from HTTP/1.0 or 1.1, even while
+    // the line is still arriving: wait for the rest when it can still become HTTP/d.d.
+    let line_complete = line_end < rest.len();
+    if !line_complete && is_version_prefix(version) {
+        return check_partial(buf, limits).map(|()| Parsed::Partial);
+    }
     match version {
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => {
             // Same length, one byte changed: the header ranges found in the copy are the
@@ -130,6 +136,16 @@ fn parse_other_version(
         }
         _ => Err(malformed()),
     }
+}
+
+/// Whether `v` is a proper prefix of some `HTTP/<digit>.<digit>`.
+fn is_version_prefix(v: &[u8]) -> bool {
+    v.len() < 8
+        && v.iter().enumerate().all(|(i, &b)| match i {
+            0..=4 => b == b"HTTP/"[i],
+            6 => b == b'.',
+            _ => b.is_ascii_digit(),
+        })
 }
 
 /// Why [`parse_once`] refused a head.
@@ -619,6 +635,16 @@ mod tests {
         assert_eq!(status("GET / HTTP/1.2 HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("GET / http/1.1 HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("GET /a HTTP/1.2 \r\nHost: x\r\n\r\n"), 400);
+        // A version still arriving is waited for, whatever it turns out to be.
+        for partial in [
+            "GET / HTTP/2",
+            "GET / HTTP/2.",
+            "GET / HTTP/1.2",
+            "GET / HTTP/1.2\r\nHo",
+        ] {
+            let r = parse_head(partial.as_bytes(), L, &mut Vec::new());
+            assert!(matches!(r, Ok(Parsed::Partial)), "{partial:?}: {r:?}");
+        }
         assert_eq!(status("GET /#f HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
         assert_eq!(status("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), 405);

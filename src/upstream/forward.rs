@@ -192,7 +192,7 @@ fn response_head(
         let value = &buf[h.value.clone()];
         dated |= name.eq_ignore_ascii_case(b"date");
         // A 426 names the protocol to upgrade to, which the gateway can tunnel.
-        if resp.status == 426 && name.eq_ignore_ascii_case(b"upgrade") {
+        if resp.status == 426 && !client_http10 && name.eq_ignore_ascii_case(b"upgrade") {
             push_header(out, name, value);
             upgrade_offered = true;
             continue;
@@ -230,6 +230,15 @@ fn response_head(
                 out.extend_from_slice(b", ");
             }
             out.extend_from_slice(b"chunked\r\n");
+        }
+        // Relayed undecoded until close: the provider's codings describe the bytes as they are.
+        (ClientFraming::UntilClose, _) => {
+            let codings = transfer_codings(buf, headers, resp.framing);
+            if !codings.is_empty() {
+                out.extend_from_slice(b"Transfer-Encoding: ");
+                out.extend_from_slice(&codings.join(&b", "[..]));
+                out.extend_from_slice(b"\r\n");
+            }
         }
         _ => {}
     }
@@ -463,6 +472,18 @@ pub(super) async fn download(
         Ok(r) => r,
         Err(d) => return d,
     };
+    // Codings other than chunked still apply to the body as relayed. An HTTP/1.0 client
+    // cannot be sent Transfer-Encoding (RFC 9112 §6.1), so such a body could only reach it
+    // unlabelled: refuse it. A close-delimited body whose codings include chunked is relayed
+    // as it is, since chunked may not be applied twice.
+    let codings = match resp.framing {
+        Framing::Length(_) => Vec::new(),
+        f => transfer_codings(up.buffered(), headers, f),
+    };
+    if req.http10 && !codings.is_empty() {
+        return Download::BeforeHead(UpstreamError::BadResponse, true);
+    }
+    let chunked_inside = codings.iter().any(|c| c.eq_ignore_ascii_case(b"chunked"));
     let ttfb_us = started.elapsed().as_micros() as u64;
     provider_stats(shard, pidx, |s| {
         record(&mut s.ttfb_us, ttfb_us);
@@ -476,20 +497,14 @@ pub(super) async fn download(
         shard.stats.borrow_mut().response(101);
         return Download::Switched;
     }
-    // An HTTP/1.0 client cannot be sent Transfer-Encoding (RFC 9112 §6.1), so a body still
-    // under a coding such as gzip could only reach it unlabelled: refuse it instead.
-    if req.http10
-        && resp.framing != Framing::Length(0)
-        && !transfer_codings(up.buffered(), headers, resp.framing).is_empty()
-    {
-        return Download::BeforeHead(UpstreamError::BadResponse, true);
-    }
     let framing = match resp.framing {
         Framing::Length(0) if req.is_head || resp.status == 304 || resp.status == 204 => {
             ClientFraming::None
         }
         Framing::Length(_) => ClientFraming::Length,
-        Framing::Chunked | Framing::UntilClose if req.http10 => ClientFraming::UntilClose,
+        Framing::Chunked | Framing::UntilClose if req.http10 || chunked_inside => {
+            ClientFraming::UntilClose
+        }
         Framing::Chunked | Framing::UntilClose => ClientFraming::Chunked,
     };
     // A request body still arriving when the response starts means the response may end

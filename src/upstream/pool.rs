@@ -314,11 +314,15 @@ pub async fn acquire(
             Ok(lease(c, true))
         }
         // A handed-over connection that got unasked-for bytes: close it and use its slot.
-        Some(Handoff::Conn(_)) | Some(Handoff::MayConnect) => {
+        Some(Handoff::Conn(stale)) => {
+            drop(stale);
             open_new(shard, provider_idx, ep, cfg)
                 .await
                 .map(|c| lease(c, false))
         }
+        Some(Handoff::MayConnect) => open_new(shard, provider_idx, ep, cfg)
+            .await
+            .map(|c| lease(c, false)),
         None => Err(UpstreamError::QueueTimeout),
     }
 }
