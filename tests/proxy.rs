@@ -193,6 +193,44 @@ fn head_204_304_and_close_delimited_framing() {
 }
 
 #[test]
+fn streamed_responses_reach_the_client_as_they_are_produced() {
+    let gw = gateway("streaming", "0", "");
+    // TTS: four frames 250 ms apart must arrive spread out, not together at the end.
+    let mut s = gw.connect();
+    s.write_all(
+        b"POST /v1/mock/tts?frames=4&frame_interval_ms=250 HTTP/1.1\r\nHost: t\r\n\
+          Content-Length: 5\r\n\r\nhello",
+    )
+    .expect("send");
+    let started = Instant::now();
+    let (mut first, mut raw) = (None, Vec::new());
+    let mut buf = [0u8; 65536];
+    while !raw.ends_with(b"0\r\n\r\n") {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early");
+        raw.extend_from_slice(&buf[..n]);
+        if first.is_none() && raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            first = Some(started.elapsed());
+        }
+    }
+    let (first, last) = (first.expect("head"), started.elapsed());
+    assert!(
+        last >= first + Duration::from_millis(500),
+        "first bytes at {first:?}, end at {last:?}: the frames were held back"
+    );
+    // Echo, full duplex: the first chunk comes back before the client sends the rest.
+    let mut r = Reader::new(gw.connect());
+    r.send(b"POST /v1/mock/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("hello") {
+        let n = r.stream.read(&mut buf).expect("echo before the body ended");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    r.send(b"0\r\n\r\n");
+}
+
+#[test]
 fn interim_1xx_responses_are_relayed_to_http11_clients_only() {
     let gw = gateway("early-hints", "0", "");
     let mut r = Reader::new(gw.connect());

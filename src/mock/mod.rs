@@ -403,6 +403,8 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
             let frame: Vec<u8> = (0..frame_bytes).map(|i| (i % 251) as u8).collect();
             for i in 0..frames {
                 if i > 0 && !interval.is_zero() {
+                    // Each frame goes out before the pause, as a real TTS stream does.
+                    wire.tx.flush().await?;
                     glommio::timer::sleep(interval).await;
                 }
                 body_part(wire, out, &frame).await?;
@@ -586,6 +588,8 @@ async fn echo(
                     frame.extend_from_slice(data);
                 }
                 wire.tx.send(&frame).await?;
+                // Echo each piece as it comes: streamed back, not held until the body ends.
+                wire.tx.flush().await?;
             }
             Ok(None) => break,
             Err(e) => return Err(std::io::Error::other(format!("{e:?}"))),

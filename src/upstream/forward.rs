@@ -587,6 +587,9 @@ async fn stream_body(
         if remaining == 0 {
             break;
         }
+        // What arrived goes to the client before waiting for more: a streamed (TTS) answer
+        // reaches the client frame by frame, not when the buffer fills or the body ends.
+        client.flush().await.map_err(|_| None)?;
         match up_read(up, t.idle, UpstreamError::IdleTimeout, t.deadline).await {
             Ok(0) if from == Framing::UntilClose => break,
             Ok(0) => return Err(Some(UpstreamError::Reset)),
