@@ -88,14 +88,16 @@ impl Stream {
         Ok(())
     }
 
-    /// Whether bytes, a FIN or an error arrived while nobody was reading. When glommio's
-    /// readiness poll (armed after every partial read) has already reported input, that
-    /// answers it for free. Its silence proves nothing, though: the poll may not have been
-    /// submitted yet, or its completion not reaped, so otherwise a non-blocking `MSG_PEEK`
-    /// asks the socket itself.
+    /// Whether bytes, a FIN or an error arrived while nobody was reading, as far as this
+    /// thread has seen: glommio's readiness poll (armed after every partial read) answers it
+    /// without a syscall. Input that arrived after the thread last reaped completions is not
+    /// seen yet; nginx's keep-alive cache has the same window (it learns of input on an idle
+    /// connection from its event loop too). Peeking at the socket instead closed that window
+    /// but cost 15-20 % per proxied request (docs/benchmarks.md). Without an armed poll (the
+    /// last read filled the buffer) it peeks.
     pub fn input_while_idle(&self) -> bool {
-        if self.0.borrow().input_reported() == Some(true) {
-            return true;
+        if let Some(reported) = self.0.borrow().input_reported() {
+            return reported;
         }
         let mut byte = 0u8;
         // SAFETY: recv(2) writes at most one byte into `byte`, which outlives the call; the
