@@ -3,6 +3,7 @@
 //! * [`ProviderConfig`] — one `[[providers]]` entry: endpoints, timeouts, pool sizes.
 //! * `pool` — a shard's idle keep-alive connections per endpoint (LIFO), caps, waiters.
 //! * `forward` — streams one request to a provider and its response back to the client.
+//! * `heads` — the request head sent to the provider and the response heads for the client.
 //! * `tunnel` — upgraded connections (WebSocket): a connection of their own, bytes relayed
 //!   both ways after the provider's 101.
 //!
@@ -13,6 +14,7 @@
 
 pub mod connect;
 pub mod forward;
+mod heads;
 pub mod pool;
 pub mod tunnel;
 
