@@ -6,7 +6,7 @@
 //! memory per exchange is bounded whatever the body size. Nothing is retried once a
 //! response byte has been forwarded.
 
-use super::heads::{request_head, response_head, switching_head, transfer_codings, ClientFraming};
+use super::heads::{request_head, response_head, transfer_codings, ClientFraming};
 use super::pool::{acquire, provider_stats, Provider, UpConn};
 use super::ProviderConfig;
 use crate::conn::{BodyError, BodyState, Conn, Flow};
@@ -114,6 +114,7 @@ async fn read_response_head(
                             false,
                             false,
                             None,
+                            &[],
                         );
                     }
                     up.consume(h.head_len);
@@ -207,7 +208,18 @@ pub(super) async fn download(
         s.counters.responses[class_index(resp.status)] += 1;
     });
     if resp.status == 101 {
-        switching_head(&mut client.buf, up.buffered(), &resp, headers);
+        let none = ClientFraming::None;
+        response_head(
+            &mut client.buf,
+            up.buffered(),
+            &resp,
+            headers,
+            none,
+            false,
+            false,
+            None,
+            &[],
+        );
         up.consume(resp.head_len);
         head_sent.set(true);
         shard.stats.borrow_mut().response(101);
@@ -238,6 +250,7 @@ pub(super) async fn download(
         close,
         req.http10,
         Some(shard.date.borrow().get()),
+        &codings,
     );
     up.consume(resp.head_len);
     head_sent.set(true);

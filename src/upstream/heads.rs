@@ -152,9 +152,10 @@ pub(super) enum ClientFraming {
     UntilClose,
 }
 
-/// Writes the response head for the client into `out`. `date` is added when the provider
-/// sent none (RFC 9110 §6.6.1: a recipient with a clock adds one when forwarding); interim
-/// responses pass `None`.
+/// Writes the response head for the client into `out`: final, interim (1xx) or 101.
+/// `date` is added when the provider sent none (RFC 9110 §6.6.1: a recipient with a clock
+/// adds one when forwarding); interim responses pass `None`. `codings` are the transfer
+/// codings still on the body as relayed ([`transfer_codings`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn response_head(
     out: &mut Vec<u8>,
@@ -165,6 +166,7 @@ pub(super) fn response_head(
     close: bool,
     client_http10: bool,
     date: Option<&[u8]>,
+    codings: &[&[u8]],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     crate::http::reply::push_u64(out, u64::from(resp.status));
@@ -175,13 +177,16 @@ pub(super) fn response_head(
     let mut via: Vec<&[u8]> = Vec::new();
     let keep_length = framing == ClientFraming::None && resp.status != 204 && resp.status >= 200;
     let mut dated = false;
-    let mut upgrade_offered = false;
+    // A 101 always says what it switched (the Upgrade field is the provider's to send).
+    let mut upgrade_offered = resp.status == 101;
     for h in headers {
         let name = &buf[h.name.clone()];
         let value = &buf[h.value.clone()];
         dated |= name.eq_ignore_ascii_case(b"date");
-        // A 426 names the protocol to upgrade to, which the gateway can tunnel.
-        if resp.status == 426 && !client_http10 && name.eq_ignore_ascii_case(b"upgrade") {
+        // A 101 names the protocol switched to, a 426 the one to upgrade to (which the
+        // gateway can tunnel): `Upgrade` stays, with its `Connection` option.
+        let names_protocol = resp.status == 101 || resp.status == 426;
+        if names_protocol && !client_http10 && name.eq_ignore_ascii_case(b"upgrade") {
             push_header(out, name, value);
             upgrade_offered = true;
             continue;
@@ -214,20 +219,17 @@ pub(super) fn response_head(
         }
         (ClientFraming::Chunked, _) => {
             out.extend_from_slice(b"Transfer-Encoding: ");
-            for c in transfer_codings(buf, headers, resp.framing) {
+            for c in codings {
                 out.extend_from_slice(c);
                 out.extend_from_slice(b", ");
             }
             out.extend_from_slice(b"chunked\r\n");
         }
         // Relayed undecoded until close: the provider's codings describe the bytes as they are.
-        (ClientFraming::UntilClose, _) => {
-            let codings = transfer_codings(buf, headers, resp.framing);
-            if !codings.is_empty() {
-                out.extend_from_slice(b"Transfer-Encoding: ");
-                out.extend_from_slice(&codings.join(&b", "[..]));
-                out.extend_from_slice(b"\r\n");
-            }
+        (ClientFraming::UntilClose, _) if !codings.is_empty() => {
+            out.extend_from_slice(b"Transfer-Encoding: ");
+            out.extend_from_slice(&codings.join(&b", "[..]));
+            out.extend_from_slice(b"\r\n");
         }
         _ => {}
     }
@@ -272,34 +274,4 @@ fn push_via(out: &mut Vec<u8>, received: &[&[u8]], http11: bool) {
     } else {
         b"1.0 coregate\r\n"
     });
-}
-
-/// Writes a 101 Switching Protocols head for the client: the provider's fields minus the
-/// hop-by-hop ones, except `Upgrade`, which names the protocol switched to.
-pub(super) fn switching_head(
-    out: &mut Vec<u8>,
-    buf: &[u8],
-    resp: &ResponseHead,
-    headers: &[HeaderRange],
-) {
-    out.extend_from_slice(b"HTTP/1.1 101 ");
-    out.extend_from_slice(&buf[resp.reason.clone()]);
-    out.extend_from_slice(b"\r\n");
-    let listed = connection_listed(buf, headers);
-    let mut via: Vec<&[u8]> = Vec::new();
-    for h in headers {
-        let name = &buf[h.name.clone()];
-        let value = &buf[h.value.clone()];
-        if name.eq_ignore_ascii_case(b"via") {
-            via.push(value);
-            continue;
-        }
-        let keep = name.eq_ignore_ascii_case(b"upgrade")
-            || !(is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)));
-        if keep {
-            push_header(out, name, value);
-        }
-    }
-    push_via(out, &via, resp.http11);
-    out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
 }
