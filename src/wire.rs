@@ -140,14 +140,17 @@ impl Stream {
 
     /// Shuts both directions down: a read waiting on this socket ends at once.
     pub fn shutdown_both(&self) {
-        // SAFETY: shutdown(2) on a descriptor this handle owns; no memory is involved.
-        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+        let _ = self.shutdown(libc::SHUT_RDWR);
     }
 
     /// Half-closes the write direction (sends FIN).
     pub fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(libc::SHUT_WR)
+    }
+
+    fn shutdown(&self, how: libc::c_int) -> io::Result<()> {
         // SAFETY: shutdown(2) on a descriptor this handle owns; no memory is involved.
-        if unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) } == 0 {
+        if unsafe { libc::shutdown(self.fd(), how) } == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())

@@ -314,16 +314,14 @@ pub async fn acquire(
             provider_stats(shard, provider_idx, |s| s.counters.pool_hits += 1);
             Ok(lease(c, true))
         }
-        // A handed-over connection that got unasked-for bytes: close it and use its slot.
-        Some(Handoff::Conn(stale)) => {
-            drop(stale);
+        // A freed slot, or a handed-over connection that got unasked-for bytes (closed here,
+        // before connecting): connect on the slot.
+        Some(slot) => {
+            drop(slot);
             open_new(shard, provider_idx, ep, cfg)
                 .await
                 .map(|c| lease(c, false))
         }
-        Some(Handoff::MayConnect) => open_new(shard, provider_idx, ep, cfg)
-            .await
-            .map(|c| lease(c, false)),
         None => Err(UpstreamError::QueueTimeout),
     }
 }
