@@ -4,6 +4,8 @@
 #   benches/accuracy_vs_wrk.sh [REPEATS] [DURATION_S] [CONNS...]
 # Prints one line per run (RPS, p50, CPU µs per request of the generator itself) and writes
 # them to target/bench/accuracy.tsv. Needs wrk and nginx (../shared/bench/setup.sh).
+# LATENCY_MS=N: the target is coregate's mock provider answering after N ms instead, a known
+# latency that neither generator's own queue hides (the generators are not CPU-bound there).
 set -eu
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${COREGATE_BIN:-$HERE/target/release/coregate}"
@@ -14,14 +16,23 @@ REPEATS="${1:-3}"
 DURATION="${2:-5}"
 shift 2 2>/dev/null || shift $#
 CONNS="${*:-100 1000}"
-URL="http://127.0.0.1:9001/api/small"
+LATENCY_MS="${LATENCY_MS:-}"
+if [ -n "$LATENCY_MS" ]; then
+    URL="http://127.0.0.1:9311/api/small?latency_ms=$LATENCY_MS"
+else
+    URL="http://127.0.0.1:9001/api/small"
+fi
 OUT="$HERE/target/bench"
 mkdir -p "$OUT"
 TSV="$OUT/accuracy.tsv"
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "wrk missing: $TESTBED/setup.sh" >&2; exit 2; }
 
-taskset -c "$SERVER_CPU" "$TESTBED/upstream/start.sh" --fg >/dev/null 2>&1 &
+if [ -n "$LATENCY_MS" ]; then
+    "$BIN" mock-provider --listen 127.0.0.1:9311 --cores "$SERVER_CPU" >/dev/null 2>&1 &
+else
+    taskset -c "$SERVER_CPU" "$TESTBED/upstream/start.sh" --fg >/dev/null 2>&1 &
+fi
 UP=$!
 trap 'kill $UP 2>/dev/null; wait $UP 2>/dev/null' EXIT INT TERM
 for _ in $(seq 50); do

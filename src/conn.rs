@@ -43,6 +43,9 @@ pub struct Conn {
     /// When the current exchange was answered, if the connection then went on as something
     /// else (a WebSocket tunnel): its latency ends there, not when the tunnel closes.
     pub answered_at: Option<Instant>,
+    /// When the current request's head was complete: the start of its latency, and of the
+    /// provider exchange's budget (one clock reading serves both).
+    pub started_at: Instant,
 }
 
 /// Counts a request as in flight (the drain waits for these) until dropped.
@@ -78,6 +81,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _permit: glommio::sync::
         peer_ip,
         headers: Vec::with_capacity(16),
         answered_at: None,
+        started_at: Instant::now(),
     };
     conn.run().await;
     conn.sync_bytes();
@@ -99,6 +103,7 @@ impl Conn {
             };
             let inflight = InFlight::new(&self.shard);
             let start = Instant::now();
+            self.started_at = start;
             let flow = self.dispatch(head).await;
             {
                 let mut st = self.shard.stats.borrow_mut();

@@ -54,15 +54,17 @@ fn io_to_upstream(e: &io::Error, timeout_kind: UpstreamError) -> UpstreamError {
     }
 }
 
-/// Reads from the provider with a read timeout bounded by the total deadline. Returns the
-/// bytes read (0 = closed) or the error kind to report.
+/// Reads from the provider with a read timeout bounded by the total deadline (`now` is the
+/// caller's clock reading, so one exchange reads the clock as few times as it can). Returns
+/// the bytes read (0 = closed) or the error kind to report.
 async fn up_read(
     up: &mut Rx,
     wait: Duration,
     wait_kind: UpstreamError,
     deadline: Instant,
+    now: Instant,
 ) -> Result<usize, UpstreamError> {
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = deadline.saturating_duration_since(now);
     let (limit, kind) = if left <= wait {
         (left, UpstreamError::TotalTimeout)
     } else {
@@ -90,7 +92,9 @@ async fn read_response_head(
     headers: &mut Vec<HeaderRange>,
     t: Limits,
 ) -> Result<ResponseHead, Download> {
-    let head_deadline = Instant::now() + t.ttfb;
+    let sent_at = Instant::now();
+    let head_deadline = sent_at + t.ttfb;
+    let mut first_wait = Some(sent_at);
     let mut got_bytes = false;
     loop {
         if !up.buffered().is_empty() {
@@ -131,13 +135,15 @@ async fn read_response_head(
         }
         // Before the first byte the time-to-first-byte limit applies; once a head has
         // started, a stall longer than the idle-read limit is an idle timeout.
-        let to_head = head_deadline.saturating_duration_since(Instant::now());
+        // The first wait uses the reading the head deadline was set from.
+        let now = first_wait.take().unwrap_or_else(Instant::now);
+        let to_head = head_deadline.saturating_duration_since(now);
         let (wait, kind) = if got_bytes && t.idle < to_head {
             (t.idle, UpstreamError::IdleTimeout)
         } else {
             (to_head, UpstreamError::HeadTimeout)
         };
-        match up_read(up, wait, kind, t.deadline).await {
+        match up_read(up, wait, kind, t.deadline, now).await {
             Ok(0) => return Err(Download::BeforeHead(UpstreamError::Reset, got_bytes)),
             Ok(_) => {}
             Err(e) => return Err(Download::BeforeHead(e, got_bytes)),
@@ -319,7 +325,8 @@ async fn stream_body(
         // What arrived goes to the client before waiting for more: a streamed (TTS) answer
         // reaches the client frame by frame, not when the buffer fills or the body ends.
         client.flush().await.map_err(|_| None)?;
-        match up_read(up, t.idle, UpstreamError::IdleTimeout, t.deadline).await {
+        let now = Instant::now();
+        match up_read(up, t.idle, UpstreamError::IdleTimeout, t.deadline, now).await {
             Ok(0) if from == Framing::UntilClose => break,
             Ok(0) => return Err(Some(UpstreamError::Reset)),
             Ok(_) => {}
@@ -438,7 +445,7 @@ async fn exchange(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>)
     } = job;
     let shard = conn.shard.clone();
     let cfg = &provider.cfg;
-    let started = Instant::now();
+    let started = conn.started_at;
     let t = Limits::of(cfg, started, shard.http.body_read_timeout);
     let mut body = BodyState::new(head.framing);
     let mut sent_continue = false;
