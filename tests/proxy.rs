@@ -252,6 +252,33 @@ fn interim_1xx_responses_are_relayed_to_http11_clients_only() {
 }
 
 #[test]
+fn expect_100_continue_gets_exactly_one_100_before_the_body() {
+    // The mock provider, as an origin, answers the expectation before it reads the body
+    // (RFC 9110 §10.1.1).
+    let port = free_port();
+    let _mock = mock_provider("expect", port);
+    wait_port(port, Duration::from_secs(10));
+    let expect =
+        "POST /stt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+    let mut r = Reader::new(TcpStream::connect(("127.0.0.1", port)).expect("connect mock"));
+    r.send(expect.as_bytes());
+    assert_eq!(r.response(false).expect("100 from the mock").status, 100);
+    r.send(b"hello");
+    assert_eq!(r.response(false).expect("final").json()["bytes"], 5);
+    // Through the gateway the client sees exactly one 100 (the gateway's own, sent once a
+    // provider connection is ready; the expectation is not forwarded), then the answer.
+    let gw = gateway("expect", "0", "");
+    let mut r = Reader::new(gw.connect());
+    r.send(expect.replace("/stt", "/v1/mock/stt").as_bytes());
+    assert_eq!(r.response(false).expect("100").status, 100);
+    r.send(b"hello");
+    let last = r.response(false).expect("final");
+    assert_eq!((last.status, last.json()["bytes"].as_u64()), (200, Some(5)));
+    r.send(get("/health").as_bytes());
+    assert_eq!(r.response(false).expect("health").status, 200);
+}
+
+#[test]
 fn forwarded_headers_and_hop_by_hop_removal() {
     let gw = gateway("headers", "0", "[[providers]]\nname = \"m\"\nendpoints = [\"MOCK\"]\nhost = \"provider.example\"\n\
          [[routes]]\nprefix = \"/h/\"\nprovider = \"m\"\nrewrite = \"/\"\nadd_headers = { \"X-Api-Key\" = \"secret\" }\nremove_headers = [\"Cookie\"]\n"

@@ -5,6 +5,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The interim answer to `Expect: 100-continue`: send the body.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",

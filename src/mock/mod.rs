@@ -328,6 +328,12 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
     if k.latency > Duration::ZERO {
         glommio::timer::sleep(k.latency).await;
     }
+    // An origin answers `Expect: 100-continue` before it waits for the body (RFC 9110
+    // §10.1.1); the parser already dropped the expectation for HTTP/1.0.
+    if req.head.expect_continue && !body.is_done() {
+        wire.tx.buf.extend_from_slice(crate::http::reply::CONTINUE);
+        wire.tx.flush().await?;
+    }
     if k.reset == Some(Reset::BeforeHead) {
         // Read the body first so the reset is not caused by unread data alone.
         let _ = wire.rx.discard_body(&mut body, u64::MAX, TIMEOUT).await;

@@ -471,7 +471,7 @@ async fn exchange(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>)
             conn.wire
                 .tx
                 .buf
-                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                .extend_from_slice(crate::http::reply::CONTINUE);
             if conn.flush().await.is_err() {
                 return Flow::Close;
             }
