@@ -5,8 +5,8 @@
 //! responses to pipelined requests are batched in the write buffer and flushed when the
 //! next read would wait. Whenever framing is in doubt the connection answers, then closes.
 
-use crate::http::reply::{json_error, Reply};
-use crate::http::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm};
+use crate::http::reply::{json_error, Persist, Reply};
+use crate::http::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm, Version};
 use crate::http::HttpError;
 use crate::route::Target;
 use crate::shard::Shard;
@@ -215,10 +215,11 @@ impl Conn {
         }
         // The drain may have started while the body was read.
         let close = close || self.shard.draining.get();
+        let http10 = head.version == Version::Http10;
         reply.write(
             &mut self.wire.tx.buf,
             self.shard.date.borrow().get(),
-            close,
+            Persist::of(close, http10),
             head_only,
         );
         self.shard.stats.borrow_mut().response(reply.status);
@@ -330,7 +331,7 @@ impl Conn {
         .write(
             &mut self.wire.tx.buf,
             self.shard.date.borrow().get(),
-            true,
+            Persist::Close,
             false,
         );
         self.shard.stats.borrow_mut().response(e.status);

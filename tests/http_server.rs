@@ -35,9 +35,32 @@ fn http10_closes_unless_keep_alive() {
     r.send(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     let resp = r.response(false).expect("response");
     assert_eq!(resp.status, 200);
+    // A 1.0 client keeps the connection only when the response says so (RFC 9112 C.2.2),
+    // for the gateway's own answers as for proxied ones.
+    assert_eq!(resp.header("connection"), Some("keep-alive"));
+    r.send(b"GET /missing HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let resp = r.response(false).expect("404");
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (404, Some("keep-alive"))
+    );
+    r.send(b"GET /v1/mock/bytes?size=3 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let resp = r.response(false).expect("proxied");
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (200, Some("keep-alive"))
+    );
     r.send(b"GET /health HTTP/1.0\r\n\r\n");
-    assert_eq!(r.response(false).expect("response").status, 200);
+    let resp = r.response(false).expect("response");
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (200, Some("close"))
+    );
     assert!(r.closed_within(Duration::from_secs(3)));
+    // An HTTP/1.1 client is told nothing: its connections persist by default.
+    let mut r = Reader::new(gw.connect());
+    r.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.response(false).expect("1.1").header("connection"), None);
 }
 
 #[test]

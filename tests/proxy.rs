@@ -279,6 +279,36 @@ fn expect_100_continue_gets_exactly_one_100_before_the_body() {
 }
 
 #[test]
+fn the_mock_answers_http10_clients_close_delimited() {
+    let port = free_port();
+    let _mock = mock_provider("http10", port);
+    wait_port(port, Duration::from_secs(10));
+    // An HTTP/1.0 client gets no chunked coding (a TTS stream is close-delimited) and a
+    // closed connection.
+    let mut r = Reader::new(TcpStream::connect(("127.0.0.1", port)).expect("connect mock"));
+    r.send(b"POST /tts?frames=3&frame_bytes=10 HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi");
+    let mut raw = Vec::new();
+    r.stream.read_to_end(&mut raw).expect("read to close");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(text.contains("Connection: close"), "{text}");
+    let body_at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head end")
+        + 4;
+    assert_eq!(
+        raw.len() - body_at,
+        30,
+        "three 10-byte frames until close: {text}"
+    );
+}
+
+#[test]
 fn forwarded_headers_and_hop_by_hop_removal() {
     let gw = gateway("headers", "0", "[[providers]]\nname = \"m\"\nendpoints = [\"MOCK\"]\nhost = \"provider.example\"\n\
          [[routes]]\nprefix = \"/h/\"\nprovider = \"m\"\nrewrite = \"/\"\nadd_headers = { \"X-Api-Key\" = \"secret\" }\nremove_headers = [\"Cookie\"]\n"

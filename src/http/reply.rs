@@ -145,10 +145,34 @@ pub struct Reply<'a> {
     pub extra: &'a [&'a str],
 }
 
+/// What a response says about its connection (RFC 9112 §9.3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Persist {
+    /// `Connection: close`: the connection ends after this response.
+    Close,
+    /// `Connection: keep-alive`: an HTTP/1.0 client keeps the connection only when told
+    /// (RFC 9112 Appendix C.2.2).
+    KeepAlive10,
+    /// Nothing: HTTP/1.1 connections persist by default.
+    KeepAlive,
+}
+
+impl Persist {
+    /// For a connection that ends after this response (`close`) or not, with an HTTP/1.0
+    /// (`http10`) or later client.
+    pub fn of(close: bool, http10: bool) -> Persist {
+        match (close, http10) {
+            (true, _) => Persist::Close,
+            (false, true) => Persist::KeepAlive10,
+            (false, false) => Persist::KeepAlive,
+        }
+    }
+}
+
 impl Reply<'_> {
     /// Appends the response to `out`. `head_only` omits the body (HEAD requests) but keeps
-    /// Content-Length; `close` announces that the connection will be closed.
-    pub fn write(&self, out: &mut Vec<u8>, date: &[u8], close: bool, head_only: bool) {
+    /// Content-Length; `persist` says what the response announces about the connection.
+    pub fn write(&self, out: &mut Vec<u8>, date: &[u8], persist: Persist, head_only: bool) {
         out.extend_from_slice(b"HTTP/1.1 ");
         push_u64(out, u64::from(self.status));
         out.push(b' ');
@@ -163,8 +187,10 @@ impl Reply<'_> {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(line.as_bytes());
         }
-        if close {
-            out.extend_from_slice(b"\r\nConnection: close");
+        match persist {
+            Persist::Close => out.extend_from_slice(b"\r\nConnection: close"),
+            Persist::KeepAlive10 => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+            Persist::KeepAlive => {}
         }
         out.extend_from_slice(b"\r\n\r\n");
         if !head_only {
@@ -206,7 +232,7 @@ mod tests {
             body: b"{}",
             extra: &[],
         }
-        .write(&mut out, b"D", true, false);
+        .write(&mut out, b"D", Persist::Close, false);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(s.contains("Content-Length: 2\r\n"));

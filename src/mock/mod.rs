@@ -17,7 +17,7 @@ pub mod ws;
 use crate::config::{Config, ConfigError};
 use crate::http::chunked::{encode_chunk, LAST_CHUNK};
 use crate::http::reply::{push_u64, reason, DateCache};
-use crate::http::request::{parse_head, HeaderRange, Limits, Parsed, RequestHead};
+use crate::http::request::{parse_head, HeaderRange, Limits, Parsed, RequestHead, Version};
 use crate::route::RouteConfig;
 use crate::upstream::ProviderConfig;
 use crate::wire::{BodyState, Wire};
@@ -324,7 +324,10 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
     let k = &req.knobs;
     let head_only = req.is_head;
     let mut body = BodyState::new(req.head.framing);
-    let mut close = k.close || !req.head.keep_alive;
+    // An HTTP/1.0 client gets close-delimited answers: it knows neither chunked coding nor,
+    // unless told, persistent connections; the mock keeps it simple and closes.
+    let http10 = req.head.version == Version::Http10;
+    let mut close = k.close || !req.head.keep_alive || http10;
     if k.latency > Duration::ZERO {
         glommio::timer::sleep(k.latency).await;
     }
@@ -349,7 +352,7 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
     if k.error_rate > 0.0 && shard.random() < k.error_rate {
         status = 500;
     }
-    let out = if k.until_close {
+    let out = if k.until_close || (http10 && k.chunked) {
         close = true;
         Out::UntilClose
     } else if k.chunked {
@@ -392,10 +395,10 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
                 .unwrap_or_else(|| (text.len() as u64 / 8).clamp(1, 50));
             let frame_bytes = k.frame_bytes.unwrap_or(640) as usize;
             let interval = k.frame_interval.unwrap_or(Duration::from_millis(20));
-            let out = if out == Out::Length {
-                Out::Chunked
-            } else {
-                out
+            let out = match out {
+                Out::Length if http10 => Out::UntilClose,
+                Out::Length => Out::Chunked,
+                other => other,
             };
             start(
                 wire,

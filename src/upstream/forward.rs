@@ -11,7 +11,7 @@ use super::pool::{acquire, provider_stats, Provider, UpConn};
 use super::ProviderConfig;
 use crate::conn::{BodyError, BodyState, Conn, Flow};
 use crate::http::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
-use crate::http::reply::{json_error, Reply};
+use crate::http::reply::{json_error, Persist, Reply};
 use crate::http::request::{HeaderRange, RequestHead, Version};
 use crate::http::response::{parse_response, ParsedResponse, ResponseHead};
 use crate::http::Framing;
@@ -682,7 +682,7 @@ pub(super) async fn fail(
     .write(
         &mut conn.wire.tx.buf,
         conn.shard.date.borrow().get(),
-        close,
+        Persist::of(close, head.version == Version::Http10),
         false,
     );
     conn.shard.stats.borrow_mut().response(status);
