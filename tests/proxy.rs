@@ -669,6 +669,39 @@ fn queue_at_the_pool_cap_then_503() {
 }
 
 #[test]
+fn apache_bench_keeps_http10_connections_alive() {
+    // ab speaks HTTP/1.0 and keeps a connection only when a response says keep-alive.
+    let gw = gateway("ab", "0", "");
+    for path in ["/health", "/v1/mock/api/small"] {
+        let out = std::process::Command::new("ab")
+            .args(["-k", "-n", "2000", "-c", "20", "-s", "10"])
+            .arg(format!("http://127.0.0.1:{}{path}", gw.port))
+            .output()
+            .expect("ab (apache2-utils)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in [
+            "Complete requests:      2000",
+            "Failed requests:        0",
+            "Keep-Alive requests:    2000",
+        ] {
+            assert!(text.contains(line), "{path}: no '{line}' in\n{text}");
+        }
+    }
+    // 20 connections per run (plus the harness's port probe), not one per request.
+    let s = gw.stats_until(|s| s["total"]["requests"] == 4000);
+    let conns = s["total"]["connections_total"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        conns <= 41,
+        "{conns} connections for 4,000 keep-alive requests"
+    );
+}
+
+#[test]
 fn curl_and_python_clients_through_the_gateway() {
     let gw = gateway("clients", "0", "");
     let base = format!("http://127.0.0.1:{}", gw.port);
