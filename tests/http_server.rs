@@ -64,6 +64,33 @@ fn http10_closes_unless_keep_alive() {
 }
 
 #[test]
+fn dot_segments_never_reach_a_provider() {
+    // `/v1/mock/../x` would leave the route's prefix at a provider that resolves it.
+    let gw = gateway("dots", "0", "");
+    for target in [
+        "/v1/mock/../headers",
+        "/v1/mock/%2e%2e/headers",
+        "/v1/mock/./headers",
+    ] {
+        let resp = request(
+            gw.port,
+            &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(resp.status, 400, "{target}");
+        assert!(
+            resp.text().contains("dot-segment"),
+            "{target}: {}",
+            resp.text()
+        );
+    }
+    let ok = request(
+        gw.port,
+        "GET /v1/mock/headers?p=../.. HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(ok.status, 200);
+}
+
+#[test]
 fn pipelined_requests_answered_in_order() {
     let gw = gateway("pipeline", "0", "");
     let mut r = Reader::new(gw.connect());

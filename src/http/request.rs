@@ -428,6 +428,7 @@ fn classify_target(
         return Err(HttpError::bad_request("fragment in request target"));
     }
     if t.first() == Some(&b'/') {
+        check_dot_segments(t)?;
         return Ok((TargetForm::Origin, target, host_field.unwrap_or(empty)));
     }
     if t == b"*" {
@@ -461,8 +462,46 @@ fn classify_target(
         ));
     }
     let path_start = rest_start + auth_len;
+    check_dot_segments(&buf[path_start..target.end])?;
     // "http://h?q" has an empty path; callers treat an empty path as "/".
     Ok((TargetForm::Absolute, path_start..target.end, authority))
+}
+
+/// Refuses a path with a "." or ".." segment, also percent-encoded (`%2e`). Routes match
+/// a prefix of the path as sent, and a provider that resolves dot-segments would serve
+/// what lies outside the route: `/v1/stt/../admin` past a route for `/v1/stt`, or out of
+/// the subtree a prefix rewrite maps to. Clients remove dot-segments before sending (RFC
+/// 3986 §5.2.4), so only probes and attacks send them; the query is not part of the path.
+fn check_dot_segments(target: &[u8]) -> Result<(), HttpError> {
+    let path = match target.iter().position(|&b| b == b'?') {
+        Some(q) => &target[..q],
+        None => target,
+    };
+    if !path.iter().any(|&b| b == b'.' || b == b'%') {
+        return Ok(());
+    }
+    if path.split(|&b| b == b'/').any(is_dot_segment) {
+        return Err(HttpError::bad_request("dot-segment in the request path"));
+    }
+    Ok(())
+}
+
+/// Whether a path segment is "." or "..", with any dot written as `%2e` or `%2E`.
+fn is_dot_segment(seg: &[u8]) -> bool {
+    let mut dots = 0;
+    let mut rest = seg;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 /// A Host value must be a valid authority without userinfo (RFC 9110 §7.2).
@@ -652,5 +691,37 @@ mod tests {
             status("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
             417
         );
+    }
+
+    #[test]
+    fn dot_segments_in_the_path_are_refused() {
+        for path in [
+            "/v1/stt/../admin",
+            "/v1/./x",
+            "/v1/..",
+            "/..",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E./admin",
+            "/v1/.%2e",
+            "/v1/%2e/x",
+            "http://h/a/../b",
+        ] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert_eq!(status(&req), 400, "{path}");
+        }
+        // Dots that are not whole segments, and dots in the query, are ordinary.
+        for path in [
+            "/v1/a.b",
+            "/v1/.well-known/x",
+            "/v1/...",
+            "/v1/..a",
+            "/v1/%2e%2e%2e",
+            "/v1/x?p=../..",
+            "/v1/x?./",
+            "/a%20b",
+        ] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert_eq!(head(&req).path(req.as_bytes()), path.as_bytes(), "{path}");
+        }
     }
 }
