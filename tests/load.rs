@@ -79,6 +79,45 @@ fn counts_match_the_gateways_own_stats() {
 }
 
 #[test]
+fn websocket_targets_exchange_messages_through_the_gateways_tunnels() {
+    let gw = gateway("load-ws", "1", "");
+    let dir = tmpdir("load-ws-out");
+    let url = format!("ws://127.0.0.1:{}/v1/mock/ws", gw.port);
+    let (out, summary) = load(
+        &dir,
+        &[&url, "--vus", "8", "--duration", "1s", "--cores", "0"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    let stage = &summary["stages"][0];
+    assert_eq!(stage["failed_requests"], 0, "{stage}");
+    // Many messages, each answered by the mock's echo through one tunnel per VU.
+    let all = summary["all_responses"].as_u64().expect("all_responses");
+    assert!(all > 100, "{summary}");
+    let s = gw.stats_until(|s| s["total"]["tunnels"]["total"] == 8);
+    assert_eq!(s["total"]["tunnels"]["total"], 8, "{s}");
+
+    // A handshake answered 404 is an HTTP error; one answered 200 is no WebSocket.
+    for (path, class) in [
+        ("/nope", "http_4xx"),
+        ("/v1/mock/api/small", "malformed_response"),
+    ] {
+        let dir = tmpdir(&format!("load-ws-{class}"));
+        let url = format!("ws://127.0.0.1:{}{path}", gw.port);
+        let (out, summary) = load(
+            &dir,
+            &[&url, "--vus", "2", "--duration", "1s", "--cores", "0"],
+            None,
+        );
+        assert!(out.status.success(), "{}", stdout(&out));
+        let stage = &summary["stages"][0];
+        let failed = stage["failed_requests"].as_u64().unwrap_or(0);
+        assert!(failed > 0, "{stage}");
+        assert_eq!(errors(stage, class), failed, "{path}: {stage}");
+    }
+}
+
+#[test]
 fn several_urls_share_the_vus_round_robin() {
     let gw = gateway("load-urls", "1", "");
     let dir = tmpdir("load-urls-out");

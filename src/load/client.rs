@@ -36,25 +36,27 @@ impl Failure {
         }
     }
 
-    fn exchange(e: &io::Error) -> Failure {
+    pub(super) fn exchange(e: &io::Error) -> Failure {
         Failure {
             class: ErrorClass::of_exchange(e),
             errno: e.raw_os_error(),
         }
     }
 
-    fn class(class: ErrorClass) -> Failure {
+    pub(super) fn class(class: ErrorClass) -> Failure {
         Failure { class, errno: None }
     }
 }
 
 /// A client connection, fresh until its first request was written.
 pub struct ClientConn {
-    rx: Rx,
+    pub(super) rx: Rx,
     fresh: bool,
     /// Exchanges started on this connection.
-    exchanges: u64,
-    headers: Vec<crate::http::request::HeaderRange>,
+    pub(super) exchanges: u64,
+    pub(super) headers: Vec<crate::http::request::HeaderRange>,
+    /// A `ws://` target's connection after its handshake.
+    pub(super) ws: Option<super::ws::WsConn>,
 }
 
 /// A complete response.
@@ -96,6 +98,7 @@ pub fn dial(dest: SocketAddr, source: Option<IpAddr>) -> Result<ClientConn, Fail
         fresh: true,
         exchanges: 0,
         headers: Vec::new(),
+        ws: None,
     })
 }
 
@@ -136,6 +139,27 @@ impl ClientConn {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Response, Failure> {
+        let head = self
+            .exchange_head(request, is_head, timeout, connect_timeout)
+            .await?;
+        self.rx.consume(head.head_len);
+        self.read_body(head.framing, timeout).await?;
+        Ok(Response {
+            status: head.status,
+            keep_alive: head.keep_alive,
+        })
+    }
+
+    /// Sends `request` and reads the final response head, skipping interim ones (100
+    /// Continue, 103 Early Hints; a 101 is final). The head stays in the buffer, its
+    /// fields in `headers`, until the caller consumes `head_len`.
+    pub(super) async fn exchange_head(
+        &mut self,
+        request: &[u8],
+        is_head: bool,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<crate::http::response::ResponseHead, Failure> {
         self.exchanges += 1;
         let stream = self.rx.stream.clone();
         let mut rest = request;
@@ -154,16 +178,11 @@ impl ClientConn {
             .map_err(|e| Failure::exchange(&e))?;
         loop {
             let head = self.read_head(is_head, timeout).await?;
-            self.rx.consume(head.head_len);
-            // Interim responses (100 Continue, 103 Early Hints) precede the real one.
             if (100..200).contains(&head.status) && head.status != 101 {
+                self.rx.consume(head.head_len);
                 continue;
             }
-            self.read_body(head.framing, timeout).await?;
-            return Ok(Response {
-                status: head.status,
-                keep_alive: head.keep_alive,
-            });
+            return Ok(head);
         }
     }
 
@@ -185,13 +204,33 @@ impl ClientConn {
                     Err(_) => return Err(Failure::class(ErrorClass::MalformedResponse)),
                 }
             }
-            self.rx.make_room(MAX_RESPONSE_HEAD);
-            match self.rx.read_some(timeout).await {
-                Ok(0) => return Err(Failure::class(ErrorClass::Closed)),
-                Ok(_) => {}
-                Err(e) => return Err(Failure::exchange(&e)),
-            }
+            self.fill(timeout).await?;
         }
+    }
+
+    /// Reads once more into the buffer (growing it up to the largest head); the peer
+    /// closing first is `closed`.
+    pub(super) async fn fill(&mut self, timeout: Duration) -> Result<(), Failure> {
+        self.rx.make_room(MAX_RESPONSE_HEAD);
+        match self.rx.read_some(timeout).await {
+            Ok(0) => Err(Failure::class(ErrorClass::Closed)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::exchange(&e)),
+        }
+    }
+
+    /// Whether the response head in the buffer completes a WebSocket handshake:
+    /// `Upgrade: websocket` and the expected `Sec-WebSocket-Accept` (RFC 6455 §4.1).
+    pub(super) fn upgraded_to_websocket(&self, accept: &str) -> bool {
+        let buf = self.rx.buffered();
+        let field = |name: &[u8]| {
+            self.headers
+                .iter()
+                .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name))
+                .map(|h| crate::http::trim_ows(&buf[h.value.clone()]))
+        };
+        field(b"upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
+            && field(b"sec-websocket-accept") == Some(accept.as_bytes())
     }
 
     async fn read_body(&mut self, framing: Framing, timeout: Duration) -> Result<(), Failure> {

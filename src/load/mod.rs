@@ -33,6 +33,7 @@ pub mod stage;
 pub mod target;
 pub mod vu;
 pub mod worker;
+pub mod ws;
 
 pub use options::LoadArgs;
 

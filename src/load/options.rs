@@ -13,7 +13,8 @@ use std::time::Duration;
 /// Flags of `coregate load` (see docs/load.md).
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Target URLs (`http://host:port/path`); virtual users are spread over them round-robin.
+    /// Target URLs (`http://host:port/path`, or `ws://` for WebSocket messages); virtual
+    /// users are spread over them round-robin.
     #[arg(required = true)]
     pub urls: Vec<String>,
     /// Cores to run one load shard on each, e.g. `0-1` (default: all online cores).

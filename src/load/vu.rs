@@ -61,14 +61,17 @@ impl ShardState {
         now: Instant,
     ) -> Result<super::client::Response, Failure> {
         slot.busy.set(Some((now, c.fd())));
-        let result = c
-            .exchange(
-                &self.requests[target],
-                is_head,
-                self.cfg.timeout,
-                self.cfg.connect_timeout,
-            )
-            .await;
+        let (request, timeout) = (&self.requests[target], self.cfg.timeout);
+        let result = match self.ws.get(target).and_then(Option::as_ref) {
+            Some(plan) => {
+                c.exchange_ws(request, plan, timeout, self.cfg.connect_timeout)
+                    .await
+            }
+            None => {
+                c.exchange(request, is_head, timeout, self.cfg.connect_timeout)
+                    .await
+            }
+        };
         slot.busy.set(None);
         if slot.timed_out.replace(false) {
             // The sweep shut the socket down: whatever the read saw, the cause is the

@@ -123,6 +123,8 @@ pub(super) struct ShardState {
     pub(super) shards: usize,
     pub(super) cfg: LoadConfig,
     pub(super) requests: Vec<Vec<u8>>,
+    /// Per target: what its VUs send after a WebSocket handshake (`ws://` targets only).
+    pub(super) ws: Vec<Option<super::ws::WsPlan>>,
     /// One slot per VU, in spawn order.
     pub(super) vus: RefCell<Vec<Rc<VuSlot>>>,
     /// Spawned VUs that have not finished their first connect yet.
@@ -211,17 +213,18 @@ pub fn thread_cpu() -> Duration {
 }
 
 async fn worker_main(spec: WorkerSpec) {
-    let requests = spec
+    let (requests, ws) = spec
         .config
         .targets
         .iter()
-        .map(|t| spec.config.request.build(t))
-        .collect();
+        .map(|t| (spec.config.request.build(t), spec.config.request.ws_plan(t)))
+        .unzip();
     let st = Rc::new(ShardState {
         id: spec.shard,
         shards: spec.shards,
         cfg: spec.config.clone(),
         requests,
+        ws,
         vus: RefCell::new(Vec::new()),
         connecting: Cell::new(0),
         open_connections: Cell::new(0),
