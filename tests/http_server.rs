@@ -88,6 +88,35 @@ fn dot_segments_never_reach_a_provider() {
         "GET /v1/mock/headers?p=../.. HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(ok.status, 200);
+    // A prefix rewrite that would join one (prefix `/stt`, rewrite `/v1/`: `/stt../x`
+    // becomes `/v1/../x`) is refused too.
+    let port = free_port();
+    let _mock = mock_provider("dots-rewrite", port);
+    wait_port(port, Duration::from_secs(10));
+    let gw = gateway(
+        "dots-rewrite",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"m\"\nendpoints = [\"127.0.0.1:{port}\"]\n\
+             [[routes]]\nprefix = \"/stt\"\nprovider = \"m\"\nrewrite = \"/v1/\"\n"
+        ),
+    );
+    let resp = request(
+        gw.port,
+        "GET /stt../headers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let resp = request(
+        gw.port,
+        "GET /sttx HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    // Reaches the provider (the mock's own 404 for `/v1/x`), not the gateway's no-route 404.
+    assert_eq!(resp.status, 404);
+    assert!(
+        resp.text().contains("no such mock endpoint"),
+        "{}",
+        resp.text()
+    );
 }
 
 #[test]

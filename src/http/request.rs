@@ -472,7 +472,7 @@ fn classify_target(
 /// what lies outside the route: `/v1/stt/../admin` past a route for `/v1/stt`, or out of
 /// the subtree a prefix rewrite maps to. Clients remove dot-segments before sending (RFC
 /// 3986 §5.2.4), so only probes and attacks send them; the query is not part of the path.
-fn check_dot_segments(target: &[u8]) -> Result<(), HttpError> {
+pub(crate) fn check_dot_segments(target: &[u8]) -> Result<(), HttpError> {
     let path = match target.iter().position(|&b| b == b'?') {
         Some(q) => &target[..q],
         None => target,

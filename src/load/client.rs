@@ -220,7 +220,8 @@ impl ClientConn {
     }
 
     /// Whether the response head in the buffer completes a WebSocket handshake:
-    /// `Upgrade: websocket` and the expected `Sec-WebSocket-Accept` (RFC 6455 §4.1).
+    /// `Upgrade: websocket`, `Connection: upgrade` and the expected `Sec-WebSocket-Accept`
+    /// (RFC 6455 §4.1).
     pub(super) fn upgraded_to_websocket(&self, accept: &str) -> bool {
         let buf = self.rx.buffered();
         let field = |name: &[u8]| {
@@ -229,7 +230,14 @@ impl ClientConn {
                 .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name))
                 .map(|h| crate::http::trim_ows(&buf[h.value.clone()]))
         };
+        let connection_upgrade = self
+            .headers
+            .iter()
+            .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"connection"))
+            .flat_map(|h| crate::http::list_elements(&buf[h.value.clone()]))
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
         field(b"upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
+            && connection_upgrade
             && field(b"sec-websocket-accept") == Some(accept.as_bytes())
     }
 

@@ -12,8 +12,8 @@ pub struct Target {
     pub authority: String,
     /// Path and query, starting with `/`.
     pub path: String,
-    /// `ws://`: the handshake's `Sec-WebSocket-Key` (its VUs exchange WebSocket messages).
-    pub ws_key: Option<String>,
+    /// `ws://`: its VUs open WebSocket sessions and exchange messages.
+    pub websocket: bool,
 }
 
 impl Target {
@@ -58,23 +58,9 @@ impl Target {
             addr,
             authority: authority.to_string(),
             path: path.to_string(),
-            ws_key: websocket.then(|| ws_key(url)),
+            websocket,
         })
     }
-}
-
-/// A handshake key (16 bytes, base64) for one target of this run: RFC 6455 §4.1 asks for
-/// a fresh random nonce; std's randomly seeded hasher makes one without a RNG crate.
-fn ws_key(url: &str) -> String {
-    use base64::Engine;
-    use std::hash::BuildHasher;
-    // RandomState is seeded from the OS's randomness, once per process.
-    let state = std::collections::hash_map::RandomState::new();
-    let mut bytes = [0u8; 16];
-    for (i, half) in bytes.chunks_mut(8).enumerate() {
-        half.copy_from_slice(&state.hash_one((url, i)).to_le_bytes());
-    }
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Method, headers and body shared by every target.
@@ -133,23 +119,23 @@ impl RequestTemplate {
     }
 
     /// The complete request for `target`: head and body in one buffer. For a `ws://`
-    /// target, the opening handshake (always a GET; the body becomes each message's
-    /// payload, see [`RequestTemplate::ws_plan`]).
+    /// target, the opening handshake (always a GET) without its `Sec-WebSocket-Key` and
+    /// final CRLF, which each connection adds with a key of its own; the body becomes each
+    /// message's payload ([`RequestTemplate::ws_plan`]).
     pub fn build(&self, target: &Target) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        let method = match target.ws_key {
-            Some(_) => "GET",
-            None => &self.method,
+        let method = if target.websocket {
+            "GET"
+        } else {
+            &self.method
         };
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        if let Some(key) = &target.ws_key {
+        if target.websocket {
             out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
-            out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ");
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n");
         }
         if !self
             .headers
@@ -167,11 +153,12 @@ impl RequestTemplate {
             out.extend_from_slice(b"\r\n");
         }
         match &self.body {
-            Some(body) if target.ws_key.is_none() => {
+            _ if target.websocket => {}
+            Some(body) => {
                 out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
                 out.extend_from_slice(body);
             }
-            _ => out.extend_from_slice(b"\r\n"),
+            None => out.extend_from_slice(b"\r\n"),
         }
         out
     }
@@ -179,16 +166,15 @@ impl RequestTemplate {
     /// What a `ws://` target's VUs send after the handshake: the body (`--body`,
     /// `--body-file`) as each message's payload, else 640 bytes (20 ms of 16 kHz audio).
     pub fn ws_plan(&self, target: &Target) -> Option<super::ws::WsPlan> {
-        let key = target.ws_key.as_ref()?;
+        if !target.websocket {
+            return None;
+        }
         let payload = self.body.clone().unwrap_or_else(|| {
             (0..super::ws::DEFAULT_PAYLOAD)
                 .map(|i| (i % 251) as u8)
                 .collect()
         });
-        Some(super::ws::WsPlan {
-            accept: crate::mock::ws::accept_key(key),
-            payload,
-        })
+        Some(super::ws::WsPlan { payload })
     }
 }
 
@@ -207,10 +193,8 @@ mod tests {
         assert_eq!(Target::parse("http://127.0.0.1/").unwrap().addr.port(), 80);
         assert!(Target::parse("https://x/").unwrap_err().contains("https"));
         assert!(Target::parse("wss://x/").unwrap_err().contains("wss"));
-        assert!(Target::parse("http://127.0.0.1:1/")
-            .unwrap()
-            .ws_key
-            .is_none());
+        assert!(!Target::parse("http://127.0.0.1:1/").unwrap().websocket);
+        assert!(Target::parse("ws://127.0.0.1:1/").unwrap().websocket);
         assert!(Target::parse("http:///x").is_err());
     }
 
@@ -223,27 +207,16 @@ mod tests {
             "POST /p HTTP/1.1\r\nHost: 127.0.0.1:1\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi"
         );
         assert!(RequestTemplate::new(None, &["Bad Header: x".into()], None).is_err());
-        // ws://: a GET handshake with a fresh key; the body is the messages' payload.
+        // ws://: a GET handshake (each connection adds its key and the final CRLF); the
+        // body is the messages' payload.
         let ws = Target::parse("ws://127.0.0.1:1/ws").unwrap();
-        let key = ws.ws_key.clone().expect("key");
-        assert_eq!(key.len(), 24, "16 bytes in base64");
         let text = String::from_utf8(r.build(&ws)).unwrap();
-        assert!(text.starts_with("GET /ws HTTP/1.1\r\n"), "{text}");
-        assert!(
-            text.contains("Upgrade: websocket\r\nConnection: Upgrade\r\n"),
-            "{text}"
+        assert_eq!(
+            text,
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nHost: 127.0.0.1:1\r\nX-A: 1\r\n"
         );
-        assert!(
-            text.contains(&format!("Sec-WebSocket-Key: {key}\r\n")),
-            "{text}"
-        );
-        assert!(
-            text.ends_with("X-A: 1\r\n\r\n"),
-            "no body in a handshake: {text}"
-        );
-        let plan = r.ws_plan(&ws).expect("plan");
-        assert_eq!(plan.payload, b"hi");
-        assert_eq!(plan.accept, crate::mock::ws::accept_key(&key));
+        assert_eq!(r.ws_plan(&ws).expect("plan").payload, b"hi");
         assert!(r.ws_plan(&t).is_none());
         assert!(RequestTemplate::new(None, &["Content-Length: 1".into()], None).is_err());
         assert!(RequestTemplate::new(Some("GE T"), &[], None).is_err());

@@ -4,8 +4,9 @@
 //! endpoint behind the gateway). A message's latency runs from its send to the last byte
 //! of the answer; the first message of a connection also carries the handshake.
 //!
-//! Client frames are binary, unfragmented and masked (RFC 6455 §5.3) with a key drawn per
-//! connection; the masked frame is built once per connection and sent as it is.
+//! Each connection sends a fresh `Sec-WebSocket-Key` (RFC 6455 §4.1); client frames are
+//! binary, unfragmented and masked with a fresh key per frame (§5.3), the payload XORed
+//! into a buffer the connection keeps.
 
 use super::client::{ClientConn, Failure, Response};
 use super::record::ErrorClass;
@@ -17,19 +18,46 @@ pub const DEFAULT_PAYLOAD: usize = 640;
 /// Largest answer frame payload accepted (a bound on what one reply may make us read).
 const MAX_FRAME: u64 = 64 << 20;
 
-/// What a `ws://` target's VUs need besides the handshake bytes.
+/// What a `ws://` target's VUs send after the handshake.
 #[derive(Debug, Clone)]
 pub struct WsPlan {
-    /// The `Sec-WebSocket-Accept` value the handshake's key must be answered with.
-    pub accept: String,
     /// Each message's payload.
     pub payload: Vec<u8>,
 }
 
 /// A connection's WebSocket state once the handshake succeeded.
 pub struct WsConn {
-    /// The masked binary frame carrying the payload, sent for every message.
+    /// The binary frame carrying the payload, re-masked before every send.
     frame: Vec<u8>,
+}
+
+thread_local! {
+    /// xorshift64* state for handshake keys and masking keys, seeded from std's randomly
+    /// keyed hasher (no RNG crate; unpredictability to a peer is what RFC 6455 asks).
+    static RANDOM: std::cell::Cell<u64> = std::cell::Cell::new({
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()) | 1
+    });
+}
+
+fn random_u64() -> u64 {
+    RANDOM.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64.
+fn handshake_key() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A frame header as it arrived: opcode, FIN, header length, payload length.
@@ -99,19 +127,19 @@ fn masked_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
     out
 }
 
-/// A masking key for one connection: unpredictable enough for its purpose (keeping
-/// intermediaries from reading client frames as something else), without a RNG crate.
-fn mask_key(fd: i32, exchanges: u64) -> [u8; 4] {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut x = u64::from(nanos) ^ ((fd as u64) << 32) ^ exchanges.rotate_left(17);
-    // splitmix64 finaliser
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    (x as u32).to_be_bytes()
+/// A fresh masking key.
+fn mask_key() -> [u8; 4] {
+    (random_u64() as u32).to_be_bytes()
+}
+
+/// Re-masks `frame` (built by [`masked_frame`] from `payload`) with a fresh key.
+fn remask(frame: &mut [u8], payload: &[u8]) {
+    let key = mask_key();
+    let at = frame.len() - payload.len() - 4;
+    frame[at..at + 4].copy_from_slice(&key);
+    for (i, (out, b)) in frame[at + 4..].iter_mut().zip(payload).enumerate() {
+        *out = b ^ key[i % 4];
+    }
 }
 
 impl ClientConn {
@@ -128,8 +156,14 @@ impl ClientConn {
         connect_timeout: Duration,
     ) -> Result<Response, Failure> {
         if self.ws.is_none() {
+            let key = handshake_key();
+            let mut request = Vec::with_capacity(handshake.len() + 48);
+            request.extend_from_slice(handshake);
+            request.extend_from_slice(b"Sec-WebSocket-Key: ");
+            request.extend_from_slice(key.as_bytes());
+            request.extend_from_slice(b"\r\n\r\n");
             let head = self
-                .exchange_head(handshake, false, timeout, connect_timeout)
+                .exchange_head(&request, false, timeout, connect_timeout)
                 .await?;
             if head.status != 101 {
                 return if head.status >= 400 {
@@ -141,16 +175,18 @@ impl ClientConn {
                     Err(malformed())
                 };
             }
-            if !self.upgraded_to_websocket(&plan.accept) {
+            if !self.upgraded_to_websocket(&crate::mock::ws::accept_key(&key)) {
                 return Err(malformed());
             }
             self.rx.consume(head.head_len);
-            let key = mask_key(self.fd(), self.exchanges);
             self.ws = Some(WsConn {
-                frame: masked_frame(0x2, &plan.payload, key),
+                frame: masked_frame(0x2, &plan.payload, mask_key()),
             });
         } else {
             self.exchanges += 1;
+            if let Some(ws) = self.ws.as_mut() {
+                remask(&mut ws.frame, &plan.payload);
+            }
         }
         let stream = self.rx.stream.clone();
         if let Some(ws) = &self.ws {
@@ -189,8 +225,7 @@ impl ClientConn {
                     while self.rx.buffered().len() < n {
                         self.fill(timeout).await?;
                     }
-                    let key = mask_key(self.fd(), self.exchanges);
-                    let pong = masked_frame(0xA, &self.rx.buffered()[..n], key);
+                    let pong = masked_frame(0xA, &self.rx.buffered()[..n], mask_key());
                     self.rx.consume(n);
                     let stream = self.rx.stream.clone();
                     stream
@@ -250,6 +285,23 @@ mod tests {
                 .collect();
             assert_eq!(unmasked, payload);
         }
+    }
+
+    #[test]
+    fn each_send_gets_a_fresh_mask_over_the_same_payload() {
+        let payload: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        let mut frame = masked_frame(0x2, &payload, mask_key());
+        let first = frame.clone();
+        remask(&mut frame, &payload);
+        assert_ne!(first, frame, "a new key");
+        let key = [frame[4], frame[5], frame[6], frame[7]];
+        let unmasked: Vec<u8> = frame[8..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        assert_eq!(unmasked, payload);
+        assert_ne!(handshake_key(), handshake_key());
     }
 
     #[test]

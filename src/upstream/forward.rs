@@ -389,7 +389,6 @@ pub async fn proxy(conn: &mut Conn, head: RequestHead, route_idx: usize) -> Flow
     let Some(provider) = shard.providers.list.get(pidx) else {
         return Flow::Close;
     };
-    provider_stats(&shard, pidx, |s| s.counters.requests += 1);
     let req = ClientSide {
         is_head: head.is_head(conn.head_bytes()),
         http10: head.version == Version::Http10,
@@ -397,14 +396,22 @@ pub async fn proxy(conn: &mut Conn, head: RequestHead, route_idx: usize) -> Flow
         expects_continue: head.expect_continue,
         upgrade: head.upgrade,
     };
-    let up_head = request_head(
+    let up_head = match request_head(
         conn.head_bytes(),
         &head,
         &conn.headers,
         route,
         provider,
         conn.peer_ip,
-    );
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            conn.shard.stats.borrow_mut().counters.parse_errors += 1;
+            conn.queue_error(&e, None);
+            return Flow::Close;
+        }
+    };
+    provider_stats(&shard, pidx, |s| s.counters.requests += 1);
     conn.consume_head(&head);
     let mut headers = std::mem::take(&mut conn.headers);
     let job = Job {

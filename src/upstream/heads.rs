@@ -6,8 +6,9 @@
 //! without `Date` gets one (RFC 9110 §7.6, §6.6.1; RFC 9112 §6).
 
 use super::pool::Provider;
-use crate::http::request::{HeaderRange, RequestHead, Version};
+use crate::http::request::{check_dot_segments, HeaderRange, RequestHead, Version};
 use crate::http::response::ResponseHead;
+use crate::http::HttpError;
 use crate::http::{list_elements, Framing};
 use crate::route::Route;
 
@@ -42,7 +43,8 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Builds the request head sent to the provider.
+/// Builds the request head sent to the provider; a 400 when the route's prefix rewrite
+/// would send a dot-segment the client's path did not have.
 pub(super) fn request_head(
     buf: &[u8],
     head: &RequestHead,
@@ -50,7 +52,7 @@ pub(super) fn request_head(
     route: &Route,
     provider: &Provider,
     peer: Option<std::net::IpAddr>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, HttpError> {
     let mut out = Vec::with_capacity(head.head_len + 128);
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
@@ -58,11 +60,15 @@ pub(super) fn request_head(
     match &route.replace_prefix {
         Some(rep) => {
             let rest = path.get(route.prefix.len()..).unwrap_or(b"");
+            let start = out.len();
             if !rep.starts_with(b"/") && !rest.starts_with(b"/") {
                 out.push(b'/');
             }
             out.extend_from_slice(rep);
             out.extend_from_slice(rest);
+            // The client's path had no dot-segment, but the rewrite may join one
+            // (prefix `/stt`, rewrite `/v1/stt/`, path `/stt../admin`).
+            check_dot_segments(&out[start..])?;
         }
         None if path.is_empty() => out.push(b'/'),
         None => out.extend_from_slice(path),
@@ -140,7 +146,7 @@ pub(super) fn request_head(
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
-    out
+    Ok(out)
 }
 
 /// How the response body goes to the client.
