@@ -16,6 +16,8 @@
 #include <unistd.h>
 #define MAXFD 65536
 static int peer[MAXFD];
+static char closed_now[MAXFD];  // closed during this epoll batch: its other events are stale
+static int closed_list[2 * 512], nclosed;
 static char buf[65536];
 int main(int argc, char **argv) {
   if (argc < 3) { fprintf(stderr, "usage: %s LISTEN_PORT UPSTREAM_PORT\n", argv[0]); return 2; }
@@ -31,8 +33,10 @@ int main(int argc, char **argv) {
   epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
   for (;;) {
     int n = epoll_wait(ep, evs, 512, -1);
+    while (nclosed > 0) closed_now[closed_list[--nclosed]] = 0;
     for (int i = 0; i < n; i++) {
       int fd = evs[i].data.fd;
+      if (closed_now[fd]) continue;
       if (fd == ls) {
         int c;
         while ((c = accept4(ls, 0, 0, SOCK_NONBLOCK)) >= 0) {
@@ -52,6 +56,8 @@ int main(int argc, char **argv) {
       ssize_t r = recv(fd, buf, sizeof buf, 0);
       if (r <= 0) {
         if (r < 0 && errno == EAGAIN) continue;
+        closed_now[peer[fd]] = closed_now[fd] = 1;
+        closed_list[nclosed++] = fd; closed_list[nclosed++] = peer[fd];
         close(peer[fd]); close(fd); continue;
       }
       ssize_t off = 0;

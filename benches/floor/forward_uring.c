@@ -19,9 +19,12 @@ enum { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3 };
 static int peer[MAXFD];
 static char *bufs[MAXFD];
 static int sendoff[MAXFD], sendlen[MAXFD];
+// Bumped when an fd is closed: a completion carrying an older generation belongs to a
+// connection that is gone (its fd number may already serve a new one) and is ignored.
+static unsigned gen[MAXFD];
 static struct io_uring ring;
 static int use_fixed;
-#define UD(op, fd) (((unsigned long long)(op) << 32) | (unsigned)(fd))
+#define UD(op, fd) (((unsigned long long)gen[fd] << 40) | ((unsigned long long)(op) << 32) | (unsigned)(fd))
 static struct io_uring_sqe *sqe_get(void) {
   struct io_uring_sqe *s = io_uring_get_sqe(&ring);
   if (!s) { io_uring_submit(&ring); s = io_uring_get_sqe(&ring); }
@@ -40,6 +43,19 @@ static void q_send(int from) {
   if (use_fixed) s->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data64(s, UD(OP_SEND, from));
 }
+// Ends both sides of a pair: shutdown first, so the peer's pending recv completes (and is
+// then ignored as stale) and both ends see a FIN even while the ring still holds the files.
+static void close_pair(int fd) {
+  int p = peer[fd];
+  int fds[2] = {fd, p};
+  for (int i = 0; i < 2; i++) {
+    shutdown(fds[i], SHUT_RDWR);
+    if (use_fixed) { int none = -1; io_uring_register_files_update(&ring, fds[i], &none, 1); }
+    gen[fds[i]] = (gen[fds[i]] + 1) & 0xffffff;
+    close(fds[i]);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) { fprintf(stderr, "usage: %s LISTEN_PORT UPSTREAM_PORT [FIXED 0|1]\n", argv[0]); return 2; }
   int lport = atoi(argv[1]), uport = atoi(argv[2]);
@@ -63,7 +79,8 @@ int main(int argc, char **argv) {
     struct io_uring_cqe *cqe; unsigned head, n = 0;
     io_uring_for_each_cqe(&ring, head, cqe) {
       n++;
-      int op = cqe->user_data >> 32, fd = (int)(cqe->user_data & 0xffffffff), res = cqe->res;
+      int op = (cqe->user_data >> 32) & 0xff, fd = (int)(cqe->user_data & 0xffffffff), res = cqe->res;
+      if (op != OP_ACCEPT && (unsigned)(cqe->user_data >> 40) != (gen[fd] & 0xffffff)) continue;
       if (op == OP_ACCEPT) {
         if (!(cqe->flags & IORING_CQE_F_MORE)) {  // the multishot accept ended: re-arm it
           struct io_uring_sqe *a = sqe_get();
@@ -87,10 +104,10 @@ int main(int argc, char **argv) {
         }
         q_recv(c); q_recv(su);
       } else if (op == OP_RECV) {
-        if (res <= 0) { close(peer[fd]); close(fd); continue; }
+        if (res <= 0) { close_pair(fd); continue; }
         sendoff[fd] = 0; sendlen[fd] = res; q_send(fd);
       } else {
-        if (res < 0) continue;
+        if (res < 0) { close_pair(fd); continue; }
         sendoff[fd] += res;
         if (sendoff[fd] < sendlen[fd]) q_send(fd); else q_recv(fd);
       }
