@@ -167,6 +167,15 @@ impl Persist {
             (false, false) => Persist::KeepAlive,
         }
     }
+
+    /// The header line that says it (with its CRLF), empty for an HTTP/1.1 keep-alive.
+    pub fn field(self) -> &'static [u8] {
+        match self {
+            Persist::Close => b"Connection: close\r\n",
+            Persist::KeepAlive10 => b"Connection: keep-alive\r\n",
+            Persist::KeepAlive => b"",
+        }
+    }
 }
 
 impl Reply<'_> {
@@ -187,12 +196,9 @@ impl Reply<'_> {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(line.as_bytes());
         }
-        match persist {
-            Persist::Close => out.extend_from_slice(b"\r\nConnection: close"),
-            Persist::KeepAlive10 => out.extend_from_slice(b"\r\nConnection: keep-alive"),
-            Persist::KeepAlive => {}
-        }
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(persist.field());
+        out.extend_from_slice(b"\r\n");
         if !head_only {
             out.extend_from_slice(self.body);
         }

@@ -6,6 +6,7 @@
 //! without `Date` gets one (RFC 9110 §7.6, §6.6.1; RFC 9112 §6).
 
 use super::pool::Provider;
+use crate::http::reply::Persist;
 use crate::http::request::{check_dot_segments, HeaderRange, RequestHead, Version};
 use crate::http::response::ResponseHead;
 use crate::http::HttpError;
@@ -242,9 +243,7 @@ pub(super) fn response_head(
     match (upgrade_offered, close) {
         (true, true) => out.extend_from_slice(b"Connection: Upgrade, close\r\n"),
         (true, false) => out.extend_from_slice(b"Connection: Upgrade\r\n"),
-        (false, true) => out.extend_from_slice(b"Connection: close\r\n"),
-        (false, false) if client_http10 => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        (false, false) => {}
+        (false, _) => out.extend_from_slice(Persist::of(close, client_http10).field()),
     }
     out.extend_from_slice(b"\r\n");
 }
