@@ -122,8 +122,8 @@ fn masked_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out.resize(out.len() + 4 + payload.len(), 0);
+    mask(&mut out, payload, key);
     out
 }
 
@@ -132,14 +132,19 @@ fn mask_key() -> [u8; 4] {
     (random_u64() as u32).to_be_bytes()
 }
 
-/// Re-masks `frame` (built by [`masked_frame`] from `payload`) with a fresh key.
-fn remask(frame: &mut [u8], payload: &[u8]) {
-    let key = mask_key();
+/// Writes `key` and `payload` masked with it into the tail of `frame`, which a
+/// [`masked_frame`] of this payload's length ends with.
+fn mask(frame: &mut [u8], payload: &[u8], key: [u8; 4]) {
     let at = frame.len() - payload.len() - 4;
     frame[at..at + 4].copy_from_slice(&key);
     for (i, (out, b)) in frame[at + 4..].iter_mut().zip(payload).enumerate() {
         *out = b ^ key[i % 4];
     }
+}
+
+/// Re-masks `frame` (built by [`masked_frame`] from `payload`) with a fresh key.
+fn remask(frame: &mut [u8], payload: &[u8]) {
+    mask(frame, payload, mask_key());
 }
 
 impl ClientConn {
