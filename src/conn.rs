@@ -102,14 +102,13 @@ impl Conn {
                 }
             };
             let inflight = InFlight::new(&self.shard);
-            let start = Instant::now();
-            self.started_at = start;
+            self.started_at = Instant::now();
             let flow = self.dispatch(head).await;
             {
                 let mut st = self.shard.stats.borrow_mut();
                 st.counters.requests += 1;
                 let end = self.answered_at.take().unwrap_or_else(Instant::now);
-                st.latency(end.saturating_duration_since(start).as_micros() as u64);
+                st.latency(end.saturating_duration_since(self.started_at).as_micros() as u64);
             }
             self.sync_bytes();
             drop(inflight);

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// Time limits of one exchange with a provider.
 #[derive(Clone, Copy)]
 pub(super) struct Limits {
+    /// When the exchange started (the request's head was complete): the start of the
+    /// budget and of the time-to-first-byte and total-time stats.
+    pub(super) started: Instant,
     /// Longest pause between reads (and for writes) on the provider connection.
     pub(super) idle: Duration,
     /// Time to the first response byte.
@@ -36,13 +39,15 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    /// The provider's limits for an exchange that started at `started`.
-    pub(super) fn of(cfg: &ProviderConfig, started: Instant, client_body: Duration) -> Limits {
+    /// The provider's limits for the exchange of `conn`'s current request.
+    pub(super) fn of(cfg: &ProviderConfig, conn: &Conn) -> Limits {
+        let started = conn.started_at;
         Limits {
+            started,
             idle: Duration::from_millis(cfg.idle_read_timeout_ms),
             ttfb: Duration::from_millis(cfg.response_head_timeout_ms),
             deadline: started + Duration::from_millis(cfg.total_timeout_ms),
-            client_body,
+            client_body: conn.shard.http.body_read_timeout,
         }
     }
 }
@@ -126,6 +131,8 @@ async fn read_response_head(
                     if relay && client.flush().await.is_err() {
                         return Err(Download::MidBody(None));
                     }
+                    // The flush took time: the next wait reads the clock afresh.
+                    first_wait = None;
                     continue;
                 }
                 Ok(ParsedResponse::Complete(h)) => return Ok(h),
@@ -187,7 +194,6 @@ pub(super) async fn download(
     headers: &mut Vec<HeaderRange>,
     req: ClientSide,
     t: Limits,
-    started: Instant,
     upload_done: &Cell<bool>,
     head_sent: &Cell<bool>,
 ) -> Download {
@@ -207,7 +213,7 @@ pub(super) async fn download(
         return Download::BeforeHead(UpstreamError::BadResponse, true);
     }
     let chunked_inside = codings.iter().any(|c| c.eq_ignore_ascii_case(b"chunked"));
-    let ttfb_us = started.elapsed().as_micros() as u64;
+    let ttfb_us = t.started.elapsed().as_micros() as u64;
     provider_stats(shard, pidx, |s| {
         record(&mut s.ttfb_us, ttfb_us);
         s.counters.ttfb_sum_us += ttfb_us;
@@ -452,8 +458,7 @@ async fn exchange(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>)
     } = job;
     let shard = conn.shard.clone();
     let cfg = &provider.cfg;
-    let started = conn.started_at;
-    let t = Limits::of(cfg, started, shard.http.body_read_timeout);
+    let t = Limits::of(cfg, conn);
     let mut body = BodyState::new(head.framing);
     let mut sent_continue = false;
     let mut retried = false;
@@ -511,7 +516,6 @@ async fn exchange(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>)
                     headers,
                     req,
                     t,
-                    started,
                     &Cell::new(true),
                     &head_sent,
                 )
@@ -548,7 +552,6 @@ async fn exchange(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>)
                         headers,
                         req,
                         t,
-                        started,
                         &upload_done,
                         &head_sent,
                     )
@@ -590,7 +593,7 @@ async fn exchange(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>)
             provider_stats(&shard, pidx, |s| s.counters.retries += 1);
             continue;
         };
-        let total_us = started.elapsed().as_micros() as u64;
+        let total_us = t.started.elapsed().as_micros() as u64;
         return match result {
             Download::Done { reuse, close } => {
                 provider_stats(&shard, pidx, |s| {

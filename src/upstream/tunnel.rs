@@ -37,8 +37,7 @@ pub(super) async fn upgrade(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<Hea
     } = job;
     let shard = conn.shard.clone();
     let cfg = &provider.cfg;
-    let started = conn.started_at;
-    let t = Limits::of(cfg, started, shard.http.body_read_timeout);
+    let t = Limits::of(cfg, conn);
     let mut no_body = BodyState::Done;
     let Some(ep) = provider.pick() else {
         return fail(
@@ -69,7 +68,6 @@ pub(super) async fn upgrade(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<Hea
         headers,
         req,
         t,
-        started,
         &Cell::new(true),
         &Cell::new(false),
     )
