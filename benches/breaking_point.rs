@@ -4,6 +4,7 @@
 //! error threshold — so it ends in a few minutes; the seed's own search is
 //! `-- --start 1000 --step 500 --iteration 30s --cooldown 10s`.
 //! Options as for the scale bench (benches/common/mod.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness, like a test
 
 mod common;
 

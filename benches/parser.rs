@@ -1,9 +1,10 @@
 //! Microbenchmarks of the HTTP/1.1 parsing on the request path (criterion):
 //! `cargo bench --bench parser`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness, like a test
 
-use coregate::http::chunked::ChunkedDecoder;
-use coregate::http::request::{parse_head, Limits};
-use coregate::http::response::parse_response;
+use coregate_http1::chunked::ChunkedDecoder;
+use coregate_http1::request::{parse_head, Limits};
+use coregate_http1::response::parse_response;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 const SMALL: &[u8] = b"GET /v1/mock/api/small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";

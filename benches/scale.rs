@@ -7,6 +7,7 @@
 //! On a bigger host, give the generator and the target more cores (`--load-cores 0-7
 //! --server-cores 8-15`) and raise the stages; add `--source 127.0.0.2-127.0.0.60` past
 //! ~28K connections per destination.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness, like a test
 
 mod common;
 

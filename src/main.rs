@@ -1,7 +1,7 @@
 //! The `coregate` command line: `serve`, `check`, `doctor`, `load`, `mock-provider`.
 
 use clap::{Parser, Subcommand};
-use coregate::config::Config;
+use coregate_gateway::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,7 +47,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Generate load: closed or open loop, scale and breaking-point profiles (docs/load.md).
-    Load(Box<coregate::load::LoadArgs>),
+    Load(Box<coregate_load::LoadArgs>),
     /// Run the mock voice-AI provider (see docs/mock-provider.md).
     MockProvider {
         #[arg(long, default_value = "127.0.0.1:9902")]
@@ -83,19 +83,20 @@ fn serve(
         cfg.admin.listen = a;
     }
     if let Some(u) = upstream {
-        cfg.providers.push(coregate::upstream::ProviderConfig {
-            name: "upstream".into(),
-            endpoints: vec![u],
-            ..Default::default()
-        });
-        cfg.routes.push(coregate::route::RouteConfig {
+        cfg.providers
+            .push(coregate_gateway::upstream::ProviderConfig {
+                name: "upstream".into(),
+                endpoints: vec![u],
+                ..Default::default()
+            });
+        cfg.routes.push(coregate_gateway::route::RouteConfig {
             prefix: "/".into(),
             provider: "upstream".into(),
             ..Default::default()
         });
     }
     cfg.validate("<command line>").map_err(|e| e.to_string())?;
-    coregate::server::serve(cfg)
+    coregate_gateway::server::serve(cfg)
 }
 
 fn main() -> ExitCode {
@@ -113,24 +114,25 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::Doctor { config } => {
             return match load(config.as_ref()) {
-                Ok(cfg) => ExitCode::from(coregate::doctor::report(&cfg) as u8),
+                Ok(cfg) => ExitCode::from(coregate_gateway::doctor::report(&cfg) as u8),
                 Err(e) => {
                     eprintln!("coregate: {e}");
                     ExitCode::from(2)
                 }
             }
         }
-        Command::Load(args) => coregate::load::run(*args),
-        Command::MockProvider { listen, cores } => {
-            coregate::cores::parse_core_list(&cores, &coregate::cores::online_cores())
-                .map_err(|e| format!("--cores: {e}"))
-                .and_then(|c| coregate::mock::run(&listen, &c))
-        }
+        Command::Load(args) => coregate_load::run(*args),
+        Command::MockProvider { listen, cores } => coregate_runtime::cores::parse_core_list(
+            &cores,
+            &coregate_runtime::cores::online_cores(),
+        )
+        .map_err(|e| format!("--cores: {e}"))
+        .and_then(|c| coregate_mock::run(&listen, &c)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            coregate::log::error(&e);
+            coregate_runtime::log::error(&e);
             ExitCode::FAILURE
         }
     }

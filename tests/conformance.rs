@@ -3,6 +3,7 @@
 //! responses, malformed or unasked-for provider bytes...) through two real gateways: one in
 //! front of the mock provider (request side), one in front of the probe's own scripted
 //! provider (response side).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 use common::*;

@@ -1,4 +1,5 @@
 //! `coregate doctor` against limits set in a child process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 use common::BIN;

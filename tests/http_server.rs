@@ -1,6 +1,7 @@
 //! The HTTP/1.1 server side of the gateway, over real loopback sockets against the real
 //! binary: keep-alive, pipelining, bodies, limits, framing ambiguity, timeouts, shards,
 //! stats, metrics, drain, config errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 use common::*;

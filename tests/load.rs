@@ -1,6 +1,7 @@
 //! `coregate load` against real processes: the mock provider and the gateway, on loopback.
 //! Runs are short (1–2 s windows); what is checked is counting and classification, never
 //! speed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! The proxy path against real processes: the gateway, the mock provider (embedded or as
 //! its own process), raw TCP upstreams made in the test, and curl / Python as clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 use common::*;

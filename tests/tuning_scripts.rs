@@ -1,5 +1,6 @@
 //! Runs the tuning/ script tests (apply/revert/show/experiment) inside a new network
 //! namespace. They need root and `unshare`; elsewhere this test says why it skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::process::Command;
 

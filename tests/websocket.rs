@@ -1,6 +1,7 @@
 //! Upgraded connections through the gateway: a real WebSocket client (Python's `websockets`)
 //! against the mock provider's `/ws`, the tunnel gauge in /stats, an upgrade the provider
 //! declines, and the tunnel idle timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 use common::*;

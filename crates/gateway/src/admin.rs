@@ -1,0 +1,119 @@
+//! The admin listener: `/stats`, `/metrics` and `/health` on a separate address.
+//!
+//! It runs on its own plain thread with blocking sockets, off every shard core's
+//! executor, and asks the aggregator for rendered documents over a channel. One request per
+//! connection; scrapes are rare, so simplicity wins over throughput here.
+
+use crate::stats::aggregate::Query;
+use crossbeam_channel::Sender;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+/// Binds the admin address (so bind errors surface before serving starts).
+pub fn bind(addr: &str) -> Result<TcpListener, String> {
+    let a = crate::config::parse_addr(addr)?;
+    TcpListener::bind(a).map_err(|e| format!("cannot listen on admin address {addr}: {e}"))
+}
+
+/// Serves admin requests forever on the current thread.
+pub fn serve(listener: TcpListener, queries: Sender<Query>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => handle(s, &queries),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn handle(mut s: TcpStream, queries: &Sender<Query>) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let path = loop {
+        match s.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = req.method.unwrap_or("");
+                let path = req
+                    .path
+                    .unwrap_or("")
+                    .split('?')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if method != "GET" && method != "HEAD" {
+                    respond(&mut s, 405, "application/json", "{\"error\":\"use GET\"}");
+                    return;
+                }
+                break path;
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            _ => {
+                respond(
+                    &mut s,
+                    400,
+                    "application/json",
+                    "{\"error\":\"bad request\"}",
+                );
+                return;
+            }
+        }
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (query, ctype) = match path.as_str() {
+        "/stats" => (Query::Stats(tx), "application/json"),
+        "/metrics" => (Query::Metrics(tx), "text/plain; version=0.0.4"),
+        "/health" | "/" => {
+            respond(&mut s, 200, "application/json", "{\"status\":\"ok\"}");
+            return;
+        }
+        _ => {
+            respond(&mut s, 404, "application/json", "{\"error\":\"not found\"}");
+            return;
+        }
+    };
+    if queries.send(query).is_err() {
+        respond(
+            &mut s,
+            503,
+            "application/json",
+            "{\"error\":\"aggregator stopped\"}",
+        );
+        return;
+    }
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(body) => respond(&mut s, 200, ctype, &body),
+        Err(_) => respond(
+            &mut s,
+            503,
+            "application/json",
+            "{\"error\":\"aggregator busy\"}",
+        ),
+    }
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        coregate_http1::reply::reason(status),
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body.as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    // Drain what the client may still send so it reads our answer, not a reset.
+    let mut sink = [0u8; 1024];
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    while let Ok(n) = s.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+}

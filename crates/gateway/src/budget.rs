@@ -1,0 +1,51 @@
+//! How many client connections each shard may hold: what the fd limit leaves after a
+//! reserve and the provider pools. `serve` applies it; `doctor` and the checks report it.
+
+use crate::config::Config;
+
+/// File descriptors kept back from the connection caps: executors' rings and eventfds,
+/// listeners, the admin socket, logs.
+const FD_RESERVE_BASE: u64 = 64;
+const FD_RESERVE_PER_SHARD: u64 = 16;
+
+/// Provider connections one shard may open (all endpoints at their caps).
+pub fn upstream_fds_per_shard(config: &Config) -> u64 {
+    config
+        .providers
+        .iter()
+        .map(|p| (p.endpoints.len() * p.pool_max_total) as u64)
+        .sum()
+}
+
+/// Client connections per shard that `nofile` descriptors leave after the reserve and the
+/// provider pools, split evenly over the shards.
+pub fn per_shard_fit(config: &Config, shards: usize, nofile: u64) -> u64 {
+    let shards = shards.max(1) as u64;
+    let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_SHARD * shards;
+    (nofile.saturating_sub(reserve) / shards).saturating_sub(upstream_fds_per_shard(config))
+}
+
+/// The per-shard client connection cap: the configured value, or [`per_shard_fit`].
+pub fn connection_cap(config: &Config, shards: usize, nofile: u64) -> Result<usize, String> {
+    let upstream = upstream_fds_per_shard(config);
+    let fit = per_shard_fit(config, shards, nofile);
+    if config.server.max_connections_per_shard > 0 {
+        let want = u64::from(config.server.max_connections_per_shard);
+        if want > fit {
+            coregate_runtime::log::warn(&format!(
+                "server.max_connections_per_shard = {want} needs more file descriptors than \
+                 RLIMIT_NOFILE = {nofile} allows ({fit} per shard after {upstream} provider \
+                 connections); the fd limit, not coregate, will refuse connections past that"
+            ));
+        }
+        return Ok(want as usize);
+    }
+    if fit < 16 {
+        return Err(format!(
+            "RLIMIT_NOFILE = {nofile} leaves {fit} client connections per shard after the \
+             provider pools ({upstream} per shard); raise `ulimit -n` or lower \
+             providers[].pool_max_total"
+        ));
+    }
+    Ok(fit as usize)
+}

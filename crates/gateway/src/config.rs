@@ -1,0 +1,278 @@
+//! Configuration: the TOML model, its defaults, and validation.
+//!
+//! Every option has a default, so an empty file (or no file) is a valid config. Errors name
+//! the file and the dotted key (`coregate.toml: server.backlog: ...`). The config is loaded
+//! once, before any shard starts; each shard then gets its own copy (nothing is shared).
+
+pub use coregate_runtime::listener::parse_addr;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// A config error that names where it came from: the file (or `<flags>`) and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.source, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub stats: StatsConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<crate::upstream::ProviderConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::route::RouteConfig>,
+    pub mock: MockConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Data-plane address; every shard binds it with SO_REUSEPORT.
+    pub listen: String,
+    /// Cores to run one shard on each: `all` or a list such as `0-3,6`.
+    pub cores: String,
+    /// listen(2) backlog per shard (the kernel caps it at net.core.somaxconn).
+    pub backlog: u32,
+    /// Open client connections per shard; 0 derives it from RLIMIT_NOFILE and the shard count.
+    pub max_connections_per_shard: u32,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            cores: "all".into(),
+            backlog: 4096,
+            max_connections_per_shard: 0,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request head (request line + headers); larger gets 431 (or 414) and a close.
+    pub max_head_bytes: usize,
+    /// Most header fields in a request head; more gets 431 and a close.
+    pub max_headers: usize,
+    /// Time allowed to receive a whole request head once its first byte arrived.
+    pub head_timeout_ms: u64,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout_ms: u64,
+    /// Longest pause allowed between two reads of a request body.
+    pub body_read_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            head_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`/stats`, `/metrics`); empty disables it.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// How often each shard ships a snapshot to the aggregator.
+    pub interval_ms: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { interval_ms: 1000 }
+    }
+}
+
+/// The built-in mock provider that `serve` starts in-process when no provider is configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    /// Start the in-process mock provider and route `/v1/mock/` to it. `auto` (the default)
+    /// does so only when the config defines no providers.
+    pub embedded: EmbeddedMock,
+    /// Where the embedded mock provider listens.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddedMock {
+    Auto,
+    On,
+    Off,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            embedded: EmbeddedMock::Auto,
+            listen: "127.0.0.1:9902".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &source)
+    }
+
+    /// Parses and validates TOML text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                source: source.to_string(),
+                key: if key == "." { String::new() } else { key },
+                message: inner.message().trim().to_string(),
+            }
+        })?;
+        cfg.validate(source)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that the types alone cannot: ranges, addresses, cross-references.
+    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            source: source.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        parse_addr(&self.server.listen).map_err(|m| err("server.listen", m))?;
+        if !self.admin.listen.is_empty() {
+            parse_addr(&self.admin.listen).map_err(|m| err("admin.listen", m))?;
+        }
+        coregate_runtime::cores::parse_core_list(
+            &self.server.cores,
+            &coregate_runtime::cores::online_cores(),
+        )
+        .map_err(|m| err("server.cores", m))?;
+        check_range("server.backlog", self.server.backlog as u64, 1, 1 << 20)
+            .map_err(|(k, m)| err(k, m))?;
+        check_range(
+            "http.max_head_bytes",
+            self.http.max_head_bytes as u64,
+            256,
+            1 << 20,
+        )
+        .map_err(|(k, m)| err(k, m))?;
+        check_range("http.max_headers", self.http.max_headers as u64, 1, 1024)
+            .map_err(|(k, m)| err(k, m))?;
+        for (key, v) in [
+            ("server.drain_timeout_ms", self.server.drain_timeout_ms),
+            ("http.head_timeout_ms", self.http.head_timeout_ms),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            ("stats.interval_ms", self.stats.interval_ms),
+        ] {
+            check_range(key, v, 1, 24 * 3600 * 1000).map_err(|(k, m)| err(k, m))?;
+        }
+        if self.mock.embedded != EmbeddedMock::Off {
+            parse_addr(&self.mock.listen).map_err(|m| err("mock.listen", m))?;
+        }
+        crate::upstream::validate_providers(&self.providers).map_err(|(k, m)| err(&k, m))?;
+        crate::route::validate_routes(&self.routes, &self.providers)
+            .map_err(|(k, m)| err(&k, m))?;
+        Ok(())
+    }
+
+    /// Whether `serve` should start the in-process mock provider.
+    pub fn wants_embedded_mock(&self) -> bool {
+        match self.mock.embedded {
+            EmbeddedMock::On => true,
+            EmbeddedMock::Off => false,
+            EmbeddedMock::Auto => self.providers.is_empty(),
+        }
+    }
+
+    /// The effective config as TOML (what `coregate check` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn check_range(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), (&str, String)> {
+    if v < lo || v > hi {
+        return Err((key, format!("{v} is out of range (allowed {lo}..={hi})")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_valid_and_defaulted() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.server.backlog, 4096);
+        assert_eq!(c.http.max_head_bytes, 16384);
+        assert_eq!(c.http.max_headers, 64);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = Config::parse("[server]\nbacklog = \"many\"\n", "gw.toml").unwrap_err();
+        assert_eq!(e.key, "server.backlog");
+        assert!(e.to_string().starts_with("gw.toml: server.backlog:"), "{e}");
+
+        let e = Config::parse("[server]\nlisten = \"nope\"\n", "gw.toml").unwrap_err();
+        assert_eq!(e.key, "server.listen");
+
+        let e = Config::parse("[http]\nmax_headers = 0\n", "gw.toml").unwrap_err();
+        assert_eq!(e.key, "http.max_headers");
+
+        let e = Config::parse("[server]\nbogus = 1\n", "gw.toml").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,34 @@
+//! # coregate-gateway
+//!
+//! The gateway: a thread-per-core, shared-nothing HTTP/1.1 and WebSocket proxy for voice-AI
+//! provider APIs, on the shard runtime of `coregate-runtime`.
+//!
+//! One glommio (io_uring) executor runs per CPU core, pinned to it. Each of these *shards*
+//! owns its own SO_REUSEPORT listener, parser state, route table, provider connection pools
+//! and statistics; nothing on the request path is shared between cores. The only
+//! cross-core traffic is a stats snapshot each shard ships once per interval to the
+//! aggregator thread, which serves `/stats` and `/metrics` on the admin listener.
+//!
+//! A request's path through the modules:
+//!
+//! `accept` → `session` (the client side: heads parsed by `coregate_http1::request`,
+//! buffered by `coregate_runtime::wire`) → `route` → `upstream::exchange` (the provider
+//! side: `upstream::pool`, `upstream::forward`, or `upstream::tunnel` for an upgrade) or a
+//! local answer → the response back through the session. `upstream::error` names every way
+//! a provider exchange fails.
+//!
+//! `shard` ties one core's pieces together; `server` starts and drains the shards;
+//! `budget` sizes connection caps from the fd limit; `stats` counts; `admin` serves the
+//! aggregated stats; `doctor` checks a host before it serves. See docs/architecture.md.
+
+pub mod accept;
+pub mod admin;
+pub mod budget;
+pub mod config;
+pub mod doctor;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod shard;
+pub mod stats;
+pub mod upstream;

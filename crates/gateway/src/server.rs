@@ -1,0 +1,186 @@
+//! Process orchestration for `coregate serve`: raise limits, start the aggregator, the admin
+//! listener, the embedded mock provider and one shard per core; drain on SIGTERM/SIGINT.
+//!
+//! This is the only code that sees every shard, and it only starts, signals and joins them.
+
+use crate::config::Config;
+use crate::route::RouteConfig;
+use crate::shard::{Control, ShardExit, ShardSpec};
+use crate::stats::aggregate::Aggregator;
+use crate::upstream::ProviderConfig;
+use coregate_runtime::host::raise_nofile_limit;
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Runs the gateway until a signal drains it. Returns an error message for start-up
+/// failures (bad core list, port in use, executor failure).
+pub fn serve(mut config: Config) -> Result<(), String> {
+    let nofile = raise_nofile_limit();
+    let cores = coregate_runtime::cores::parse_core_list(
+        &config.server.cores,
+        &coregate_runtime::cores::online_cores(),
+    )
+    .map_err(|e| format!("server.cores: {e}"))?;
+    if config.wants_embedded_mock() {
+        embed_mock(&mut config)?;
+    }
+    let max_connections = crate::budget::connection_cap(&config, cores.len(), nofile)?;
+    for w in crate::doctor::startup_warnings(&config) {
+        coregate_runtime::log::warn(&w);
+    }
+
+    let provider_names = config.providers.iter().map(|p| p.name.clone()).collect();
+    let (snap_tx, snap_rx) = bounded(1024 * cores.len());
+    let (query_tx, query_rx) = unbounded();
+    std::thread::Builder::new()
+        .name("coregate-stats".into())
+        .spawn(move || Aggregator::new(provider_names).run(snap_rx, query_rx))
+        .map_err(|e| format!("cannot start the stats thread: {e}"))?;
+    if !config.admin.listen.is_empty() {
+        let listener = crate::admin::bind(&config.admin.listen)?;
+        std::thread::Builder::new()
+            .name("coregate-admin".into())
+            .spawn(move || crate::admin::serve(listener, query_tx))
+            .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+    }
+
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let (ready_tx, ready_rx) = unbounded();
+    let (exit_tx, exit_rx) = unbounded();
+    let mut controls: Vec<Sender<Control>> = Vec::new();
+    let mut threads = Vec::new();
+    for (id, &core) in cores.iter().enumerate() {
+        let (ctl_tx, ctl_rx) = bounded(4);
+        controls.push(ctl_tx);
+        let spec = ShardSpec {
+            id,
+            core,
+            config: config.clone(),
+            max_connections,
+            snapshots: snap_tx.clone(),
+            control: ctl_rx,
+            ready: ready_tx.clone(),
+            exited: exit_tx.clone(),
+        };
+        threads
+            .push(crate::shard::spawn(spec).map_err(|e| format!("cannot start shard {id}: {e}"))?);
+    }
+    drop(snap_tx);
+    drop(ready_tx);
+    drop(exit_tx);
+    for _ in 0..cores.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop_all(&controls);
+                return Err(e);
+            }
+            Err(_) => {
+                stop_all(&controls);
+                return Err("a shard exited during start-up".into());
+            }
+        }
+    }
+    coregate_runtime::log::info(&format!(
+        "serving on {} with {} shard(s) on cores {cores:?}, up to {max_connections} \
+         connections per shard; admin on {}",
+        config.server.listen,
+        cores.len(),
+        if config.admin.listen.is_empty() {
+            "(disabled)"
+        } else {
+            &config.admin.listen
+        },
+    ));
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let drain_flag = draining.clone();
+    std::thread::Builder::new()
+        .name("coregate-signals".into())
+        .spawn(move || {
+            let mut forever = signals.forever();
+            if let Some(sig) = forever.next() {
+                coregate_runtime::log::info(&format!("signal {sig}: draining"));
+                drain_flag.store(true, Ordering::SeqCst);
+                stop_all(&controls);
+            }
+            if forever.next().is_some() {
+                coregate_runtime::log::warn("second signal: exiting without waiting for the drain");
+                // The operator asked twice: leave now, whatever the shards are doing.
+                #[allow(clippy::exit)]
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+
+    wait_for_shards(threads, &exit_rx, &draining)?;
+    coregate_runtime::log::info("drained; exiting");
+    Ok(())
+}
+
+/// Waits until every shard has ended after a drain. A shard that panics, or ends while no
+/// drain was asked for, fails the process at once: returning the error ends `main` with a
+/// non-zero status while the other shards still run, so a supervisor restarts the whole
+/// process instead of leaving it up with a core's share of connections unanswered (its
+/// SO_REUSEPORT listener would be gone, but one that merely stopped would still queue).
+fn wait_for_shards(
+    threads: Vec<std::thread::JoinHandle<()>>,
+    exits: &Receiver<ShardExit>,
+    draining: &AtomicBool,
+) -> Result<(), String> {
+    for _ in 0..threads.len() {
+        let Ok(exit) = exits.recv() else { break };
+        if exit.panicked {
+            return Err(format!(
+                "shard {} panicked; exiting so that a supervisor restarts coregate",
+                exit.id
+            ));
+        }
+        if !draining.load(Ordering::SeqCst) {
+            return Err(format!(
+                "shard {} ended without a drain; exiting so that a supervisor restarts coregate",
+                exit.id
+            ));
+        }
+    }
+    for t in threads {
+        if t.join().is_err() {
+            return Err("a shard thread panicked".into());
+        }
+    }
+    Ok(())
+}
+
+fn stop_all(controls: &[Sender<Control>]) {
+    for c in controls {
+        let _ = c.try_send(Control::Drain);
+    }
+}
+
+/// Adds the embedded mock provider to `config` (provider `mock`, route `/v1/mock/` → `/`)
+/// and starts it.
+fn embed_mock(config: &mut Config) -> Result<(), String> {
+    let listen = config.mock.listen.clone();
+    if !config.providers.iter().any(|p| p.name == "mock") {
+        config.providers.push(ProviderConfig {
+            name: "mock".into(),
+            endpoints: vec![listen.clone()],
+            ..ProviderConfig::default()
+        });
+        config.routes.push(RouteConfig {
+            prefix: "/v1/mock/".into(),
+            provider: "mock".into(),
+            rewrite: Some("/".into()),
+            ..RouteConfig::default()
+        });
+    }
+    config
+        .validate("<embedded mock>")
+        .map_err(|e| e.to_string())?;
+    coregate_mock::start_embedded(&listen)
+}

@@ -1,0 +1,338 @@
+//! One client connection: read a head, route it, answer or forward, repeat.
+//!
+//! A connection is a task on its shard's executor and owns its buffers (a [`Wire`]).
+//! Requests are served strictly in order (pipelined requests wait in the read buffer);
+//! responses to pipelined requests are batched in the write buffer and flushed when the
+//! next read would wait. Whenever framing is in doubt the connection answers, then closes.
+
+use crate::route::Target;
+use crate::shard::Shard;
+use coregate_http1::reply::{json_error, Persist, Reply};
+use coregate_http1::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm, Version};
+use coregate_http1::HttpError;
+use coregate_runtime::wire::Wire;
+pub use coregate_runtime::wire::{BodyError, BodyState};
+use glommio::net::TcpStream;
+use std::io;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// First size of a connection's read buffer; it grows up to the head limit when a head
+/// needs it, and to the body buffer size while a body streams.
+const INITIAL_BUF: usize = 4096;
+/// Largest request body the gateway reads and discards to keep a connection open after
+/// answering without it; larger bodies get the answer and a close.
+const MAX_DISCARD: u64 = 1 << 20;
+/// Flush batched pipelined responses once they reach this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Whether the connection continues after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    KeepAlive,
+    Close,
+}
+
+pub struct Conn {
+    pub shard: Rc<Shard>,
+    pub wire: Wire,
+    pub peer_ip: Option<std::net::IpAddr>,
+    /// Header index of the current request head (reused across requests).
+    pub headers: Vec<HeaderRange>,
+    /// When the current exchange was answered, if the connection then went on as something
+    /// else (a WebSocket tunnel): its latency ends there, not when the tunnel closes.
+    pub answered_at: Option<Instant>,
+    /// When the current request's head was complete: the start of its latency, and of the
+    /// provider exchange's budget (one clock reading serves both).
+    pub started_at: Instant,
+}
+
+/// Counts a request as in flight (the drain waits for these) until dropped.
+struct InFlight(Rc<Shard>);
+
+impl InFlight {
+    fn new(shard: &Rc<Shard>) -> InFlight {
+        shard.inflight.set(shard.inflight.get() + 1);
+        InFlight(shard.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.set(self.0.inflight.get().saturating_sub(1));
+    }
+}
+
+/// Serves one accepted connection to the end. `_permit` holds the connection's slot in
+/// the shard's connection cap and frees it when the connection ends.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _permit: glommio::sync::StaticPermit) {
+    {
+        let mut st = shard.stats.borrow_mut();
+        st.counters.connections_active += 1;
+        st.counters.connections_total += 1;
+    }
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shard.http.idle_timeout));
+    let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
+    let mut conn = Conn {
+        shard: shard.clone(),
+        wire: Wire::new(stream, INITIAL_BUF.min(shard.limits.max_head_bytes)),
+        peer_ip,
+        headers: Vec::with_capacity(16),
+        answered_at: None,
+        started_at: Instant::now(),
+    };
+    conn.run().await;
+    conn.sync_bytes();
+    shard.stats.borrow_mut().counters.connections_active -= 1;
+}
+
+impl Conn {
+    async fn run(&mut self) {
+        loop {
+            let head = match self.read_head().await {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(e) => {
+                    self.shard.stats.borrow_mut().counters.parse_errors += 1;
+                    self.queue_error(&e, None);
+                    self.wire.close().await;
+                    return;
+                }
+            };
+            let inflight = InFlight::new(&self.shard);
+            self.started_at = Instant::now();
+            let flow = self.dispatch(head).await;
+            {
+                let mut st = self.shard.stats.borrow_mut();
+                st.counters.requests += 1;
+                let end = self.answered_at.take().unwrap_or_else(Instant::now);
+                st.latency(end.saturating_duration_since(self.started_at).as_micros() as u64);
+            }
+            self.sync_bytes();
+            drop(inflight);
+            if flow == Flow::Close {
+                self.wire.close().await;
+                return;
+            }
+        }
+    }
+
+    /// Folds the wire's byte counts into the shard's stats.
+    fn sync_bytes(&mut self) {
+        let mut st = self.shard.stats.borrow_mut();
+        st.counters.bytes_in += std::mem::take(&mut self.wire.rx.bytes);
+        st.counters.bytes_out += std::mem::take(&mut self.wire.tx.bytes);
+    }
+
+    /// The bytes of the current request head (valid until the head is consumed).
+    pub fn head_bytes(&self) -> &[u8] {
+        self.wire.rx.buffered()
+    }
+
+    /// Marks the current head as consumed; the body (if any) follows in the buffer.
+    pub fn consume_head(&mut self, head: &RequestHead) {
+        self.wire.rx.consume(head.head_len);
+    }
+
+    async fn dispatch(&mut self, head: RequestHead) -> Flow {
+        if head.form == TargetForm::Asterisk {
+            // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7), not a route.
+            let reply = Reply {
+                status: 200,
+                content_type: "application/json",
+                body: b"{}",
+                extra: &["Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"],
+            };
+            return self.answer_locally(&head, &reply).await;
+        }
+        let buf = self.head_bytes();
+        let target = self
+            .shard
+            .routes
+            .lookup(&buf[head.host.clone()], head.path(buf));
+        let method = head.method(buf);
+        match target {
+            Target::Route(i) => crate::upstream::forward::proxy(self, head, i).await,
+            Target::Health if method == b"GET" || method == b"HEAD" => {
+                let reply = Reply {
+                    status: 200,
+                    content_type: "application/json",
+                    body: b"{\"status\":\"ok\"}",
+                    extra: &[],
+                };
+                self.answer_locally(&head, &reply).await
+            }
+            Target::Health => {
+                let body = json_error(405, "method_not_allowed", "use GET or HEAD", None);
+                let reply = Reply {
+                    status: 405,
+                    content_type: "application/json",
+                    body: &body,
+                    extra: &["Allow: GET, HEAD"],
+                };
+                self.answer_locally(&head, &reply).await
+            }
+            Target::NotFound => {
+                let path = String::from_utf8_lossy(head.path(buf)).into_owned();
+                let body = json_error(404, "not_found", &format!("no route for {path}"), None);
+                let reply = Reply {
+                    status: 404,
+                    content_type: "application/json",
+                    body: &body,
+                    extra: &[],
+                };
+                self.answer_locally(&head, &reply).await
+            }
+        }
+    }
+
+    /// Answers a request without a provider: reads and discards a small body so the
+    /// connection can be reused, then queues the reply (flushed before the next read).
+    async fn answer_locally(&mut self, head: &RequestHead, reply: &Reply<'_>) -> Flow {
+        let head_only = head.is_head(self.head_bytes());
+        self.consume_head(head);
+        let mut close = !head.keep_alive || self.shard.draining.get();
+        if head.has_body {
+            let mut body = BodyState::new(head.framing);
+            if head.expect_continue {
+                // The client waits for permission to send a body we do not want.
+                close = true;
+            } else {
+                match self.discard(&mut body).await {
+                    Ok(true) => {}
+                    Ok(false) => close = true,
+                    Err(BodyError::Http(e)) => {
+                        self.shard.stats.borrow_mut().counters.parse_errors += 1;
+                        self.queue_error(&e, None);
+                        return Flow::Close;
+                    }
+                    Err(_) => return Flow::Close,
+                }
+            }
+        }
+        // The drain may have started while the body was read.
+        let close = close || self.shard.draining.get();
+        let http10 = head.version == Version::Http10;
+        reply.write(
+            &mut self.wire.tx.buf,
+            self.shard.date.borrow().get(),
+            Persist::of(close, http10),
+            head_only,
+        );
+        self.shard.stats.borrow_mut().response(reply.status);
+        let flush_failed =
+            !close && self.wire.tx.buf.len() >= FLUSH_AT && self.flush().await.is_err();
+        if close || flush_failed {
+            Flow::Close
+        } else {
+            Flow::KeepAlive
+        }
+    }
+
+    /// Discards the rest of a request body (up to the discard limit).
+    /// `Ok(false)`: too large, the connection must close.
+    pub async fn discard(&mut self, body: &mut BodyState) -> Result<bool, BodyError> {
+        let timeout = self.shard.http.body_read_timeout;
+        let res = self.wire.rx.discard_body(body, MAX_DISCARD, timeout).await;
+        self.count_body_error(res)
+    }
+
+    /// The next run of request-body bytes (see [`coregate_runtime::wire::Rx::body_chunk`]).
+    pub async fn body_chunk(
+        &mut self,
+        body: &mut BodyState,
+    ) -> Result<Option<Range<usize>>, BodyError> {
+        let timeout = self.shard.http.body_read_timeout;
+        let res = self.wire.rx.body_chunk(body, timeout).await;
+        self.count_body_error(res)
+    }
+
+    fn count_body_error<T>(&self, res: Result<T, BodyError>) -> Result<T, BodyError> {
+        if let Err(BodyError::Timeout) = &res {
+            self.shard.stats.borrow_mut().counters.io_timeouts += 1;
+        }
+        res
+    }
+
+    /// Reads until a complete head is buffered. `Ok(None)`: the connection should end
+    /// quietly (peer closed, idle timeout, drain, or a 408 was sent).
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, HttpError> {
+        let limits = self.shard.limits;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.wire.rx.buffered().is_empty() {
+                if let Parsed::Complete(h) =
+                    parse_head(self.wire.rx.buffered(), limits, &mut self.headers)?
+                {
+                    return Ok(Some(h));
+                }
+                deadline.get_or_insert_with(|| Instant::now() + self.shard.http.head_timeout);
+            } else if self.shard.draining.get() {
+                let _ = self.flush().await;
+                return Ok(None);
+            }
+            if self.flush().await.is_err() {
+                return Ok(None);
+            }
+            let timeout = match deadline {
+                None => self.shard.http.idle_timeout,
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            self.wire
+                .rx
+                .make_room(limits.max_head_bytes.max(INITIAL_BUF));
+            match self.wire.rx.read_some(timeout).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    if deadline.is_some() {
+                        self.shard.stats.borrow_mut().counters.head_timeouts += 1;
+                        return Err(HttpError::new(
+                            408,
+                            "request_timeout",
+                            "request head not received in time",
+                        ));
+                    }
+                    self.shard.stats.borrow_mut().counters.idle_timeouts += 1;
+                    return Ok(None);
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Writes the output buffer to the client.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        let res = self.wire.tx.flush().await;
+        self.count_write_timeout(res)
+    }
+
+    fn count_write_timeout(&self, res: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &res {
+            if e.kind() == io::ErrorKind::TimedOut {
+                self.shard.stats.borrow_mut().counters.io_timeouts += 1;
+            }
+        }
+        res
+    }
+
+    /// Queues an error response that closes the connection.
+    pub fn queue_error(&mut self, e: &HttpError, provider: Option<&str>) {
+        let body = json_error(e.status, e.code, &e.message, provider);
+        Reply {
+            status: e.status,
+            content_type: "application/json",
+            body: &body,
+            extra: &[],
+        }
+        .write(
+            &mut self.wire.tx.buf,
+            self.shard.date.borrow().get(),
+            Persist::Close,
+            false,
+        );
+        self.shard.stats.borrow_mut().response(e.status);
+    }
+}

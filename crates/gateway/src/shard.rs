@@ -1,0 +1,220 @@
+//! A shard: one pinned thread, one glommio executor, and everything a request touches.
+//!
+//! The shard is the unit of ownership. It owns its listener, its route table copy, its
+//! provider pools, its stats, and its date cache; its tasks share them through `Rc` on one
+//! thread. The only things that leave the shard are stats snapshots (to the aggregator)
+//! and the only thing that enters is the control message that starts a drain.
+
+use crate::config::Config;
+use crate::route::RouteTable;
+use crate::stats::{ShardStats, Snapshot};
+use crate::upstream::pool::Providers;
+use coregate_http1::reply::DateCache;
+use coregate_http1::request::Limits;
+use coregate_runtime::event::Event;
+use coregate_runtime::executor::run_pinned;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Messages from the main thread to a shard.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
+    Drain,
+}
+
+/// Time limits for client connections, from `[http]`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+}
+
+/// State owned by one shard and shared by its tasks on its thread.
+pub struct Shard {
+    pub id: usize,
+    pub core: usize,
+    pub limits: Limits,
+    pub http: HttpTimeouts,
+    pub routes: RouteTable,
+    pub providers: Providers,
+    pub stats: RefCell<ShardStats>,
+    pub date: RefCell<DateCache>,
+    /// Set when the drain starts: connections close after their current exchange.
+    pub draining: Cell<bool>,
+    pub drain: Event,
+    /// Requests between parsed head and finished response.
+    pub inflight: Cell<usize>,
+}
+
+/// What a shard needs to start; everything here is moved into its thread.
+pub struct ShardSpec {
+    pub id: usize,
+    pub core: usize,
+    pub config: Config,
+    pub max_connections: usize,
+    pub snapshots: Sender<Snapshot>,
+    pub control: Receiver<Control>,
+    /// Reports whether the listener was bound (the main thread waits for every shard).
+    pub ready: Sender<Result<(), String>>,
+    /// Told when the shard's thread ends, normally or by a panic.
+    pub exited: Sender<ShardExit>,
+}
+
+/// A shard thread's end, as the main thread learns it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardExit {
+    pub id: usize,
+    pub panicked: bool,
+}
+
+/// Sends [`ShardExit`] when dropped: at the end of the thread, or while a panic unwinds it.
+struct ExitNotice {
+    id: usize,
+    tx: Sender<ShardExit>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.tx.send(ShardExit {
+            id: self.id,
+            panicked: std::thread::panicking(),
+        });
+    }
+}
+
+/// Starts the shard's thread; returns when the thread is spawned.
+pub fn spawn(spec: ShardSpec) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("coregate-shard-{}", spec.id))
+        .spawn(move || {
+            let _notice = ExitNotice {
+                id: spec.id,
+                tx: spec.exited.clone(),
+            };
+            run_thread(spec)
+        })
+}
+
+fn run_thread(spec: ShardSpec) {
+    let ready = spec.ready.clone();
+    let name = format!("shard-{}", spec.id);
+    let on_error = move |e: String| {
+        let _ = ready.send(Err(e));
+    };
+    run_pinned(&name, Some(spec.core), on_error, shard_main(spec));
+}
+
+fn current_tid() -> i64 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    i64::from(unsafe { libc::gettid() })
+}
+
+async fn shard_main(spec: ShardSpec) {
+    let cfg = &spec.config;
+    let listener =
+        match coregate_runtime::listener::bind_listener(&cfg.server.listen, cfg.server.backlog) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = spec.ready.send(Err(format!(
+                    "shard {}: cannot listen on {}: {e}",
+                    spec.id, cfg.server.listen
+                )));
+                return;
+            }
+        };
+    let shard = Rc::new(Shard {
+        id: spec.id,
+        core: spec.core,
+        limits: Limits {
+            max_head_bytes: cfg.http.max_head_bytes,
+            max_headers: cfg.http.max_headers,
+        },
+        http: HttpTimeouts {
+            head_timeout: Duration::from_millis(cfg.http.head_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
+            body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
+        },
+        routes: RouteTable::new(&cfg.routes, &cfg.providers),
+        providers: Providers::new(&cfg.providers, spec.max_connections),
+        stats: RefCell::new(ShardStats::new(
+            spec.id,
+            spec.core,
+            current_tid(),
+            cfg.providers.len(),
+        )),
+        date: RefCell::new(DateCache::default()),
+        draining: Cell::new(false),
+        drain: Event::default(),
+        inflight: Cell::new(0),
+    });
+    let _ = spec.ready.send(Ok(()));
+    let fault = injected_fault(spec.id);
+
+    let accept = glommio::spawn_local(crate::accept::accept_loop(
+        shard.clone(),
+        listener,
+        spec.max_connections,
+    ));
+    let pool_sweeper = glommio::spawn_local(crate::upstream::pool::sweep_idle(shard.clone()));
+
+    // Housekeeping tick: date cache, stats shipping, control messages.
+    let interval = Duration::from_millis(cfg.stats.interval_ms);
+    let tick = interval.min(Duration::from_millis(100));
+    let mut next_snapshot = Instant::now() + interval;
+    loop {
+        glommio::timer::sleep(tick).await;
+        if fault {
+            inject_panic(spec.id);
+        }
+        shard.date.borrow_mut().refresh();
+        if Instant::now() >= next_snapshot {
+            next_snapshot += interval;
+            ship(&shard, &spec.snapshots);
+        }
+        match spec.control.try_recv() {
+            Ok(Control::Drain) | Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {}
+        }
+    }
+
+    // Drain: stop accepting (the accept loop drops the listener), then wait for requests
+    // in flight; idle keep-alive connections are closed when the executor exits.
+    shard.draining.set(true);
+    shard.drain.fire();
+    accept.await;
+    let deadline = Instant::now() + Duration::from_millis(cfg.server.drain_timeout_ms);
+    while shard.inflight.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    pool_sweeper.await;
+    ship(&shard, &spec.snapshots);
+    coregate_runtime::deadline::release_wakers();
+}
+
+/// Fault injection for tests/shard_failure.rs: `COREGATE_FAULT_SHARD_PANIC=<id>` makes that
+/// shard panic on its first tick, to show that the process then exits non-zero. Read once.
+fn injected_fault(id: usize) -> bool {
+    std::env::var("COREGATE_FAULT_SHARD_PANIC")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        == Some(id)
+}
+
+#[allow(clippy::panic)]
+fn inject_panic(id: usize) {
+    panic!("shard {id}: panic injected by COREGATE_FAULT_SHARD_PANIC");
+}
+
+fn ship(shard: &Shard, tx: &Sender<Snapshot>) {
+    let snap = {
+        let mut stats = shard.stats.borrow_mut();
+        shard.providers.update_gauges(&mut stats.providers);
+        stats.take_snapshot()
+    };
+    // Never block a shard on the aggregator; a full channel drops one interval's delta.
+    let _ = tx.try_send(snap);
+}

@@ -1,0 +1,282 @@
+//! The heads the gateway writes on a request's way through: the request head for the
+//! provider and the response (interim, final or 101) head for the client.
+//!
+//! Hop-by-hop fields (and those named in `Connection`) are removed both ways, `Via` and
+//! `X-Forwarded-*` are set, framing is rebuilt for the client's HTTP version, and a response
+//! without `Date` gets one (RFC 9110 §7.6, §6.6.1; RFC 9112 §6).
+
+use super::pool::Provider;
+use crate::route::Route;
+use coregate_http1::reply::Persist;
+use coregate_http1::request::{check_dot_segments, HeaderRange, RequestHead, Version};
+use coregate_http1::response::ResponseHead;
+use coregate_http1::HttpError;
+use coregate_http1::{list_elements, Framing};
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) plus the ones the gateway rewrites itself.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// Field names listed in Connection, which are hop-by-hop for this message.
+fn connection_listed<'a>(buf: &'a [u8], headers: &'a [HeaderRange]) -> Vec<&'a [u8]> {
+    headers
+        .iter()
+        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"connection"))
+        .flat_map(|h| list_elements(&buf[h.value.clone()]))
+        .collect()
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Builds the request head sent to the provider; a 400 when the route's prefix rewrite
+/// would send a dot-segment the client's path did not have.
+pub(super) fn request_head(
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderRange],
+    route: &Route,
+    provider: &Provider,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Vec<u8>, HttpError> {
+    let mut out = Vec::with_capacity(head.head_len + 128);
+    out.extend_from_slice(head.method(buf));
+    out.push(b' ');
+    let path = head.path(buf);
+    match &route.replace_prefix {
+        Some(rep) => {
+            let rest = path.get(route.prefix.len()..).unwrap_or(b"");
+            let start = out.len();
+            if !rep.starts_with(b"/") && !rest.starts_with(b"/") {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rep);
+            out.extend_from_slice(rest);
+            // The client's path had no dot-segment, but the rewrite may join one
+            // (prefix `/stt`, rewrite `/v1/stt/`, path `/stt../admin`).
+            check_dot_segments(&out[start..])?;
+        }
+        None if path.is_empty() => out.push(b'/'),
+        None => out.extend_from_slice(path),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    if !provider.cfg.host.is_empty() {
+        out.extend_from_slice(provider.cfg.host.as_bytes());
+    } else if !head.host.is_empty() {
+        out.extend_from_slice(&buf[head.host.clone()]);
+    } else if let Some(e) = provider.cfg.endpoints.first() {
+        out.extend_from_slice(e.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    let listed = connection_listed(buf, headers);
+    let mut xff: Vec<&[u8]> = Vec::new();
+    let mut via: Vec<&[u8]> = Vec::new();
+    let mut had_content_length = false;
+    for h in headers {
+        let name = &buf[h.name.clone()];
+        let value = &buf[h.value.clone()];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            had_content_length = true;
+        }
+        if head.upgrade && name.eq_ignore_ascii_case(b"upgrade") {
+            push_header(&mut out, name, value);
+            continue;
+        }
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            || route
+                .remove_headers
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff.push(value);
+        } else if name.eq_ignore_ascii_case(b"via") {
+            via.push(value);
+        } else {
+            push_header(&mut out, name, value);
+        }
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for v in &xff {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    match peer {
+        // Formats straight into the head; writing to a Vec cannot fail.
+        Some(ip) => {
+            let _ = std::io::Write::write_fmt(&mut out, format_args!("{ip}"));
+        }
+        None => out.extend_from_slice(b"unknown"),
+    }
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    push_via(&mut out, &via, head.version != Version::Http10);
+    for (k, v) in &route.add_headers {
+        push_header(&mut out, k, v);
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
+    }
+    match head.framing {
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(n) if n > 0 || had_content_length => {
+            out.extend_from_slice(b"Content-Length: ");
+            coregate_http1::reply::push_u64(&mut out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+/// How the response body goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientFraming {
+    None,
+    Length,
+    Chunked,
+    UntilClose,
+}
+
+/// Writes the response head for the client into `out`: final, interim (1xx) or 101.
+/// `date` is added when the provider sent none (RFC 9110 §6.6.1: a recipient with a clock
+/// adds one when forwarding); interim responses pass `None`. `codings` are the transfer
+/// codings still on the body as relayed ([`transfer_codings`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    resp: &ResponseHead,
+    headers: &[HeaderRange],
+    framing: ClientFraming,
+    close: bool,
+    client_http10: bool,
+    date: Option<&[u8]>,
+    codings: &[&[u8]],
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    coregate_http1::reply::push_u64(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(&buf[resp.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    let listed = connection_listed(buf, headers);
+    let mut via: Vec<&[u8]> = Vec::new();
+    let keep_length = framing == ClientFraming::None && resp.status != 204 && resp.status >= 200;
+    let mut dated = false;
+    // A 101 always says what it switched (the Upgrade field is the provider's to send).
+    let mut upgrade_offered = resp.status == 101;
+    for h in headers {
+        let name = &buf[h.name.clone()];
+        let value = &buf[h.value.clone()];
+        dated |= name.eq_ignore_ascii_case(b"date");
+        // A 101 names the protocol switched to, a 426 the one to upgrade to (which the
+        // gateway can tunnel): `Upgrade` stays, with its `Connection` option.
+        let names_protocol = resp.status == 101 || resp.status == 426;
+        if names_protocol && !client_http10 && name.eq_ignore_ascii_case(b"upgrade") {
+            push_header(out, name, value);
+            upgrade_offered = true;
+            continue;
+        }
+        // HEAD and 304 answers keep the Content-Length that describes the absent body.
+        if keep_length && name.eq_ignore_ascii_case(b"content-length") {
+            push_header(out, name, value);
+            continue;
+        }
+        if is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"via") {
+            via.push(value);
+        } else {
+            push_header(out, name, value);
+        }
+    }
+    if let (false, Some(date)) = (dated, date) {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    push_via(out, &via, resp.http11);
+    match (framing, resp.framing) {
+        (ClientFraming::Length, Framing::Length(n)) => {
+            out.extend_from_slice(b"Content-Length: ");
+            coregate_http1::reply::push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        (ClientFraming::Chunked, _) => {
+            out.extend_from_slice(b"Transfer-Encoding: ");
+            for c in codings {
+                out.extend_from_slice(c);
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"chunked\r\n");
+        }
+        // Relayed undecoded until close: the provider's codings describe the bytes as they are.
+        (ClientFraming::UntilClose, _) if !codings.is_empty() => {
+            out.extend_from_slice(b"Transfer-Encoding: ");
+            out.extend_from_slice(&codings.join(&b", "[..]));
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => {}
+    }
+    match (upgrade_offered, close) {
+        (true, true) => out.extend_from_slice(b"Connection: Upgrade, close\r\n"),
+        (true, false) => out.extend_from_slice(b"Connection: Upgrade\r\n"),
+        (false, _) => out.extend_from_slice(Persist::of(close, client_http10).field()),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The transfer codings that still apply to the body bytes as relayed: those before the
+/// final `chunked` the gateway decodes, or all of them on a close-delimited body (RFC 9112
+/// §6.3: a response whose codings do not end in chunked is read until close, undecoded).
+pub(super) fn transfer_codings<'a>(
+    buf: &'a [u8],
+    headers: &[HeaderRange],
+    framing: Framing,
+) -> Vec<&'a [u8]> {
+    let mut te: Vec<&[u8]> = headers
+        .iter()
+        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"transfer-encoding"))
+        .flat_map(|h| list_elements(&buf[h.value.clone()]))
+        .collect();
+    if framing == Framing::Chunked {
+        te.pop();
+    }
+    te
+}
+
+/// Appends `Via`: the received values, then this hop (RFC 9110 §7.6.3).
+fn push_via(out: &mut Vec<u8>, received: &[&[u8]], http11: bool) {
+    out.extend_from_slice(b"Via: ");
+    for v in received {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(if http11 {
+        b"1.1 coregate\r\n"
+    } else {
+        b"1.0 coregate\r\n"
+    });
+}

@@ -1,0 +1,476 @@
+//! Buffered HTTP/1.1 byte streams, split into a read side ([`Rx`]) and a write side
+//! ([`Tx`]) over one socket.
+//!
+//! Shared by the gateway's client connections, its provider connections and the mock
+//! provider. The split lets one task read a request body from the client while it writes
+//! the response to that same client (full duplex, as streaming speech APIs need): the two
+//! halves hold a [`Stream`] handle each — an `Rc<RefCell<TcpStream>>` borrowed only for the
+//! duration of a single poll, never across an await.
+
+use crate::deadline::{Armed, Slot};
+use coregate_http1::chunked::ChunkedDecoder;
+use coregate_http1::{Framing, HttpError};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Read buffer size while streaming a body.
+pub const BODY_BUF: usize = 16 * 1024;
+/// Writes up to this size are batched in the write buffer; larger ones go straight out.
+const BATCH: usize = 16 * 1024;
+/// How long a closing connection keeps reading (and discarding) input.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// A shared handle to one socket, used by its read and write halves.
+#[derive(Clone)]
+pub struct Stream(Rc<RefCell<TcpStream>>);
+
+impl Stream {
+    pub fn new(s: TcpStream) -> Stream {
+        Stream(Rc::new(RefCell::new(s)))
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.0.borrow().as_raw_fd()
+    }
+
+    pub fn set_write_timeout(&self, d: Duration) {
+        let _ = self.0.borrow().set_write_timeout(Some(d));
+    }
+
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)).await
+    }
+
+    /// Reads some bytes, failing with `TimedOut` when none came within `timeout`
+    /// (enforced by the thread's deadline sweep, see [`crate::deadline`]).
+    pub async fn read_within(
+        &self,
+        buf: &mut [u8],
+        slot: &Slot,
+        timeout: Duration,
+    ) -> io::Result<usize> {
+        let _armed = Armed(slot);
+        poll_fn(|cx| {
+            if slot.fired() {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
+            let r = Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, &mut *buf);
+            if r.is_pending() {
+                slot.arm(timeout, cx.waker());
+            }
+            r
+        })
+        .await
+    }
+
+    /// Writes some of `data` (at least one byte unless it is empty); returns how much.
+    pub async fn write(&self, data: &[u8]) -> io::Result<usize> {
+        poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, data)).await
+    }
+
+    pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = self.write(data).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Whether bytes, a FIN or an error arrived while nobody was reading, as far as this
+    /// thread has seen: glommio's readiness poll (armed after every partial read) answers it
+    /// without a syscall. Input that arrived after the thread last reaped completions is not
+    /// seen yet; nginx's keep-alive cache has the same window (it learns of input on an idle
+    /// connection from its event loop too). Peeking at the socket instead closed that window
+    /// but cost 15-20 % per proxied request (docs/benchmarks.md). Without an armed poll (the
+    /// last read filled the buffer) it peeks.
+    pub fn input_while_idle(&self) -> bool {
+        if let Some(reported) = self.0.borrow().input_reported() {
+            return reported;
+        }
+        let mut byte = 0u8;
+        // SAFETY: recv(2) writes at most one byte into `byte`, which outlives the call; the
+        // fd is ours. MSG_PEEK leaves the input where it is.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// One non-blocking gathered send of `a` then `b`; how much went out, or `None` when
+    /// nothing could be written now (the caller falls back to the waiting write, which also
+    /// reports errors).
+    pub fn try_writev(&self, a: &[u8], b: &[u8]) -> Option<usize> {
+        let mut iov = [
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut libc::c_void,
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            },
+        ];
+        // SAFETY: a zeroed msghdr is valid (no name, no control data); it points at `iov`,
+        // which outlives the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: sendmsg(2) only reads the two slices the iovecs describe; the fd is ours.
+        // MSG_DONTWAIT keeps it from blocking, MSG_NOSIGNAL from raising SIGPIPE.
+        let n = unsafe { libc::sendmsg(self.fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        usize::try_from(n).ok().filter(|&n| n > 0)
+    }
+
+    /// Shuts both directions down: a read waiting on this socket ends at once.
+    pub fn shutdown_both(&self) {
+        let _ = self.shutdown(libc::SHUT_RDWR);
+    }
+
+    /// Half-closes the write direction (sends FIN).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(libc::SHUT_WR)
+    }
+
+    fn shutdown(&self, how: libc::c_int) -> io::Result<()> {
+        // SAFETY: shutdown(2) on a descriptor this handle owns; no memory is involved.
+        if unsafe { libc::shutdown(self.fd(), how) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Arms a TCP reset: with SO_LINGER 0, closing the socket sends RST instead of FIN.
+    pub fn set_linger_zero(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads `linger` for the given length; the fd is ours.
+        unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// Why a body could not be read to its end.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Malformed chunked framing: answer 400 (if nothing was sent yet) and close.
+    Http(HttpError),
+    Timeout,
+    /// The peer closed before the body ended.
+    Closed,
+    Io(io::Error),
+}
+
+/// The body still to be read.
+#[derive(Debug)]
+pub enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Done,
+}
+
+impl BodyState {
+    pub fn new(framing: Framing) -> BodyState {
+        match framing {
+            Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            // Requests are never close-delimited; the parser does not produce this.
+            Framing::UntilClose => BodyState::Done,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyState::Done)
+    }
+}
+
+/// The read side: a buffer of received, not yet consumed bytes.
+pub struct Rx {
+    pub stream: Stream,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// Bytes read since the owner last took them.
+    pub bytes: u64,
+    /// Enforce the read timeout (the default). The load generator turns it off and
+    /// enforces its request timeout with a sweep of its own, which shuts sockets down.
+    pub timed: bool,
+    /// This connection's read deadline, made on the first timed read.
+    deadline: Option<Rc<Slot>>,
+}
+
+impl Rx {
+    pub fn new(stream: Stream, initial_buf: usize) -> Rx {
+        Rx {
+            stream,
+            buf: vec![0; initial_buf],
+            pos: 0,
+            end: 0,
+            bytes: 0,
+            timed: true,
+            deadline: None,
+        }
+    }
+
+    /// Unconsumed input.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+
+    pub fn slice(&self, r: Range<usize>) -> &[u8] {
+        &self.buf[r]
+    }
+
+    /// Ensures free space after the buffered input, growing the buffer up to `max`.
+    pub fn make_room(&mut self, max: usize) {
+        if self.end < self.buf.len() {
+            return;
+        }
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        } else if self.buf.len() < max {
+            let len = (self.buf.len() * 2).clamp(1024, max);
+            self.buf.resize(len, 0);
+        }
+    }
+
+    /// Reads once into the free space (call `make_room` first). `Ok(0)`: peer closed.
+    pub async fn read_some(&mut self, timeout: Duration) -> io::Result<usize> {
+        if timeout.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        if self.end == self.buf.len() {
+            return Err(io::Error::other("read buffer full"));
+        }
+        let buf = &mut self.buf[self.end..];
+        let n = if self.timed {
+            let slot = self.deadline.get_or_insert_with(Slot::new);
+            self.stream.read_within(buf, slot, timeout).await?
+        } else {
+            self.stream.read(buf).await?
+        };
+        self.end += n;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    /// Returns the next run of body bytes (a range valid until the next call), or `None`
+    /// at the end of the body. Reads with `timeout` between reads.
+    pub async fn body_chunk(
+        &mut self,
+        state: &mut BodyState,
+        timeout: Duration,
+    ) -> Result<Option<Range<usize>>, BodyError> {
+        loop {
+            match state {
+                BodyState::Done => return Ok(None),
+                BodyState::Length(0) => {
+                    *state = BodyState::Done;
+                    return Ok(None);
+                }
+                BodyState::Length(rem) => {
+                    if self.pos == self.end {
+                        self.fill_body(timeout).await?;
+                    }
+                    let n = ((self.end - self.pos) as u64).min(*rem) as usize;
+                    let r = self.pos..self.pos + n;
+                    self.pos += n;
+                    *rem -= n as u64;
+                    return Ok(Some(r));
+                }
+                BodyState::Chunked(dec) => {
+                    if self.pos == self.end {
+                        self.fill_body(timeout).await?;
+                    }
+                    let step = dec
+                        .step(&self.buf[self.pos..self.end])
+                        .map_err(BodyError::Http)?;
+                    let start = self.pos + step.data_start;
+                    self.pos += step.consumed;
+                    if step.data_len > 0 {
+                        return Ok(Some(start..start + step.data_len));
+                    }
+                    if step.done {
+                        *state = BodyState::Done;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and drops the rest of a body, up to `limit` bytes. `Ok(false)`: over the limit.
+    pub async fn discard_body(
+        &mut self,
+        state: &mut BodyState,
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<bool, BodyError> {
+        if let BodyState::Length(n) = state {
+            if *n > limit {
+                return Ok(false);
+            }
+        }
+        let mut total = 0u64;
+        while let Some(chunk) = self.body_chunk(state, timeout).await? {
+            total += chunk.len() as u64;
+            if total > limit {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn fill_body(&mut self, timeout: Duration) -> Result<(), BodyError> {
+        self.pos = 0;
+        self.end = 0;
+        if self.buf.len() < BODY_BUF {
+            self.buf.resize(BODY_BUF, 0);
+        }
+        match self.read_some(timeout).await {
+            Ok(0) => Err(BodyError::Closed),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
+            Err(e) => Err(BodyError::Io(e)),
+        }
+    }
+
+    /// Drops whatever is buffered.
+    pub fn clear(&mut self) {
+        self.pos = 0;
+        self.end = 0;
+    }
+}
+
+/// The write side: small writes are batched until a flush.
+pub struct Tx {
+    pub stream: Stream,
+    pub buf: Vec<u8>,
+    /// Bytes written since the owner last took them.
+    pub bytes: u64,
+}
+
+impl Tx {
+    pub fn new(stream: Stream) -> Tx {
+        Tx {
+            stream,
+            buf: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Writes the output buffer.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let res = self.stream.write_all(&self.buf).await;
+        self.bytes += self.buf.len() as u64;
+        self.buf.clear();
+        res
+    }
+
+    /// Writes `data` after whatever is queued; small writes are batched.
+    pub async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if self.buf.len() + data.len() <= BATCH {
+            self.buf.extend_from_slice(data);
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            // Queued bytes (a response head) and a large body in one writev: one syscall
+            // and one TCP segment fewer than flushing them apart.
+            if let Some(n) = self.stream.try_writev(&self.buf, data) {
+                self.bytes += n as u64;
+                if n >= self.buf.len() {
+                    data = &data[n - self.buf.len()..];
+                    self.buf.clear();
+                } else {
+                    self.buf.drain(..n);
+                }
+            }
+            self.flush().await?;
+        }
+        let res = self.stream.write_all(data).await;
+        self.bytes += data.len() as u64;
+        res
+    }
+}
+
+/// Both halves of one socket.
+pub struct Wire {
+    pub rx: Rx,
+    pub tx: Tx,
+}
+
+impl Wire {
+    pub fn new(stream: TcpStream, initial_buf: usize) -> Wire {
+        let s = Stream::new(stream);
+        Wire {
+            rx: Rx::new(s.clone(), initial_buf),
+            tx: Tx::new(s),
+        }
+    }
+
+    /// Flushes, half-closes, and briefly discards input so the peer reads our last
+    /// response rather than a TCP reset caused by unread data.
+    pub async fn close(&mut self) {
+        if self.tx.flush().await.is_err() || self.tx.stream.shutdown_write().is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        let mut drained = 0usize;
+        while drained < 256 * 1024 {
+            self.rx.clear();
+            self.rx.make_room(BODY_BUF);
+            match self
+                .rx
+                .read_some(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! A shard that panics takes the whole process down with a non-zero exit, so that a
+//! supervisor restarts it (docs/architecture.md, "Failure of a shard"). The panic is injected
+//! with `COREGATE_FAULT_SHARD_PANIC=<shard id>`, which makes that shard panic on its first tick.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn serve_with_panicking_shard(cores: &str, shard: usize) -> (Proc, u16) {
+    let dir = tmpdir(&format!("shard-panic-{cores}"));
+    let port = free_port();
+    let (admin, mock) = (free_port(), free_port());
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"{cores}\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n[mock]\nlisten = \"127.0.0.1:{mock}\"\n"
+    );
+    let path = dir.join("coregate.toml");
+    std::fs::write(&path, cfg).expect("write config");
+    let log = dir.join("gateway.log");
+    let out = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(BIN)
+        .args(["serve", "--config", path.to_str().expect("path")])
+        .env("COREGATE_FAULT_SHARD_PANIC", shard.to_string())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn coregate");
+    (Proc { child, log }, port)
+}
+
+#[test]
+fn a_panicking_shard_ends_the_process_non_zero() {
+    // Two shards when the machine has two cores: the other shard is still serving when
+    // shard 1 panics, and the process must not stay up with one shard fewer.
+    let cores = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        "0-1"
+    } else {
+        "0"
+    };
+    let shard = if cores == "0" { 0 } else { 1 };
+    let (mut gw, _port) = serve_with_panicking_shard(cores, shard);
+    let code = gw.wait_exit(Duration::from_secs(20));
+    let log = gw.log_text();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit code {code:?}, log:\n{log}"
+    );
+    assert!(
+        log.contains("panic injected"),
+        "panic message logged:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("shard {shard} panicked")),
+        "the exit names the shard:\n{log}"
+    );
+}
+
+#[test]
+fn without_the_fault_the_gateway_keeps_serving() {
+    // The control: the same start without the injected panic stays up and answers.
+    let gw = gateway("shard-no-panic", "0", "");
+    let r = request(gw.port, "GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut proc = gw.proc;
+    assert!(proc.alive(), "gateway still running");
+}
