@@ -1,17 +1,21 @@
-//! One client connection: read a head, route it, answer or forward, repeat.
+//! The client side of the gateway: one client connection as a [`Session`] — read a head,
+//! route it, answer or hand it to the provider side (`upstream`), repeat.
 //!
-//! A connection is a task on its shard's executor and owns its buffers (a [`Wire`]).
+//! A session is a task on its shard's executor and owns its buffers (a [`Wire`]). Its fields
+//! are private: the provider side answers, flushes, discards and relays through the methods
+//! below, so what a response does to the connection (counting, persistence, close) is
+//! decided in one place.
 //! Requests are served strictly in order (pipelined requests wait in the read buffer);
 //! responses to pipelined requests are batched in the write buffer and flushed when the
 //! next read would wait. Whenever framing is in doubt the connection answers, then closes.
 
 use crate::route::Target;
 use crate::shard::Shard;
-use coregate_http1::reply::{json_error, Persist, Reply};
+use coregate_http1::reply::{json_error, Persist, Reply, CONTINUE};
 use coregate_http1::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm, Version};
 use coregate_http1::HttpError;
-use coregate_runtime::wire::Wire;
 pub use coregate_runtime::wire::{BodyError, BodyState};
+use coregate_runtime::wire::{Rx, Tx, Wire};
 use glommio::net::TcpStream;
 use std::io;
 use std::ops::Range;
@@ -34,18 +38,18 @@ pub enum Flow {
     Close,
 }
 
-pub struct Conn {
-    pub shard: Rc<Shard>,
-    pub wire: Wire,
-    pub peer_ip: Option<std::net::IpAddr>,
+pub struct Session {
+    shard: Rc<Shard>,
+    wire: Wire,
+    peer_ip: Option<std::net::IpAddr>,
     /// Header index of the current request head (reused across requests).
-    pub headers: Vec<HeaderRange>,
+    headers: Vec<HeaderRange>,
     /// When the current exchange was answered, if the connection then went on as something
     /// else (a WebSocket tunnel): its latency ends there, not when the tunnel closes.
-    pub answered_at: Option<Instant>,
+    answered_at: Option<Instant>,
     /// When the current request's head was complete: the start of its latency, and of the
     /// provider exchange's budget (one clock reading serves both).
-    pub started_at: Instant,
+    started_at: Instant,
 }
 
 /// Counts a request as in flight (the drain waits for these) until dropped.
@@ -75,7 +79,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _permit: glommio::sync::
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shard.http.idle_timeout));
     let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
-    let mut conn = Conn {
+    let mut session = Session {
         shard: shard.clone(),
         wire: Wire::new(stream, INITIAL_BUF.min(shard.limits.max_head_bytes)),
         peer_ip,
@@ -83,20 +87,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _permit: glommio::sync::
         answered_at: None,
         started_at: Instant::now(),
     };
-    conn.run().await;
-    conn.sync_bytes();
+    session.run().await;
+    session.sync_bytes();
     shard.stats.borrow_mut().counters.connections_active -= 1;
 }
 
-impl Conn {
+impl Session {
     async fn run(&mut self) {
         loop {
             let head = match self.read_head().await {
                 Ok(Some(h)) => h,
                 Ok(None) => return,
                 Err(e) => {
-                    self.shard.stats.borrow_mut().counters.parse_errors += 1;
-                    self.queue_error(&e, None);
+                    self.respond_bad_request(&e);
                     self.wire.close().await;
                     return;
                 }
@@ -154,7 +157,7 @@ impl Conn {
             .lookup(&buf[head.host.clone()], head.path(buf));
         let method = head.method(buf);
         match target {
-            Target::Route(i) => crate::upstream::forward::proxy(self, head, i).await,
+            Target::Route(i) => crate::upstream::exchange::proxy(self, head, i).await,
             Target::Health if method == b"GET" || method == b"HEAD" => {
                 let reply = Reply {
                     status: 200,
@@ -204,8 +207,7 @@ impl Conn {
                     Ok(true) => {}
                     Ok(false) => close = true,
                     Err(BodyError::Http(e)) => {
-                        self.shard.stats.borrow_mut().counters.parse_errors += 1;
-                        self.queue_error(&e, None);
+                        self.respond_bad_request(&e);
                         return Flow::Close;
                     }
                     Err(_) => return Flow::Close,
@@ -215,13 +217,7 @@ impl Conn {
         // The drain may have started while the body was read.
         let close = close || self.shard.draining.get();
         let http10 = head.version == Version::Http10;
-        reply.write(
-            &mut self.wire.tx.buf,
-            self.shard.date.borrow().get(),
-            Persist::of(close, http10),
-            head_only,
-        );
-        self.shard.stats.borrow_mut().response(reply.status);
+        self.respond(reply, Persist::of(close, http10), head_only);
         let flush_failed =
             !close && self.wire.tx.buf.len() >= FLUSH_AT && self.flush().await.is_err();
         if close || flush_failed {
@@ -236,16 +232,6 @@ impl Conn {
     pub async fn discard(&mut self, body: &mut BodyState) -> Result<bool, BodyError> {
         let timeout = self.shard.http.body_read_timeout;
         let res = self.wire.rx.discard_body(body, MAX_DISCARD, timeout).await;
-        self.count_body_error(res)
-    }
-
-    /// The next run of request-body bytes (see [`coregate_runtime::wire::Rx::body_chunk`]).
-    pub async fn body_chunk(
-        &mut self,
-        body: &mut BodyState,
-    ) -> Result<Option<Range<usize>>, BodyError> {
-        let timeout = self.shard.http.body_read_timeout;
-        let res = self.wire.rx.body_chunk(body, timeout).await;
         self.count_body_error(res)
     }
 
@@ -318,21 +304,78 @@ impl Conn {
         res
     }
 
-    /// Queues an error response that closes the connection.
-    pub fn queue_error(&mut self, e: &HttpError, provider: Option<&str>) {
+    /// Queues `reply` (flushed before the next read, or by [`Session::flush`]) and counts
+    /// its status. `persist` says what the response announces about the connection.
+    pub fn respond(&mut self, reply: &Reply<'_>, persist: Persist, head_only: bool) {
+        let date = self.shard.date.borrow();
+        reply.write(&mut self.wire.tx.buf, date.get(), persist, head_only);
+        self.shard.stats.borrow_mut().response(reply.status);
+    }
+
+    /// Queues an error response that closes the connection; `provider` is named in the
+    /// JSON body when the error is about one.
+    pub fn respond_error(&mut self, e: &HttpError, provider: Option<&str>) {
         let body = json_error(e.status, e.code, &e.message, provider);
-        Reply {
+        let reply = Reply {
             status: e.status,
             content_type: "application/json",
             body: &body,
             extra: &[],
-        }
-        .write(
-            &mut self.wire.tx.buf,
-            self.shard.date.borrow().get(),
-            Persist::Close,
-            false,
-        );
-        self.shard.stats.borrow_mut().response(e.status);
+        };
+        self.respond(&reply, Persist::Close, false);
+    }
+
+    /// Answers a malformed request (the connection closes) and counts it as a parse error.
+    pub fn respond_bad_request(&mut self, e: &HttpError) {
+        self.shard.stats.borrow_mut().counters.parse_errors += 1;
+        self.respond_error(e, None);
+    }
+
+    /// Tells a client that sent `Expect: 100-continue` to send its body.
+    pub async fn send_continue(&mut self) -> io::Result<()> {
+        self.wire.tx.buf.extend_from_slice(CONTINUE);
+        self.flush().await
+    }
+
+    /// Marks the current exchange as answered now (its latency ends here, though the
+    /// connection goes on as a tunnel).
+    pub fn mark_answered(&mut self) {
+        self.answered_at = Some(Instant::now());
+    }
+
+    /// The shard this session runs on.
+    pub fn shard(&self) -> &Rc<Shard> {
+        &self.shard
+    }
+
+    /// The client's address, for `X-Forwarded-For`.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer_ip
+    }
+
+    /// When the current request's head was complete.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// The header index of the current head; the provider side borrows it while it parses
+    /// the response heads and gives it back with [`Session::restore_headers`].
+    pub fn take_headers(&mut self) -> Vec<HeaderRange> {
+        std::mem::take(&mut self.headers)
+    }
+
+    pub fn restore_headers(&mut self, headers: Vec<HeaderRange>) {
+        self.headers = headers;
+    }
+
+    /// The current head's header index (valid until the head is consumed).
+    pub fn headers(&self) -> &[HeaderRange] {
+        &self.headers
+    }
+
+    /// The client connection's two directions, for the paths that stream both at once:
+    /// the request body upstream while the response comes down, and tunnels.
+    pub fn client_io(&mut self) -> (&mut Rx, &mut Tx) {
+        (&mut self.wire.rx, &mut self.wire.tx)
     }
 }

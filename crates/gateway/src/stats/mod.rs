@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod render;
 
+pub use crate::upstream::error::UpstreamError;
 pub use coregate_runtime::histogram::{histogram, record};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -50,48 +51,6 @@ pub struct Counters {
     /// spread over shards by SO_REUSEPORT's hash, not by load: this shows the skew.
     pub tunnels_active: u64,
     pub tunnels_total: u64,
-}
-
-/// Upstream errors by kind; each maps to one JSON error code and one metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    ConnectRefused,
-    ConnectTimeout,
-    ConnectError,
-    Reset,
-    HeadTimeout,
-    IdleTimeout,
-    TotalTimeout,
-    BadResponse,
-    QueueTimeout,
-}
-
-impl UpstreamError {
-    pub const ALL: [UpstreamError; 9] = [
-        UpstreamError::ConnectRefused,
-        UpstreamError::ConnectTimeout,
-        UpstreamError::ConnectError,
-        UpstreamError::Reset,
-        UpstreamError::HeadTimeout,
-        UpstreamError::IdleTimeout,
-        UpstreamError::TotalTimeout,
-        UpstreamError::BadResponse,
-        UpstreamError::QueueTimeout,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            UpstreamError::ConnectRefused => "connect_refused",
-            UpstreamError::ConnectTimeout => "connect_timeout",
-            UpstreamError::ConnectError => "connect_error",
-            UpstreamError::Reset => "reset",
-            UpstreamError::HeadTimeout => "response_head_timeout",
-            UpstreamError::IdleTimeout => "idle_read_timeout",
-            UpstreamError::TotalTimeout => "total_timeout",
-            UpstreamError::BadResponse => "bad_response",
-            UpstreamError::QueueTimeout => "queue_timeout",
-        }
-    }
 }
 
 /// Cumulative per-shard, per-provider counters.

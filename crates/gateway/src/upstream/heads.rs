@@ -159,6 +159,18 @@ pub(super) enum ClientFraming {
     UntilClose,
 }
 
+/// Writes an interim (1xx) or 101 response head for the client: no framing, no date, and
+/// the connection fields as the provider sent them.
+pub(super) fn interim_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    resp: &ResponseHead,
+    headers: &[HeaderRange],
+) {
+    let none = ClientFraming::None;
+    response_head(out, buf, resp, headers, none, false, false, None, &[]);
+}
+
 /// Writes the response head for the client into `out`: final, interim (1xx) or 101.
 /// `date` is added when the provider sent none (RFC 9110 §6.6.1: a recipient with a clock
 /// adds one when forwarding); interim responses pass `None`. `codings` are the transfer

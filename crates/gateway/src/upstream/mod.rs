@@ -2,7 +2,10 @@
 //!
 //! * [`ProviderConfig`] — one `[[providers]]` entry: endpoints, timeouts, pool sizes.
 //! * `pool` — a shard's idle keep-alive connections per endpoint (LIFO), caps, waiters.
-//! * `forward` — streams one request to a provider and its response back to the client.
+//! * `error` — every way a provider exchange fails: status, JSON code, message, metric.
+//! * `exchange` — one request's life on the provider side: sequential or duplex, retries of
+//!   stale pooled connections, the error answers.
+//! * `forward` — the two streams of an exchange: request body up, response down.
 //! * `heads` — the request head sent to the provider and the response heads for the client.
 //! * `tunnel` — upgraded connections (WebSocket): a connection of their own, bytes relayed
 //!   both ways after the provider's 101.
@@ -13,6 +16,8 @@
 //! pool only after its response was read to the end and both sides allowed keep-alive.
 
 pub mod connect;
+pub mod error;
+pub mod exchange;
 pub mod forward;
 mod heads;
 pub mod pool;

@@ -12,9 +12,14 @@
 //! in either direction for the provider's `tunnel_idle_timeout_ms`.
 
 use super::connect::connect;
-use super::forward::{download, fail, Download, Job, Limits};
+use super::error::UpstreamError;
+use super::exchange::{fail, Job};
+use super::forward::{
+    count_response_head, read_response_head, relay_response, Download, Leg, Limits, Progress,
+};
+use super::heads::interim_head;
 use super::pool::provider_stats;
-use crate::session::{BodyState, Conn, Flow};
+use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
 use coregate_http1::request::HeaderRange;
 use coregate_runtime::wire::{Rx, Tx, Wire};
@@ -27,75 +32,75 @@ const TUNNEL_BUF: usize = 16 * 1024;
 
 /// Forwards an upgrade request (its head already built as `up_head`) and, on 101, relays
 /// the tunnel until it ends.
-pub(super) async fn upgrade(conn: &mut Conn, job: Job<'_>, headers: &mut Vec<HeaderRange>) -> Flow {
-    let Job {
-        req,
-        provider,
-        pidx,
-        up_head,
-        ..
-    } = job;
-    let shard = conn.shard.clone();
-    let cfg = &provider.cfg;
-    let t = Limits::of(cfg, conn);
+pub(super) async fn upgrade(
+    session: &mut Session,
+    job: Job<'_>,
+    headers: &mut Vec<HeaderRange>,
+) -> Flow {
+    let shard = session.shard().clone();
+    let cfg = &job.provider.cfg;
+    let leg = Leg {
+        shard: &shard,
+        pidx: job.pidx,
+        req: job.req,
+        limits: Limits::of(cfg, session),
+    };
     let mut no_body = BodyState::Done;
-    let Some(ep) = provider.pick() else {
-        return fail(
-            conn,
-            job,
-            &mut no_body,
-            false,
-            crate::stats::UpstreamError::ConnectError,
-        )
-        .await;
+    let Some(ep) = job.provider.pick() else {
+        let e = UpstreamError::ConnectError;
+        return fail(session, job, &mut no_body, false, e).await;
     };
     let stream = match connect(ep.addr, Duration::from_millis(cfg.connect_timeout_ms)).await {
         Ok(s) => s,
-        Err(e) => return fail(conn, job, &mut no_body, false, e).await,
+        Err(e) => return fail(session, job, &mut no_body, false, e).await,
     };
-    provider_stats(&shard, pidx, |s| s.counters.new_connections += 1);
+    provider_stats(&shard, job.pidx, |s| s.counters.new_connections += 1);
     let mut up = Wire::new(stream, TUNNEL_BUF);
-    up.tx.stream.set_write_timeout(t.idle);
-    if up.tx.stream.write_all(up_head).await.is_err() {
-        let e = crate::stats::UpstreamError::Reset;
-        return fail(conn, job, &mut no_body, false, e).await;
+    up.tx.stream.set_write_timeout(leg.limits.idle);
+    if up.tx.stream.write_all(job.up_head).await.is_err() {
+        return fail(session, job, &mut no_body, false, UpstreamError::Reset).await;
     }
-    let d = download(
-        &shard,
-        pidx,
-        &mut conn.wire.tx,
-        &mut up.rx,
-        headers,
-        req,
-        t,
-        &Cell::new(true),
-        &Cell::new(false),
-    )
-    .await;
-    match d {
-        Download::Switched => {}
-        // Not switched: an ordinary response, already forwarded; this connection closes.
-        Download::Done { close, .. } => {
+    let (_, client_tx) = session.client_io();
+    let outcome =
+        match read_response_head(&mut up.rx, client_tx, leg.req, headers, leg.limits).await {
+            Ok(resp) if resp.status == 101 => {
+                count_response_head(leg, &resp);
+                interim_head(&mut client_tx.buf, up.rx.buffered(), &resp, headers);
+                up.rx.consume(resp.head_len);
+                shard.stats.borrow_mut().response(101);
+                None
+            }
+            // Not switched: an ordinary response, forwarded; this provider connection closes.
+            Ok(resp) => {
+                let progress = Progress::uploaded();
+                Some(relay_response(leg, client_tx, &mut up.rx, headers, &resp, &progress).await)
+            }
+            Err(d) => Some(d),
+        };
+    match outcome {
+        None => {}
+        Some(Download::Done { close, .. }) => {
             return if close { Flow::Close } else { Flow::KeepAlive };
         }
-        Download::BeforeHead(e, _) => {
-            return fail(conn, job, &mut no_body, false, e).await;
+        Some(Download::BeforeHead(e, _)) => {
+            return fail(session, job, &mut no_body, false, e).await;
         }
-        Download::MidBody(e) => {
+        Some(Download::MidBody(e)) => {
             if let Some(e) = e {
-                provider_stats(&shard, pidx, |s| s.error(e));
+                provider_stats(&shard, job.pidx, |s| s.error(e));
             }
-            let _ = conn.flush().await;
+            let _ = session.flush().await;
             return Flow::Close;
         }
     }
-    if conn.flush().await.is_err() {
+    if session.flush().await.is_err() {
         return Flow::Close;
     }
-    conn.answered_at = Some(Instant::now());
+    session.mark_answered();
     let idle = Duration::from_millis(cfg.tunnel_idle_timeout_ms);
     let _open = OpenTunnel::new(&shard);
-    relay(&mut conn.wire, &mut up, idle).await;
+    let (client_rx, client_tx) = session.client_io();
+    relay(client_rx, client_tx, &mut up, idle).await;
     Flow::Close
 }
 
@@ -120,17 +125,17 @@ impl Drop for OpenTunnel<'_> {
 
 /// Copies bytes both ways until both directions ended (or one failed, or the tunnel sat
 /// idle for `idle`).
-async fn relay(client: &mut Wire, up: &mut Wire, idle: Duration) {
+async fn relay(client_rx: &mut Rx, client_tx: &mut Tx, up: &mut Wire, idle: Duration) {
     let last = Cell::new(Instant::now());
     let failed = Cell::new(false);
-    let (client_fd, up_fd) = (client.rx.stream.clone(), up.rx.stream.clone());
+    let (client_fd, up_fd) = (client_rx.stream.clone(), up.rx.stream.clone());
     let abort = || {
         failed.set(true);
         client_fd.shutdown_both();
         up_fd.shutdown_both();
     };
-    let to_up = pump(&mut client.rx, &mut up.tx, &last, &failed, idle, &abort);
-    let to_client = pump(&mut up.rx, &mut client.tx, &last, &failed, idle, &abort);
+    let to_up = pump(client_rx, &mut up.tx, &last, &failed, idle, &abort);
+    let to_client = pump(&mut up.rx, client_tx, &last, &failed, idle, &abort);
     futures_lite::future::zip(to_up, to_client).await;
 }
 

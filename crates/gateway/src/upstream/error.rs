@@ -1,0 +1,104 @@
+//! Every way an exchange with a provider fails, in one place: the status the client gets,
+//! the JSON `code` and message of that answer, and the metric label it is counted under
+//! (`/stats` errors and `coregate_upstream_errors_total{kind=...}` use the code).
+
+/// Why a provider exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectError,
+    Reset,
+    HeadTimeout,
+    IdleTimeout,
+    TotalTimeout,
+    BadResponse,
+    QueueTimeout,
+}
+
+impl UpstreamError {
+    /// Every kind, in the order of the per-provider error counters.
+    pub const ALL: [UpstreamError; 9] = [
+        UpstreamError::ConnectRefused,
+        UpstreamError::ConnectTimeout,
+        UpstreamError::ConnectError,
+        UpstreamError::Reset,
+        UpstreamError::HeadTimeout,
+        UpstreamError::IdleTimeout,
+        UpstreamError::TotalTimeout,
+        UpstreamError::BadResponse,
+        UpstreamError::QueueTimeout,
+    ];
+
+    /// The JSON error `code` and the metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectRefused => "connect_refused",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::ConnectError => "connect_error",
+            UpstreamError::Reset => "reset",
+            UpstreamError::HeadTimeout => "response_head_timeout",
+            UpstreamError::IdleTimeout => "idle_read_timeout",
+            UpstreamError::TotalTimeout => "total_timeout",
+            UpstreamError::BadResponse => "bad_response",
+            UpstreamError::QueueTimeout => "queue_timeout",
+        }
+    }
+
+    /// The status the gateway answers with: 504 when the provider was too slow, 503 when
+    /// no connection to it became free, 502 for everything else it did wrong.
+    pub fn status(self) -> u16 {
+        match self {
+            UpstreamError::ConnectTimeout
+            | UpstreamError::HeadTimeout
+            | UpstreamError::IdleTimeout
+            | UpstreamError::TotalTimeout => 504,
+            UpstreamError::QueueTimeout => 503,
+            UpstreamError::ConnectRefused
+            | UpstreamError::ConnectError
+            | UpstreamError::Reset
+            | UpstreamError::BadResponse => 502,
+        }
+    }
+
+    /// The message of the JSON error body.
+    pub fn message(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectRefused => "provider refused the connection",
+            UpstreamError::ConnectTimeout => "timed out connecting to the provider",
+            UpstreamError::ConnectError => "could not connect to the provider",
+            UpstreamError::Reset => "provider closed the connection before responding",
+            UpstreamError::HeadTimeout => "provider did not start responding in time",
+            UpstreamError::IdleTimeout => "provider stalled",
+            UpstreamError::TotalTimeout => "provider exchange exceeded its total timeout",
+            UpstreamError::BadResponse => "provider sent an invalid response",
+            UpstreamError::QueueTimeout => "no provider connection became available in time",
+        }
+    }
+
+    /// The kind to report for a failed read or write on the provider connection:
+    /// `timeout_kind` when it timed out, a reset otherwise.
+    pub fn of_io(e: &std::io::Error, timeout_kind: UpstreamError) -> UpstreamError {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => timeout_kind,
+            _ => UpstreamError::Reset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UpstreamError;
+
+    #[test]
+    fn every_kind_has_a_distinct_label_and_an_error_status() {
+        let mut labels: Vec<_> = UpstreamError::ALL.iter().map(|e| e.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), UpstreamError::ALL.len());
+        for e in UpstreamError::ALL {
+            assert!(matches!(e.status(), 502..=504), "{e:?}");
+            assert!(!e.message().is_empty());
+        }
+    }
+}

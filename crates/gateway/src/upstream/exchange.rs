@@ -1,0 +1,310 @@
+//! The life of one proxied request on the provider side: [`proxy`] builds the provider's
+//! request head and hands the request to a tunnel (upgrades) or to [`exchange`], which takes
+//! a pooled connection and runs one of two paths:
+//!
+//! * **sequential** — the request has no body left to send: write the head, relay the
+//!   response. A stale pooled connection that fails before any response byte is retried
+//!   once on a fresh one.
+//! * **duplex** — a body follows: it streams up while the response streams down (a provider
+//!   may answer before the body ends), and the first side to finish decides.
+//!
+//! Every failure before a response head reached the client becomes a 502/503/504 with a
+//! JSON body ([`fail`]); after that the client connection closes.
+
+use super::error::UpstreamError;
+use super::forward::{download, upload, ClientSide, Download, Leg, Limits, Progress};
+use super::heads::request_head;
+use super::pool::{acquire, provider_stats, Lease, Provider, UpConn};
+use crate::session::{BodyError, BodyState, Flow, Session};
+use crate::stats::record;
+use coregate_http1::reply::{json_error, Persist, Reply};
+use coregate_http1::request::{HeaderRange, RequestHead, Version};
+use coregate_http1::Framing;
+
+/// One request on its way to a provider: what [`exchange`] and the tunnel work from.
+#[derive(Clone, Copy)]
+pub(super) struct Job<'a> {
+    pub(super) head: &'a RequestHead,
+    pub(super) req: ClientSide,
+    pub(super) provider: &'a Provider,
+    /// The provider's index in the shard's list (and its stats).
+    pub(super) pidx: usize,
+    /// The request head as sent to the provider.
+    pub(super) up_head: &'a [u8],
+}
+
+/// How one attempt on one provider connection ended.
+enum Attempt {
+    /// The response side finished (whole, or failed as the [`Download`] says).
+    Finished(Download),
+    /// A stale pooled connection failed before any response byte: try a fresh one.
+    Stale,
+    /// The client failed while its body was read; the connection's fate is decided.
+    ClientFailed(Flow),
+}
+
+/// How the duplex path's two streams ended: the first to finish decides.
+enum DuplexEnd {
+    Response(Download),
+    ClientBody(BodyError),
+}
+
+/// Proxies one request over route `route_idx`. The request head is in the session's
+/// buffer; on return the exchange is complete (or the connection must close).
+pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -> Flow {
+    let shard = session.shard().clone();
+    let Some(route) = shard.routes.get(route_idx) else {
+        return Flow::Close;
+    };
+    let pidx = route.provider;
+    let Some(provider) = shard.providers.list.get(pidx) else {
+        return Flow::Close;
+    };
+    let req = ClientSide {
+        is_head: head.is_head(session.head_bytes()),
+        http10: head.version == Version::Http10,
+        keep_alive: head.keep_alive,
+        expects_continue: head.expect_continue,
+        upgrade: head.upgrade,
+    };
+    let buf = session.head_bytes();
+    let up_head = match request_head(
+        buf,
+        &head,
+        session.headers(),
+        route,
+        provider,
+        session.peer_ip(),
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            session.respond_bad_request(&e);
+            return Flow::Close;
+        }
+    };
+    provider_stats(&shard, pidx, |s| s.counters.requests += 1);
+    session.consume_head(&head);
+    let mut headers = session.take_headers();
+    let job = Job {
+        head: &head,
+        req,
+        provider,
+        pidx,
+        up_head: &up_head,
+    };
+    let flow = if head.upgrade {
+        super::tunnel::upgrade(session, job, &mut headers).await
+    } else {
+        exchange(session, job, &mut headers).await
+    };
+    session.restore_headers(headers);
+    flow
+}
+
+async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderRange>) -> Flow {
+    let shard = session.shard().clone();
+    let leg = Leg {
+        shard: &shard,
+        pidx: job.pidx,
+        req: job.req,
+        limits: Limits::of(&job.provider.cfg, session),
+    };
+    let mut body = BodyState::new(job.head.framing);
+    let mut sent_continue = false;
+    let mut retried = false;
+    loop {
+        let Some(ep) = job.provider.pick() else {
+            let e = UpstreamError::ConnectError;
+            return fail(session, job, &mut body, sent_continue, e).await;
+        };
+        let mut lease = match acquire(&shard, job.pidx, &ep, retried).await {
+            Ok(l) => l,
+            Err(e) => return fail(session, job, &mut body, sent_continue, e).await,
+        };
+        if job.head.expect_continue && !sent_continue {
+            sent_continue = true;
+            if session.send_continue().await.is_err() {
+                return Flow::Close;
+            }
+        }
+        let Some(up) = lease.conn.as_mut() else {
+            return Flow::Close;
+        };
+        up.tx.stream.set_write_timeout(leg.limits.idle);
+        // A stale pooled connection fails on first use; only a request without a body
+        // can be replayed, and only before any response byte.
+        let can_retry = lease.reused && !retried && body.is_done();
+        let attempt = if body.is_done() {
+            sequential(session, leg, job.up_head, up, headers, can_retry).await
+        } else {
+            duplex(session, leg, job, up, headers, &mut body).await
+        };
+        let result = match attempt {
+            Attempt::Finished(d) => d,
+            Attempt::ClientFailed(flow) => return flow,
+            Attempt::Stale => {
+                retried = true;
+                provider_stats(&shard, job.pidx, |s| s.counters.retries += 1);
+                continue;
+            }
+        };
+        return finish(session, leg, job, lease, result, &mut body, sent_continue).await;
+    }
+}
+
+/// The request is complete in its head: send it, relay the response.
+async fn sequential(
+    session: &mut Session,
+    leg: Leg<'_>,
+    up_head: &[u8],
+    up: &mut UpConn,
+    headers: &mut Vec<HeaderRange>,
+    can_retry: bool,
+) -> Attempt {
+    match up.tx.stream.write_all(up_head).await {
+        Err(_) if can_retry => Attempt::Stale,
+        Err(e) => {
+            let kind = UpstreamError::of_io(&e, UpstreamError::IdleTimeout);
+            Attempt::Finished(Download::BeforeHead(kind, false))
+        }
+        Ok(()) => {
+            let (_, client_tx) = session.client_io();
+            let progress = Progress::uploaded();
+            match download(leg, client_tx, &mut up.rx, headers, &progress).await {
+                Download::BeforeHead(UpstreamError::Reset, false) if can_retry => Attempt::Stale,
+                d => Attempt::Finished(d),
+            }
+        }
+    }
+}
+
+/// A body follows the head: stream it up while the response comes down.
+async fn duplex(
+    session: &mut Session,
+    leg: Leg<'_>,
+    job: Job<'_>,
+    up: &mut UpConn,
+    headers: &mut Vec<HeaderRange>,
+    body: &mut BodyState,
+) -> Attempt {
+    if let Err(e) = up.tx.stream.write_all(job.up_head).await {
+        let kind = UpstreamError::of_io(&e, UpstreamError::IdleTimeout);
+        return Attempt::Finished(Download::BeforeHead(kind, false));
+    }
+    let chunked = job.head.framing == Framing::Chunked;
+    let progress = Progress::default();
+    let UpConn {
+        rx: up_rx,
+        tx: up_tx,
+        ..
+    } = up;
+    let (client_rx, client_tx) = session.client_io();
+    let up_side = async {
+        match upload(client_rx, up_tx, body, chunked, leg.limits, &progress).await {
+            // A finished upload waits for the response.
+            Ok(()) => futures_lite::future::pending().await,
+            Err(e) => DuplexEnd::ClientBody(e),
+        }
+    };
+    let down_side =
+        async { DuplexEnd::Response(download(leg, client_tx, up_rx, headers, &progress).await) };
+    match futures_lite::future::or(down_side, up_side).await {
+        DuplexEnd::Response(d) => Attempt::Finished(match (d, progress.up_failed.get()) {
+            // The provider closed because the upload failed: report why it failed.
+            (Download::BeforeHead(UpstreamError::Reset, got), Some(e)) => {
+                Download::BeforeHead(e, got)
+            }
+            (d, _) => d,
+        }),
+        DuplexEnd::ClientBody(e) => {
+            if matches!(e, BodyError::Timeout) {
+                leg.shard.stats.borrow_mut().counters.io_timeouts += 1;
+            }
+            if progress.head_sent.get() {
+                return Attempt::ClientFailed(Flow::Close);
+            }
+            if let BodyError::Http(err) = e {
+                session.respond_bad_request(&err);
+            }
+            Attempt::ClientFailed(Flow::Close)
+        }
+    }
+}
+
+/// Settles a finished attempt: the pool gets its connection back (when whole), the stats
+/// their figures, and the client an error answer if nothing was sent yet.
+async fn finish(
+    session: &mut Session,
+    leg: Leg<'_>,
+    job: Job<'_>,
+    lease: Lease,
+    result: Download,
+    body: &mut BodyState,
+    sent_continue: bool,
+) -> Flow {
+    match result {
+        Download::Done { reuse, close } => {
+            let total_us = leg.limits.started.elapsed().as_micros() as u64;
+            provider_stats(leg.shard, leg.pidx, |s| {
+                record(&mut s.total_us, total_us);
+                s.counters.total_sum_us += total_us;
+            });
+            let complete = body.is_done();
+            lease.release(reuse && complete);
+            if close || !complete {
+                Flow::Close
+            } else {
+                Flow::KeepAlive
+            }
+        }
+        Download::BeforeHead(e, _) => fail(session, job, body, sent_continue, e).await,
+        Download::MidBody(e) => {
+            if let Some(e) = e {
+                provider_stats(leg.shard, leg.pidx, |s| s.error(e));
+            }
+            let _ = session.flush().await;
+            Flow::Close
+        }
+    }
+}
+
+/// Answers 502/503/504 with a JSON body naming the provider and the cause. The client
+/// connection stays open when its request body was (or can still be) read to the end.
+pub(super) async fn fail(
+    session: &mut Session,
+    job: Job<'_>,
+    body: &mut BodyState,
+    sent_continue: bool,
+    e: UpstreamError,
+) -> Flow {
+    let head = job.head;
+    provider_stats(session.shard(), job.pidx, |s| s.error(e));
+    let mut close = !head.keep_alive || session.shard().draining.get();
+    // A body the client was told to hold back, or that cannot be discarded, forces a close.
+    if !body.is_done()
+        && ((head.expect_continue && !sent_continue)
+            || !matches!(session.discard(body).await, Ok(true)))
+    {
+        close = true;
+    }
+    let status = e.status();
+    let json = json_error(status, e.label(), e.message(), Some(&job.provider.name));
+    let extra: &[&str] = if status == 503 {
+        &["Retry-After: 1"]
+    } else {
+        &[]
+    };
+    let reply = Reply {
+        status,
+        content_type: "application/json",
+        body: &json,
+        extra,
+    };
+    let http10 = head.version == Version::Http10;
+    session.respond(&reply, Persist::of(close, http10), false);
+    if close {
+        Flow::Close
+    } else {
+        Flow::KeepAlive
+    }
+}
