@@ -33,6 +33,9 @@ fn serve_upstream(name: &str, upstream: &str) -> (Proc, u16) {
 
 #[test]
 fn rfc9112_conformance_and_smuggling_probe() {
+    if !require_tool("python3") {
+        return;
+    }
     let mp = free_port();
     let _mock = mock_provider("conformance", mp);
     let (mut gw_a, a) = serve_upstream("conformance-a", &format!("127.0.0.1:{mp}"));

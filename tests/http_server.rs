@@ -431,7 +431,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut slow = Reader::new(gw.connect());
     slow.send(b"GET /v1/mock/bytes?size=10&latency_ms=800 HTTP/1.1\r\nHost: t\r\n\r\n");
     std::thread::sleep(Duration::from_millis(100));
-    gw.proc.signal("TERM");
+    gw.proc.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(200));
     // New connections are refused once the listener is closed.
     assert!(TcpStream::connect(("127.0.0.1", gw.port)).is_err());

@@ -309,6 +309,9 @@ fn resets_and_5xx_from_the_provider_are_classified() {
 
 #[test]
 fn a_low_client_fd_limit_is_reported_as_a_client_limit() {
+    if !require_tool("prlimit") {
+        return;
+    }
     let mp = free_port();
     let _mock = mock_provider("load-fds", mp);
     let dir = tmpdir("load-fds-out");
@@ -361,11 +364,9 @@ fn a_low_client_fd_limit_is_reported_as_a_client_limit() {
 
 #[test]
 fn exhausted_client_ports_are_reported_as_a_client_limit() {
-    // Needs its own network namespace (ip_local_port_range is per namespace): root + unshare.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || Command::new("unshare").arg("--version").output().is_err()
-    {
-        eprintln!("skipped: needs root and unshare");
+    // Needs its own network namespace (ip_local_port_range is per namespace): root + unshare,
+    // and `ip` to bring its loopback up.
+    if !private_netns_allowed() || !require_tool("ip") {
         return;
     }
     let dir = tmpdir("load-ports");
@@ -619,6 +620,9 @@ fn scale_profile_writes_every_artifact_with_its_fields() {
 
 #[test]
 fn source_addresses_spread_the_connections() {
+    if !require_tool("ss") {
+        return;
+    }
     let mp = free_port();
     let _mock = mock_provider("load-source", mp);
     let dir = tmpdir("load-source-out");
@@ -742,9 +746,7 @@ fn ctrl_c_ends_a_window_or_a_cooldown_at_once_and_still_writes_artifacts() {
             .expect("spawn load");
         std::thread::sleep(Duration::from_millis(after_ms));
         let sent = std::time::Instant::now();
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
+        signal(child.id() as i32, libc::SIGINT);
         let mut exited = None;
         while sent.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(status)) = child.try_wait() {

@@ -1,5 +1,6 @@
 //! The proxy path against real processes: the gateway, the mock provider (embedded or as
-//! its own process), raw TCP upstreams made in the test, and curl / Python as clients.
+//! its own process), raw TCP upstreams made in the test, and curl / Python / ab as clients
+//! (a test whose client is not installed skips: see common::tool_available).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -672,6 +673,9 @@ fn queue_at_the_pool_cap_then_503() {
 #[test]
 fn apache_bench_keeps_http10_connections_alive() {
     // ab speaks HTTP/1.0 and keeps a connection only when a response says keep-alive.
+    if !require_tool("ab") {
+        return;
+    }
     let gw = gateway("ab", "0", "");
     for path in ["/health", "/v1/mock/api/small"] {
         let out = std::process::Command::new("ab")
@@ -703,8 +707,11 @@ fn apache_bench_keeps_http10_connections_alive() {
 }
 
 #[test]
-fn curl_and_python_clients_through_the_gateway() {
-    let gw = gateway("clients", "0", "");
+fn curl_clients_through_the_gateway() {
+    if !require_tool("curl") {
+        return;
+    }
+    let gw = gateway("curl", "0", "");
     let base = format!("http://127.0.0.1:{}", gw.port);
     let out = std::process::Command::new("curl")
         .args([
@@ -742,6 +749,14 @@ fn curl_and_python_clients_through_the_gateway() {
     assert!(v["transcript"]
         .as_str()
         .is_some_and(|t| t.starts_with("mock transcript")));
+}
+
+#[test]
+fn a_python_client_through_the_gateway() {
+    if !require_tool("python3") {
+        return;
+    }
+    let gw = gateway("python", "0", "");
     let py = format!(
         "import http.client\nc = http.client.HTTPConnection('127.0.0.1', {})\n\
          for i in range(3):\n    c.request('POST', '/v1/mock/echo', body=b'x' * (1000 * (i + 1)), headers={{'Content-Type': 'application/octet-stream'}})\n\

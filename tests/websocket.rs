@@ -9,20 +9,6 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-/// A Python that has the `websockets` package (.ci/run installs it).
-fn python_with_websockets() -> &'static str {
-    ["python3", "/usr/bin/python3"]
-        .into_iter()
-        .find(|py| {
-            Command::new(py)
-                .args(["-c", "import websockets"])
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .expect("no python3 with the websockets package (pip install websockets)")
-}
-
 fn handshake(path: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -32,9 +18,13 @@ fn handshake(path: &str) -> String {
 
 #[test]
 fn a_real_websocket_client_through_the_gateway() {
+    // A Python that has the `websockets` package (.ci/run installs it).
+    let Some(python) = require_python_module("websockets") else {
+        return;
+    };
     let gw = gateway("ws-client", "0", "");
     let url = format!("ws://127.0.0.1:{}/v1/mock/ws", gw.port);
-    let out = Command::new(python_with_websockets())
+    let out = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/clients/ws_echo.py"

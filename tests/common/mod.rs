@@ -24,6 +24,97 @@ pub fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+/// Sends signal `sig` to process `pid` (libc::kill, so no `kill` program is needed).
+pub fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; a stale pid only makes it fail.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// The one gate for outside tools (programs, Python packages) a test drives: `probe` says
+/// whether `tool` is here. When it is not, the test is skipped: this prints
+/// `SKIPPED: <tool> not installed` to stderr and returns false, and the caller returns
+/// early (and passes). With `COREGATE_REQUIRE_TOOLS=1` (.ci/run, after it installs the
+/// tools) a missing tool fails the test instead, so CI never skips silently.
+pub fn tool_available(tool: &str, probe: impl FnOnce() -> bool) -> bool {
+    if probe() {
+        return true;
+    }
+    if std::env::var_os("COREGATE_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+        panic!(
+            "{tool} not installed, and COREGATE_REQUIRE_TOOLS=1 requires it (.ci/run installs it)"
+        );
+    }
+    skipped(format_args!("{tool} not installed"));
+    false
+}
+
+/// `tool_available` for a program looked up on PATH, as `Command::new` looks it up.
+pub fn require_tool(program: &str) -> bool {
+    tool_available(program, || on_path(program))
+}
+
+/// `tool_available` for a Python package (the tool is named `python3 <module>`): the first
+/// of `python3` on PATH and `/usr/bin/python3` that imports `module`.
+pub fn require_python_module(module: &str) -> Option<&'static str> {
+    let mut found = None;
+    let tool = format!("python3 {module}");
+    tool_available(&tool, || {
+        found = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
+            Command::new(py)
+                .args(["-c", &format!("import {module}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        found.is_some()
+    })
+    .then_some(found)
+    .flatten()
+}
+
+/// Whether this test may make a private network namespace: root, `unshare` (through
+/// `require_tool`), and a kernel/container that lets `unshare -n` run. Prints why not.
+pub fn private_netns_allowed() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skipped(format_args!("needs root (a private network namespace)"));
+        return false;
+    }
+    if !require_tool("unshare") {
+        return false;
+    }
+    let ok = Command::new("unshare")
+        .args(["-n", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skipped(format_args!(
+            "`unshare -n` is refused here (no CAP_SYS_ADMIN?)"
+        ));
+    }
+    ok
+}
+
+/// Prints `SKIPPED: <why>` straight to stderr: not through eprintln!, which the test harness
+/// captures (and hides for a passing test), so a plain `cargo test` shows what was skipped.
+fn skipped(why: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc {
     pub child: Child,
@@ -35,10 +126,8 @@ impl Proc {
         self.child.id() as i32
     }
 
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status();
+    pub fn signal(&self, sig: libc::c_int) {
+        signal(self.pid(), sig);
     }
 
     /// Waits for exit up to `timeout`; returns the exit code.

@@ -18,7 +18,6 @@ pub use coregate_runtime::wire::{BodyError, BodyState};
 use coregate_runtime::wire::{Rx, Tx, Wire};
 use glommio::net::TcpStream;
 use std::io;
-use std::ops::Range;
 use std::rc::Rc;
 use std::time::Instant;
 
