@@ -181,6 +181,12 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The providers' names, in the order of the shards' provider lists (a route refers to
+    /// its provider by name; the route table by index).
+    pub fn provider_names(&self) -> Vec<&str> {
+        self.providers.iter().map(|p| p.name.as_str()).collect()
+    }
+
     /// Checks values that the types alone cannot: ranges, addresses, cross-references.
     pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
         let err = |key: &str, message: String| ConfigError {
@@ -221,7 +227,7 @@ impl Config {
             parse_addr(&self.mock.listen).map_err(|m| err("mock.listen", m))?;
         }
         crate::upstream::validate_providers(&self.providers).map_err(|(k, m)| err(&k, m))?;
-        crate::route::validate_routes(&self.routes, &self.providers)
+        crate::route::validate_routes(&self.routes, &self.provider_names())
             .map_err(|(k, m)| err(&k, m))?;
         Ok(())
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One `[[routes]]` entry.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Path prefix to match (must start with `/`).
@@ -29,19 +29,40 @@ pub struct RouteConfig {
     /// Headers removed from the forwarded request (case-insensitive).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_headers: Vec<String>,
+    /// Protocols a client may switch to through this route (`Upgrade`, RFC 9110 §7.8);
+    /// others are stripped and the request goes on as an ordinary one. `h2c` is never
+    /// allowed: it would hand the client's connection to the provider past every rule.
+    #[serde(default = "default_upgrade_protocols")]
+    pub upgrade_protocols: Vec<String>,
 }
 
-/// Checks routes against the providers; errors carry the dotted key.
-pub fn validate_routes(
-    routes: &[RouteConfig],
-    providers: &[crate::upstream::ProviderConfig],
-) -> Result<(), (String, String)> {
+fn default_upgrade_protocols() -> Vec<String> {
+    vec!["websocket".to_string()]
+}
+
+impl Default for RouteConfig {
+    fn default() -> RouteConfig {
+        RouteConfig {
+            prefix: String::new(),
+            host: String::new(),
+            provider: String::new(),
+            strip_prefix: false,
+            rewrite: None,
+            add_headers: BTreeMap::new(),
+            remove_headers: Vec::new(),
+            upgrade_protocols: default_upgrade_protocols(),
+        }
+    }
+}
+
+/// Checks routes against the provider names; errors carry the dotted key.
+pub fn validate_routes(routes: &[RouteConfig], providers: &[&str]) -> Result<(), (String, String)> {
     for (i, r) in routes.iter().enumerate() {
         let key = |k: &str| format!("routes[{i}].{k}");
         if !r.prefix.starts_with('/') {
             return Err((key("prefix"), format!("{:?} must start with '/'", r.prefix)));
         }
-        if !providers.iter().any(|p| p.name == r.provider) {
+        if !providers.contains(&r.provider.as_str()) {
             return Err((
                 key("provider"),
                 format!("no provider named {:?} is defined", r.provider),
@@ -71,6 +92,26 @@ pub fn validate_routes(
                 ));
             }
         }
+        for p in &r.upgrade_protocols {
+            if p.eq_ignore_ascii_case("h2c") || p.to_ascii_lowercase().starts_with("h2c/") {
+                return Err((
+                    key("upgrade_protocols"),
+                    "\"h2c\" cannot be tunnelled: the client would speak HTTP/2 to the provider \
+                     past the gateway's routes and header rules (h2c smuggling)"
+                        .to_string(),
+                ));
+            }
+            if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return Err((
+                    key("upgrade_protocols"),
+                    format!("{p:?} is not a protocol name"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -96,6 +137,19 @@ pub struct Route {
     pub add_headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Lower-cased names to drop, including those replaced by `add_headers`.
     pub remove_headers: Vec<Vec<u8>>,
+    /// Lower-cased protocol names a client may upgrade to.
+    pub upgrade_protocols: Vec<Vec<u8>>,
+}
+
+impl Route {
+    /// Whether a protocol from an `Upgrade` field (`name` or `name/version`) may be
+    /// switched to on this route.
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        let name = protocol.split(|&b| b == b'/').next().unwrap_or(protocol);
+        self.upgrade_protocols
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -104,14 +158,13 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(
-        routes: &[RouteConfig],
-        providers: &[crate::upstream::ProviderConfig],
-    ) -> RouteTable {
+    /// Compiles `routes`; a route's provider is its index in `providers` (the names, in
+    /// the order of the shard's provider list).
+    pub fn new(routes: &[RouteConfig], providers: &[&str]) -> RouteTable {
         let mut compiled: Vec<Route> = routes
             .iter()
             .filter_map(|r| {
-                let provider = providers.iter().position(|p| p.name == r.provider)?;
+                let provider = providers.iter().position(|p| *p == r.provider)?;
                 let replace_prefix = match (&r.rewrite, r.strip_prefix) {
                     (Some(rw), _) => Some(rw.as_bytes().to_vec()),
                     (None, true) => Some(Vec::new()),
@@ -135,6 +188,11 @@ impl RouteTable {
                     replace_prefix,
                     add_headers,
                     remove_headers,
+                    upgrade_protocols: r
+                        .upgrade_protocols
+                        .iter()
+                        .map(|p| p.to_ascii_lowercase().into_bytes())
+                        .collect(),
                 })
             })
             .collect();
@@ -190,14 +248,9 @@ fn strip_port(host: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::ProviderConfig;
 
-    fn provider(name: &str) -> ProviderConfig {
-        ProviderConfig {
-            name: name.into(),
-            endpoints: vec!["127.0.0.1:1".into()],
-            ..ProviderConfig::default()
-        }
+    fn provider(name: &str) -> &str {
+        name
     }
 
     #[test]

@@ -138,7 +138,7 @@ async fn shard_main(spec: ShardSpec) {
             idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
             body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
         },
-        routes: RouteTable::new(&cfg.routes, &cfg.providers),
+        routes: RouteTable::new(&cfg.routes, &cfg.provider_names()),
         providers: Providers::new(&cfg.providers, spec.max_connections),
         stats: RefCell::new(ShardStats::new(
             spec.id,

@@ -13,7 +13,7 @@
 
 use super::error::UpstreamError;
 use super::forward::{download, upload, ClientSide, Download, Leg, Limits, Progress};
-use super::heads::request_head;
+use super::heads::{offered_upgrades, request_head};
 use super::pool::{acquire, provider_stats, Lease, Provider, UpConn};
 use crate::session::{BodyError, BodyState, Flow, Session};
 use crate::stats::record;
@@ -31,6 +31,8 @@ pub(super) struct Job<'a> {
     pub(super) pidx: usize,
     /// The request head as sent to the provider.
     pub(super) up_head: &'a [u8],
+    /// The protocols offered in the forwarded `Upgrade` (empty: not an upgrade).
+    pub(super) upgrade: &'a [Vec<u8>],
 }
 
 /// How one attempt on one provider connection ended.
@@ -60,14 +62,17 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
     let Some(provider) = shard.providers.list.get(pidx) else {
         return Flow::Close;
     };
+    let buf = session.head_bytes();
+    // Only protocols on the route's allow-list are switched to; a request offering none
+    // (e.g. `Upgrade: h2c`) goes on as an ordinary request without its Upgrade fields.
+    let upgrade = offered_upgrades(buf, &head, session.headers(), route);
     let req = ClientSide {
-        is_head: head.is_head(session.head_bytes()),
+        is_head: head.is_head(buf),
         http10: head.version == Version::Http10,
         keep_alive: head.keep_alive,
         expects_continue: head.expect_continue,
-        upgrade: head.upgrade,
+        upgrade: !upgrade.is_empty(),
     };
-    let buf = session.head_bytes();
     let up_head = match request_head(
         buf,
         &head,
@@ -75,6 +80,7 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
         route,
         provider,
         session.peer_ip(),
+        &upgrade,
     ) {
         Ok(h) => h,
         Err(e) => {
@@ -91,8 +97,9 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
         provider,
         pidx,
         up_head: &up_head,
+        upgrade: &upgrade,
     };
-    let flow = if head.upgrade {
+    let flow = if req.upgrade {
         super::tunnel::upgrade(session, job, &mut headers).await
     } else {
         exchange(session, job, &mut headers).await

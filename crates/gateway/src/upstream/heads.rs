@@ -15,7 +15,9 @@ use coregate_http1::{list_elements, Framing};
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the ones the gateway rewrites itself.
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 7] = [
+    // HTTP2-Settings belongs to an h2c upgrade (RFC 7540 §3.2.1: connection-specific),
+    // which the gateway never tunnels.
+    const HOP: [&[u8]; 8] = [
         b"connection",
         b"keep-alive",
         b"te",
@@ -23,6 +25,7 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
         b"transfer-encoding",
         b"upgrade",
         b"content-length",
+        b"http2-settings",
     ];
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
         || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
@@ -44,8 +47,49 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The protocols of the client's `Upgrade` field(s) that the route allows, in the client's
+/// order. Empty when the request is no upgrade or offers nothing allowed: it then goes on as
+/// an ordinary request, without `Upgrade`.
+pub(super) fn offered_upgrades(
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderRange],
+    route: &Route,
+) -> Vec<Vec<u8>> {
+    if !head.upgrade {
+        return Vec::new();
+    }
+    headers
+        .iter()
+        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"upgrade"))
+        .flat_map(|h| list_elements(&buf[h.value.clone()]))
+        .filter(|p| route.allows_upgrade(p))
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Whether a 101's `Upgrade` names only protocols the request offered (RFC 9110 §15.2.2:
+/// a server switches to one the client listed); a 101 without `Upgrade` is refused too.
+pub(super) fn switched_to_offered(
+    buf: &[u8],
+    headers: &[HeaderRange],
+    offered: &[Vec<u8>],
+) -> bool {
+    let mut named = false;
+    let all_offered = headers
+        .iter()
+        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"upgrade"))
+        .flat_map(|h| list_elements(&buf[h.value.clone()]))
+        .all(|p| {
+            named = true;
+            offered.iter().any(|o| o.eq_ignore_ascii_case(p))
+        });
+    named && all_offered
+}
+
 /// Builds the request head sent to the provider; a 400 when the route's prefix rewrite
-/// would send a dot-segment the client's path did not have.
+/// would send a dot-segment the client's path did not have. `upgrade` lists the protocols
+/// forwarded in `Upgrade` (empty: none, and no `Connection: Upgrade`).
 pub(super) fn request_head(
     buf: &[u8],
     head: &RequestHead,
@@ -53,6 +97,7 @@ pub(super) fn request_head(
     route: &Route,
     provider: &Provider,
     peer: Option<std::net::IpAddr>,
+    upgrade: &[Vec<u8>],
 ) -> Result<Vec<u8>, HttpError> {
     let mut out = Vec::with_capacity(head.head_len + 128);
     out.extend_from_slice(head.method(buf));
@@ -93,10 +138,6 @@ pub(super) fn request_head(
         if name.eq_ignore_ascii_case(b"content-length") {
             had_content_length = true;
         }
-        if head.upgrade && name.eq_ignore_ascii_case(b"upgrade") {
-            push_header(&mut out, name, value);
-            continue;
-        }
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"expect")
@@ -134,8 +175,15 @@ pub(super) fn request_head(
     for (k, v) in &route.add_headers {
         push_header(&mut out, k, v);
     }
-    if head.upgrade {
-        out.extend_from_slice(b"Connection: Upgrade\r\n");
+    if !upgrade.is_empty() {
+        out.extend_from_slice(b"Upgrade: ");
+        for (i, p) in upgrade.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(p);
+        }
+        out.extend_from_slice(b"\r\nConnection: Upgrade\r\n");
     }
     match head.framing {
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),

@@ -92,7 +92,7 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
             return Err((key("endpoints"), "needs at least one host:port".into()));
         }
         for (j, e) in p.endpoints.iter().enumerate() {
-            crate::config::parse_addr(e)
+            coregate_runtime::listener::parse_addr(e)
                 .map_err(|m| (format!("providers[{i}].endpoints[{j}]"), m))?;
         }
         if !p.host.is_empty() && p.host.parse::<http::uri::Authority>().is_err() {

@@ -87,7 +87,7 @@ impl Providers {
                 endpoints: c
                     .endpoints
                     .iter()
-                    .filter_map(|e| crate::config::parse_addr(e).ok())
+                    .filter_map(|e| coregate_runtime::listener::parse_addr(e).ok())
                     .map(|addr| {
                         Rc::new(Endpoint {
                             addr,

@@ -17,7 +17,7 @@ use super::exchange::{fail, Job};
 use super::forward::{
     count_response_head, read_response_head, relay_response, Download, Leg, Limits, Progress,
 };
-use super::heads::interim_head;
+use super::heads::{interim_head, switched_to_offered};
 use super::pool::provider_stats;
 use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
@@ -63,6 +63,13 @@ pub(super) async fn upgrade(
     let (_, client_tx) = session.client_io();
     let outcome =
         match read_response_head(&mut up.rx, client_tx, leg.req, headers, leg.limits).await {
+            // A 101 must switch to a protocol the request offered (RFC 9110 §15.2.2).
+            Ok(resp)
+                if resp.status == 101
+                    && !switched_to_offered(up.rx.buffered(), headers, job.upgrade) =>
+            {
+                Some(Download::BeforeHead(UpstreamError::BadResponse, true))
+            }
             Ok(resp) if resp.status == 101 => {
                 count_response_head(leg, &resp);
                 interim_head(&mut client_tx.buf, up.rx.buffered(), &resp, headers);
