@@ -320,6 +320,9 @@ def define_fake():
     F["many1xx"] = [(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 20 + fr(headers=["Content-Length: 2"], body=b"ok"), 0)]
     F["r101"] = [(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 0),
                  (SMR, 0.15)]
+    # A provider that accepts h2c: it switches whenever it is asked to.
+    F["r101h2c"] = [(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", 0),
+                    (SMR, 0.15)]
     F["close_delim"] = [(fr(headers=["Content-Type: text/plain"], body=b"close-delimited-body"), 0)]
     FAKE_CLOSE.add("close_delim")
     F["r204_body"] = [(fr("204 No Content", ["Content-Length: %d" % len(SMR)], SMR), 0)]
@@ -859,6 +862,9 @@ def define_b():
       else ("FAIL", "%s" % r.statuses[:3]))
     B("resp_101_unrequested", "9110 7.8/15.2.2: MUST NOT switch w/o Upgrade request => 502", "r101", vb_502,
       upstream_close=True, then=req(target="/r/ok"))
+    B("resp_101_h2c_smuggling", "9110 7.8: h2c is not tunnelled (Upgrade stripped) => no 101 relayed", "r101h2c",
+      vb_502, upstream_close=True, then=req(target="/r/ok"),
+      headers=("Host: x", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAAP__", "Connection: Upgrade"))
     B("resp_close_delimited", "9112 6.3(8): close-delimited; re-frame or close downstream", "close_delim",
       lambda r: ("PASS", "framing=%s closed=%s" % (finals(r.rs)[0]["framing"], r.closed))
       if r.codes == [200] and body0(r) == b"close-delimited-body" and (finals(r.rs)[0]["framing"] != "close" or r.closed)
@@ -1077,7 +1083,7 @@ def main(argv):
                 time.sleep(0.1)
                 fake.close_idle()
                 time.sleep(0.3)
-            first_req = req(method, "/r/" + case, ver=ver)
+            first_req = req(method, "/r/" + case, ver=ver, headers=kw.get("headers", ("Host: x",)))
             if method == "POST":
                 first_req = req(method, "/r/" + case, ver=ver, headers=["Host: x", "Content-Length: 5"], body=b"hello")
             parts = first_req
