@@ -93,7 +93,7 @@ pub fn validate_routes(routes: &[RouteConfig], providers: &[&str]) -> Result<(),
             }
         }
         for p in &r.upgrade_protocols {
-            if p.eq_ignore_ascii_case("h2c") || p.to_ascii_lowercase().starts_with("h2c/") {
+            if p.eq_ignore_ascii_case("h2c") {
                 return Err((
                     key("upgrade_protocols"),
                     "\"h2c\" cannot be tunnelled: the client would speak HTTP/2 to the provider \

@@ -64,6 +64,20 @@ pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|e| !e.is_empty())
 }
 
+/// The elements of every `name` field of a head (list-valued fields may repeat, RFC 9110
+/// §5.3), in order. `headers` index `buf`, as [`request::parse_head`] and
+/// [`response::parse_response`] leave them.
+pub fn field_elements<'a>(
+    buf: &'a [u8],
+    headers: &'a [request::HeaderRange],
+    name: &'a [u8],
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .iter()
+        .filter(move |h| buf[h.name.clone()].eq_ignore_ascii_case(name))
+        .flat_map(move |h| list_elements(&buf[h.value.clone()]))
+}
+
 /// Strips leading and trailing SP / HTAB.
 pub fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {

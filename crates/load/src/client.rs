@@ -230,11 +230,7 @@ impl ClientConn {
                 .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name))
                 .map(|h| coregate_http1::trim_ows(&buf[h.value.clone()]))
         };
-        let connection_upgrade = self
-            .headers
-            .iter()
-            .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"connection"))
-            .flat_map(|h| coregate_http1::list_elements(&buf[h.value.clone()]))
+        let connection_upgrade = coregate_http1::field_elements(buf, &self.headers, b"connection")
             .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
         field(b"upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
             && connection_upgrade

@@ -11,7 +11,7 @@ use coregate_http1::reply::Persist;
 use coregate_http1::request::{check_dot_segments, HeaderRange, RequestHead, Version};
 use coregate_http1::response::ResponseHead;
 use coregate_http1::HttpError;
-use coregate_http1::{list_elements, Framing};
+use coregate_http1::{field_elements, Framing};
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the ones the gateway rewrites itself.
 fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -33,11 +33,7 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 
 /// Field names listed in Connection, which are hop-by-hop for this message.
 fn connection_listed<'a>(buf: &'a [u8], headers: &'a [HeaderRange]) -> Vec<&'a [u8]> {
-    headers
-        .iter()
-        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"connection"))
-        .flat_map(|h| list_elements(&buf[h.value.clone()]))
-        .collect()
+    field_elements(buf, headers, b"connection").collect()
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -59,10 +55,7 @@ pub(super) fn offered_upgrades(
     if !head.upgrade {
         return Vec::new();
     }
-    headers
-        .iter()
-        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"upgrade"))
-        .flat_map(|h| list_elements(&buf[h.value.clone()]))
+    field_elements(buf, headers, b"upgrade")
         .filter(|p| route.allows_upgrade(p))
         .map(<[u8]>::to_vec)
         .collect()
@@ -76,14 +69,10 @@ pub(super) fn switched_to_offered(
     offered: &[Vec<u8>],
 ) -> bool {
     let mut named = false;
-    let all_offered = headers
-        .iter()
-        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"upgrade"))
-        .flat_map(|h| list_elements(&buf[h.value.clone()]))
-        .all(|p| {
-            named = true;
-            offered.iter().any(|o| o.eq_ignore_ascii_case(p))
-        });
+    let all_offered = field_elements(buf, headers, b"upgrade").all(|p| {
+        named = true;
+        offered.iter().any(|o| o.eq_ignore_ascii_case(p))
+    });
     named && all_offered
 }
 
@@ -313,14 +302,10 @@ pub(super) fn response_head(
 /// §6.3: a response whose codings do not end in chunked is read until close, undecoded).
 pub(super) fn transfer_codings<'a>(
     buf: &'a [u8],
-    headers: &[HeaderRange],
+    headers: &'a [HeaderRange],
     framing: Framing,
 ) -> Vec<&'a [u8]> {
-    let mut te: Vec<&[u8]> = headers
-        .iter()
-        .filter(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"transfer-encoding"))
-        .flat_map(|h| list_elements(&buf[h.value.clone()]))
-        .collect();
+    let mut te: Vec<&[u8]> = field_elements(buf, headers, b"transfer-encoding").collect();
     if framing == Framing::Chunked {
         te.pop();
     }
