@@ -245,7 +245,7 @@ fn check_partial(buf: &[u8], limits: Limits) -> Result<(), HttpError> {
 
 fn too_large(buf: &[u8], limits: Limits) -> HttpError {
     let line_end = buf.iter().position(|&b| b == b'\n');
-    if line_end.map_or(true, |e| e >= limits.max_head_bytes) {
+    if line_end.is_none_or(|e| e >= limits.max_head_bytes) {
         HttpError::new(
             414,
             "uri_too_long",

@@ -4,7 +4,7 @@
 //! executor per core ([`executor`]), listeners ([`listener`]), a connection's buffered socket
 //! ([`wire`]) whose read timeouts are one sweep per thread ([`deadline`]), a one-shot
 //! [`event`], core lists ([`cores`]), host facts ([`host`]), latency histograms
-//! ([`histogram`]) and the log line format ([`log`]).
+//! ([`histogram`]) the log line format ([`log`]) and TLS configuration ([`tls`]).
 //!
 //! It knows nothing of the gateway, the mock provider or the load generator, which all
 //! build on it; it depends only on `coregate-http1` (a body is read by its framing).
@@ -17,4 +17,5 @@ pub mod histogram;
 pub mod host;
 pub mod listener;
 pub mod log;
+pub mod tls;
 pub mod wire;

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Read buffer size while streaming a body.
@@ -29,25 +29,86 @@ const BATCH: usize = 16 * 1024;
 /// How long a closing connection keeps reading (and discarding) input.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// A shared handle to one socket, used by its read and write halves.
+/// The connection under a [`Stream`]: a plain socket or TLS over one.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => match ready!(Pin::new(&mut **s).poll_read(cx, buf)) {
+                // A TCP close without close_notify. HTTP/1.1 frames its own messages, so
+                // a truncated message is seen as one, as after a plain FIN (RFC 9112 §9.8:
+                // many clients close that way); treat it as the end of input.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
+                r => Poll::Ready(r),
+            },
+        }
+    }
+
+    /// Writes some bytes. Through TLS they are also flushed onto the socket before this
+    /// returns, so a write means the same on both kinds: the bytes left the process.
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => {
+                let n = ready!(Pin::new(&mut **s).poll_write(cx, buf))?;
+                match Pin::new(&mut **s).poll_flush(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    // The records not yet on the socket go out with the next write or
+                    // flush; the plaintext is accepted.
+                    _ => Poll::Ready(Ok(n)),
+                }
+            }
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Plain(_) => Poll::Ready(Ok(())),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+}
+
+/// A shared handle to one connection (plain or TLS), used by its read and write halves.
 #[derive(Clone)]
-pub struct Stream(Rc<RefCell<TcpStream>>);
+pub struct Stream(Rc<RefCell<Io>>);
 
 impl Stream {
     pub fn new(s: TcpStream) -> Stream {
-        Stream(Rc::new(RefCell::new(s)))
+        Stream(Rc::new(RefCell::new(Io::Plain(s))))
+    }
+
+    /// A connection whose TLS handshake is done (see [`crate::tls`]).
+    pub fn tls(s: futures_rustls::TlsStream<TcpStream>) -> Stream {
+        Stream(Rc::new(RefCell::new(Io::Tls(Box::new(s)))))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(*self.0.borrow(), Io::Tls(_))
     }
 
     pub fn fd(&self) -> i32 {
-        self.0.borrow().as_raw_fd()
+        self.0.borrow().tcp().as_raw_fd()
     }
 
     pub fn set_write_timeout(&self, d: Duration) {
-        let _ = self.0.borrow().set_write_timeout(Some(d));
+        let _ = self.0.borrow().tcp().set_write_timeout(Some(d));
     }
 
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)).await
+        poll_fn(|cx| self.0.borrow_mut().poll_read(cx, buf)).await
     }
 
     /// Reads some bytes, failing with `TimedOut` when none came within `timeout`
@@ -63,7 +124,7 @@ impl Stream {
             if slot.fired() {
                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
             }
-            let r = Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, &mut *buf);
+            let r = self.0.borrow_mut().poll_read(cx, &mut *buf);
             if r.is_pending() {
                 slot.arm(timeout, cx.waker());
             }
@@ -74,7 +135,7 @@ impl Stream {
 
     /// Writes some of `data` (at least one byte unless it is empty); returns how much.
     pub async fn write(&self, data: &[u8]) -> io::Result<usize> {
-        poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, data)).await
+        poll_fn(|cx| self.0.borrow_mut().poll_write(cx, data)).await
     }
 
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
@@ -85,7 +146,12 @@ impl Stream {
             }
             data = &data[n..];
         }
-        Ok(())
+        self.flush().await
+    }
+
+    /// Pushes out TLS records still buffered (nothing to do on a plain socket).
+    pub async fn flush(&self) -> io::Result<()> {
+        poll_fn(|cx| self.0.borrow_mut().poll_flush(cx)).await
     }
 
     /// Whether bytes, a FIN or an error arrived while nobody was reading, as far as this
@@ -95,9 +161,14 @@ impl Stream {
     /// connection from its event loop too). Peeking at the socket instead closed that window
     /// but cost 15-20 % per proxied request (docs/benchmarks.md). Without an armed poll (the
     /// last read filled the buffer) it peeks.
+    ///
+    /// Through TLS, input may be only handshake messages (TLS 1.3 session tickets arrive
+    /// after the handshake): then a non-blocking read through TLS tells whether any
+    /// application data or a close came with them.
     pub fn input_while_idle(&self) -> bool {
-        if let Some(reported) = self.0.borrow().input_reported() {
-            return reported;
+        let reported = self.0.borrow().tcp().input_reported();
+        if let Some(reported) = reported {
+            return reported && self.tls_input_now();
         }
         let mut byte = 0u8;
         // SAFETY: recv(2) writes at most one byte into `byte`, which outlives the call; the
@@ -113,10 +184,27 @@ impl Stream {
         !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Whether a read through TLS yields anything now (data, close or error) rather than
+    /// waiting; always true on a plain socket. Bytes read here are lost: only ask about a
+    /// connection that is unusable if any came.
+    fn tls_input_now(&self) -> bool {
+        let mut io = self.0.borrow_mut();
+        if let Io::Plain(_) = &*io {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let mut cx = Context::from_waker(Waker::noop());
+        io.poll_read(&mut cx, &mut byte).is_ready()
+    }
+
     /// One non-blocking gathered send of `a` then `b`; how much went out, or `None` when
     /// nothing could be written now (the caller falls back to the waiting write, which also
     /// reports errors).
     pub fn try_writev(&self, a: &[u8], b: &[u8]) -> Option<usize> {
+        if self.is_tls() {
+            // TLS records are built in user space: nothing to gather here.
+            return None;
+        }
         let mut iov = [
             libc::iovec {
                 iov_base: a.as_ptr() as *mut libc::c_void,
@@ -143,8 +231,15 @@ impl Stream {
         let _ = self.shutdown(libc::SHUT_RDWR);
     }
 
-    /// Half-closes the write direction (sends FIN).
-    pub fn shutdown_write(&self) -> io::Result<()> {
+    /// Half-closes the write direction: a TLS close_notify first, then a FIN.
+    pub async fn shutdown_write(&self) -> io::Result<()> {
+        if self.is_tls() {
+            return poll_fn(|cx| match &mut *self.0.borrow_mut() {
+                Io::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+                Io::Plain(_) => Poll::Ready(Ok(())),
+            })
+            .await;
+        }
         self.shutdown(libc::SHUT_WR)
     }
 
@@ -445,7 +540,11 @@ pub struct Wire {
 
 impl Wire {
     pub fn new(stream: TcpStream, initial_buf: usize) -> Wire {
-        let s = Stream::new(stream);
+        Wire::over(Stream::new(stream), initial_buf)
+    }
+
+    /// Both halves of an already wrapped connection (plain or TLS).
+    pub fn over(s: Stream, initial_buf: usize) -> Wire {
         Wire {
             rx: Rx::new(s.clone(), initial_buf),
             tx: Tx::new(s),
@@ -455,7 +554,7 @@ impl Wire {
     /// Flushes, half-closes, and briefly discards input so the peer reads our last
     /// response rather than a TCP reset caused by unread data.
     pub async fn close(&mut self) {
-        if self.tx.flush().await.is_err() || self.tx.stream.shutdown_write().is_err() {
+        if self.tx.flush().await.is_err() || self.tx.stream.shutdown_write().await.is_err() {
             return;
         }
         let deadline = Instant::now() + LINGER;
