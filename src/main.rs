@@ -55,6 +55,12 @@ enum Command {
         /// Cores, e.g. `0-1` (default: all online cores).
         #[arg(long, default_value = "all")]
         cores: String,
+        /// Serve every endpoint over TLS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -122,12 +128,22 @@ fn main() -> ExitCode {
             }
         }
         Command::Load(args) => coregate_load::run(*args),
-        Command::MockProvider { listen, cores } => coregate_runtime::cores::parse_core_list(
-            &cores,
-            &coregate_runtime::cores::online_cores(),
-        )
-        .map_err(|e| format!("--cores: {e}"))
-        .and_then(|c| coregate_mock::run(&listen, &c)),
+        Command::MockProvider {
+            listen,
+            cores,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| coregate_mock::TlsFiles { cert, key });
+            coregate_runtime::cores::parse_core_list(
+                &cores,
+                &coregate_runtime::cores::online_cores(),
+            )
+            .map_err(|e| format!("--cores: {e}"))
+            .and_then(|c| coregate_mock::run(&listen, &c, tls))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

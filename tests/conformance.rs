@@ -71,3 +71,58 @@ fn rfc9112_conformance_and_smuggling_probe() {
         assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
     }
 }
+
+/// The request-side cases once more, through the TLS listener: framing and smuggling
+/// rules must not change when the bytes arrive decrypted by rustls.
+#[test]
+fn rfc9112_conformance_probe_through_the_tls_listener() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tmpdir("conformance-tls");
+    let ca = common::certs::TestCa::new(&dir, "probe");
+    let leaf = ca.leaf(&dir, "gw", &["localhost"], false);
+    let mp = free_port();
+    let _mock = mock_provider("conformance-tls", mp);
+    let tls_port = free_port();
+    let server = format!(
+        "tls_listen = \"127.0.0.1:{tls_port}\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        leaf.cert.display(),
+        leaf.key.display()
+    );
+    let providers = format!(
+        "[[providers]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:{mp}\"]\n\
+         [[routes]]\nprefix = \"/\"\nprovider = \"mock\"\n"
+    );
+    let mut gw = gateway_with_server("conformance-tls-gw", "0", &server, &providers);
+    wait_port(tls_port, Duration::from_secs(10));
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/conformance/probe.py"
+        ))
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .args(["--tls-ca", ca.pem.to_str().unwrap()])
+        .output()
+        .expect("run python3 probe.py");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let failures: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("FAIL") || l.starts_with("       "))
+        .collect();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        failures.join("\n"),
+        report.lines().last().unwrap_or(""),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("SUMMARY"), "{report}");
+    let s = gw.stats();
+    assert!(
+        s["total"]["tls"]["handshakes"].as_u64().unwrap() > 100,
+        "{}",
+        s["total"]["tls"]
+    );
+    assert!(gw.proc.alive(), "the gateway died: {}", gw.proc.log_text());
+}

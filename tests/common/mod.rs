@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod certs;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_coregate");
 
 /// A free loopback port (bound then released; the kernel will not hand it out again soon).
@@ -76,22 +78,29 @@ pub fn require_python_module(module: &str) -> Option<&'static str> {
 /// Whether this test may make a private network namespace: root, `unshare` (through
 /// `require_tool`), and a kernel/container that lets `unshare -n` run. Prints why not.
 pub fn private_netns_allowed() -> bool {
+    unshare_allowed("-n")
+}
+
+/// Whether `unshare <flag>` (`-n` network, `-m` mount namespace) works here. Prints why not.
+pub fn unshare_allowed(flag: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        skipped(format_args!("needs root (a private network namespace)"));
+        skipped(format_args!(
+            "needs root (a private namespace, unshare {flag})"
+        ));
         return false;
     }
     if !require_tool("unshare") {
         return false;
     }
     let ok = Command::new("unshare")
-        .args(["-n", "true"])
+        .args([flag, "true"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         skipped(format_args!(
-            "`unshare -n` is refused here (no CAP_SYS_ADMIN?)"
+            "`unshare {flag}` is refused here (no CAP_SYS_ADMIN?)"
         ));
     }
     ok
@@ -159,14 +168,18 @@ impl Drop for Proc {
 }
 
 pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
+    spawn_command(Command::new(BIN).args(args), log)
+}
+
+/// Starts `cmd` with its output in `log`; killed when the `Proc` is dropped.
+pub fn spawn_command(cmd: &mut Command, log: PathBuf) -> Proc {
     let f = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(BIN)
-        .args(args)
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(f.try_clone().expect("log"))
         .stderr(f)
         .spawn()
-        .expect("spawn coregate");
+        .expect("spawn");
     Proc { child, log }
 }
 
@@ -219,12 +232,23 @@ pub struct Gateway {
 /// Starts `coregate serve` with `extra_toml` appended to a config that sets the ports
 /// and a 100 ms stats interval.
 pub fn gateway(name: &str, cores: &str, extra_toml: &str) -> Gateway {
+    gateway_with_server(name, cores, "", extra_toml)
+}
+
+/// [`gateway`] with more keys in its `[server]` table (`tls_listen = ...`).
+pub fn gateway_with_server(
+    name: &str,
+    cores: &str,
+    server_toml: &str,
+    extra_toml: &str,
+) -> Gateway {
     let dir = tmpdir(name);
     let port = free_port();
     let admin = free_port();
     let mock = free_port();
     let cfg = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"{cores}\"\ndrain_timeout_ms = 5000\n\
+         {server_toml}\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n[stats]\ninterval_ms = 100\n\
          [mock]\nlisten = \"127.0.0.1:{mock}\"\n{extra_toml}\n"
     );

@@ -12,16 +12,19 @@ Usage:
     FAKE_LISTEN  where this script runs its crafted fake upstream (default 127.0.0.1:9413)
     -v           print raw bytes sent/received for every case
     -k SUBSTR    only run cases whose name contains SUBSTR
+    --tls-ca F   GW_A is a TLS listener (certificate for "localhost" signed by the CA in F):
+                 every request-side case runs through TLS
   probe.py --fake-only [FAKE_LISTEN]   run just the fake upstream (Ctrl-C to stop)
 
 Every socket op has a short timeout; every loop is bounded.  Exit code 0 = no FAIL.
 """
-import socket, sys, time, threading, json
+import socket, ssl, sys, time, threading, json
 
 T = 2.0                      # default per-case read timeout
 SMUG_MARK = b'"target":"/headers?SMUGGLED'   # only a /headers response for the smuggled request has this
 S = b"GET /headers?SMUGGLED HTTP/1.1\r\nHost: x\r\n\r\n"   # the smuggled request
 VERBOSE = False
+TLS = None                   # (address, SSLContext) when GW_A is a TLS listener
 
 
 def hp(a):
@@ -150,6 +153,14 @@ def exchange(addr, parts, methods=("GET",), nfinal=1, timeout=T, half_close=Fals
         res.rs, res.left, res.elapsed, res.eof = [], b"", 0, True
         res.statuses, res.codes, res.info, res.smuggled = [], [], [], False
         return res
+    if TLS and addr == TLS[0]:
+        try:
+            s = TLS[1].wrap_socket(s, server_hostname="localhost")
+        except (ssl.SSLError, OSError) as e:
+            res.err = "tls: %s" % e
+            res.rs, res.left, res.elapsed, res.eof = [], b"", 0, True
+            res.statuses, res.codes, res.info, res.smuggled = [], [], [], False
+            return res
     s.settimeout(0.1)
     if isinstance(parts, bytes):
         parts = [(parts, 0)]
@@ -171,6 +182,11 @@ def exchange(addr, parts, methods=("GET",), nfinal=1, timeout=T, half_close=Fals
                 eof = True
                 res.closed = "RST"
                 break
+            except ssl.SSLError:
+                # a TCP close without close_notify, or a reset under TLS
+                eof = True
+                res.closed = True
+                break
 
     try:
         for data, delay in parts:
@@ -190,7 +206,9 @@ def exchange(addr, parts, methods=("GET",), nfinal=1, timeout=T, half_close=Fals
                 break
         if half_close and not eof:
             try:
-                s.shutdown(socket.SHUT_WR)
+                # socket.socket's own shutdown: SSLSocket.shutdown would drop the TLS layer
+                # and leave the rest of the response undecrypted.
+                socket.socket.shutdown(s, socket.SHUT_WR)
             except OSError:
                 pass
         deadline = time.time() + timeout
@@ -1026,13 +1044,17 @@ def followup_b(gw, n=3):
 
 
 def main(argv):
-    global VERBOSE
+    global VERBOSE, TLS
     args = [a for a in argv if not a.startswith("-")]
     VERBOSE = "-v" in argv
     only = None
     if "-k" in argv:
         only = argv[argv.index("-k") + 1]
         args.remove(only)
+    tls_ca = None
+    if "--tls-ca" in argv:
+        tls_ca = argv[argv.index("--tls-ca") + 1]
+        args.remove(tls_ca)
     if "--fake-only" in argv:
         define_fake()
         Fake(args[0] if args else "127.0.0.1:9413")
@@ -1044,6 +1066,8 @@ def main(argv):
         print(__doc__)
         return 2
     gw_a = args[0]
+    if tls_ca:
+        TLS = (gw_a, ssl.create_default_context(cafile=tls_ca))
     gw_b = args[1] if len(args) > 1 else None
     fake_addr = args[2] if len(args) > 2 else "127.0.0.1:9413"
     define_a()

@@ -10,11 +10,19 @@ use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Accepts until the shard starts draining, spawning one task per connection.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, max_connections: usize) {
-    let slots = Rc::new(Semaphore::new(max_connections as u64));
+/// Accepts until the shard starts draining, spawning one task per connection. `slots` is
+/// the shard's connection cap, shared by its plain and TLS listeners; `tls` is set for the
+/// TLS listener.
+pub async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    slots: Rc<Semaphore>,
+    max_connections: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let mut last_warning: Option<Instant> = None;
     loop {
         let permit = match slots.try_acquire_static_permit(1) {
@@ -50,7 +58,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, max_connection
         };
         match result {
             Ok(stream) => {
-                glommio::spawn_local(crate::session::serve(shard.clone(), stream, permit)).detach();
+                let serve = crate::session::serve(shard.clone(), stream, tls.clone(), permit);
+                glommio::spawn_local(serve).detach();
             }
             Err(e) => {
                 let e: io::Error = e.into();
@@ -78,7 +87,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, max_connection
 
 fn warn_rate_limited(last: &mut Option<Instant>, msg: impl FnOnce() -> String) {
     let now = Instant::now();
-    if last.map_or(true, |t| now.duration_since(t) >= Duration::from_secs(5)) {
+    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5)) {
         *last = Some(now);
         coregate_runtime::log::warn(&msg());
     }

@@ -46,8 +46,14 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Data-plane address; every shard binds it with SO_REUSEPORT.
+    /// Plain-HTTP data-plane address; every shard binds it with SO_REUSEPORT. May be empty
+    /// when `tls_listen` is set.
     pub listen: String,
+    /// HTTPS data-plane address (needs `[server.tls]`); empty: no TLS listener.
+    pub tls_listen: String,
+    /// Certificates for `tls_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Cores to run one shard on each: `all` or a list such as `0-3,6`.
     pub cores: String,
     /// listen(2) backlog per shard (the kernel caps it at net.core.somaxconn).
@@ -62,6 +68,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "0.0.0.0:8080".into(),
+            tls_listen: String::new(),
+            tls: None,
             cores: "all".into(),
             backlog: 4096,
             max_connections_per_shard: 0,
@@ -168,7 +176,7 @@ impl Config {
     /// Parses and validates TOML text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             ConfigError {
@@ -177,7 +185,14 @@ impl Config {
                 message: inner.message().trim().to_string(),
             }
         })?;
+        let keyed = |(key, message): (String, String)| ConfigError {
+            source: source.to_string(),
+            key,
+            message,
+        };
+        crate::upstream::prepare_providers(&mut cfg.providers).map_err(keyed)?;
         cfg.validate(source)?;
+        crate::upstream::load_credentials(&mut cfg.providers).map_err(keyed)?;
         Ok(cfg)
     }
 
@@ -194,7 +209,7 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        parse_addr(&self.server.listen).map_err(|m| err("server.listen", m))?;
+        self.validate_listeners().map_err(|(k, m)| err(&k, m))?;
         if !self.admin.listen.is_empty() {
             parse_addr(&self.admin.listen).map_err(|m| err("admin.listen", m))?;
         }
@@ -232,6 +247,42 @@ impl Config {
         Ok(())
     }
 
+    fn validate_listeners(&self) -> Result<(), (String, String)> {
+        let s = &self.server;
+        if s.listen.is_empty() && s.tls_listen.is_empty() {
+            return Err((
+                "server.listen".into(),
+                "set listen, tls_listen or both".into(),
+            ));
+        }
+        for (key, addr) in [
+            ("server.listen", &s.listen),
+            ("server.tls_listen", &s.tls_listen),
+        ] {
+            if !addr.is_empty() {
+                parse_addr(addr).map_err(|m| (key.to_string(), m))?;
+            }
+        }
+        if !s.listen.is_empty() && s.listen == s.tls_listen {
+            return Err((
+                "server.tls_listen".into(),
+                "is the same address as server.listen".into(),
+            ));
+        }
+        match (&s.tls, s.tls_listen.is_empty()) {
+            (None, false) => Err((
+                "server.tls".into(),
+                "tls_listen is set but [server.tls] (cert, key) is not".into(),
+            )),
+            (Some(_), true) => Err((
+                "server.tls_listen".into(),
+                "[server.tls] is set but tls_listen is not".into(),
+            )),
+            (Some(t), false) => crate::tls::ServerTls::load(t).map(|_| ()),
+            (None, true) => Ok(()),
+        }
+    }
+
     /// Whether `serve` should start the in-process mock provider.
     pub fn wants_embedded_mock(&self) -> bool {
         match self.mock.embedded {
@@ -241,9 +292,21 @@ impl Config {
         }
     }
 
-    /// The effective config as TOML (what `coregate check` prints).
+    /// The effective config as TOML (what `coregate check` prints), with every credential
+    /// redacted: `api_key` shows where the key comes from, credential headers show nothing.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        use crate::upstream::credentials::redact_headers;
+        let mut shown = self.clone();
+        for p in &mut shown.providers {
+            if !p.api_key.is_empty() {
+                p.api_key = format!("<redacted: {}>", p.api_key);
+            }
+            redact_headers(&mut p.add_headers);
+        }
+        for r in &mut shown.routes {
+            redact_headers(&mut r.add_headers);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 

@@ -7,7 +7,8 @@
 //! owns its own SO_REUSEPORT listener, parser state, route table, provider connection pools
 //! and statistics; nothing on the request path is shared between cores. The only
 //! cross-core traffic is a stats snapshot each shard ships once per interval to the
-//! aggregator thread, which serves `/stats` and `/metrics` on the admin listener.
+//! aggregator thread, which serves `/stats` and `/metrics` on the admin listener, and the
+//! new address sets of provider host names that the `resolver` thread sends each shard.
 //!
 //! A request's path through the modules:
 //!
@@ -18,7 +19,7 @@
 //! a provider exchange fails.
 //!
 //! `shard` ties one core's pieces together; `server` starts and drains the shards;
-//! `budget` sizes connection caps from the fd limit; `stats` counts; `admin` serves the
+//! `tls` loads the certificates clients see; `budget` sizes connection caps from the fd limit; `stats` counts; `admin` serves the
 //! aggregated stats; `doctor` checks a host before it serves. See docs/architecture.md.
 
 pub mod accept;
@@ -26,9 +27,11 @@ pub mod admin;
 pub mod budget;
 pub mod config;
 pub mod doctor;
+pub mod resolver;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod shard;
 pub mod stats;
+pub mod tls;
 pub mod upstream;

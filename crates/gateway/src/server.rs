@@ -28,8 +28,25 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         embed_mock(&mut config)?;
     }
     let max_connections = crate::budget::connection_cap(&config, cores.len(), nofile)?;
+    let tls = match &config.server.tls {
+        Some(t) => Some(crate::tls::ServerTls::load(t).map_err(|(key, m)| format!("{key}: {m}"))?),
+        None => None,
+    };
+    let addresses = crate::resolver::resolve_all(&config.providers)
+        .map_err(|(key, m)| format!("{key}: {m}"))?;
     for w in crate::doctor::startup_warnings(&config) {
         coregate_runtime::log::warn(&w);
+    }
+    for p in config
+        .providers
+        .iter()
+        .filter(|p| !p.tls_verify && p.uses_tls())
+    {
+        coregate_runtime::log::warn(&format!(
+            "provider {}: tls_verify = false: its certificate is not checked; anyone on the \
+             path can read and change its traffic (for tests only)",
+            p.name
+        ));
     }
 
     let provider_names = config.providers.iter().map(|p| p.name.clone()).collect();
@@ -55,12 +72,14 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     let mut controls: Vec<Sender<Control>> = Vec::new();
     let mut threads = Vec::new();
     for (id, &core) in cores.iter().enumerate() {
-        let (ctl_tx, ctl_rx) = bounded(4);
+        let (ctl_tx, ctl_rx) = unbounded();
         controls.push(ctl_tx);
         let spec = ShardSpec {
             id,
             core,
             config: config.clone(),
+            addresses: addresses.clone(),
+            tls: tls.clone(),
             max_connections,
             snapshots: snap_tx.clone(),
             control: ctl_rx,
@@ -86,10 +105,12 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             }
         }
     }
+    crate::resolver::spawn(&config.providers, &addresses, controls.clone())
+        .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
     coregate_runtime::log::info(&format!(
         "serving on {} with {} shard(s) on cores {cores:?}, up to {max_connections} \
          connections per shard; admin on {}",
-        config.server.listen,
+        serving_on(&config),
         cores.len(),
         if config.admin.listen.is_empty() {
             "(disabled)"
@@ -154,6 +175,16 @@ fn wait_for_shards(
         }
     }
     Ok(())
+}
+
+/// The data-plane listeners, for the start-up line.
+fn serving_on(config: &Config) -> String {
+    let s = &config.server;
+    match (s.listen.is_empty(), s.tls_listen.is_empty()) {
+        (false, true) => format!("http://{}", s.listen),
+        (true, false) => format!("https://{}", s.tls_listen),
+        _ => format!("http://{} and https://{}", s.listen, s.tls_listen),
+    }
 }
 
 fn stop_all(controls: &[Sender<Control>]) {

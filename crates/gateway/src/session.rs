@@ -11,14 +11,17 @@
 
 use crate::route::Target;
 use crate::shard::Shard;
+use crate::upstream::ClientFacts;
 use coregate_http1::reply::{json_error, Persist, Reply, CONTINUE};
 use coregate_http1::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm, Version};
 use coregate_http1::HttpError;
+use coregate_runtime::tls::HandshakeFailure;
 pub use coregate_runtime::wire::{BodyError, BodyState};
-use coregate_runtime::wire::{Rx, Tx, Wire};
+use coregate_runtime::wire::{Rx, Stream, Tx, Wire};
 use glommio::net::TcpStream;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// First size of a connection's read buffer; it grows up to the head limit when a head
@@ -67,9 +70,15 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves one accepted connection to the end. `_permit` holds the connection's slot in
-/// the shard's connection cap and frees it when the connection ends.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _permit: glommio::sync::StaticPermit) {
+/// Serves one accepted connection to the end: the TLS handshake first when `tls` is set
+/// (bounded by the head timeout; a failure is counted by reason and closes). `_permit`
+/// holds the connection's slot in the shard's connection cap and frees it at the end.
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    _permit: glommio::sync::StaticPermit,
+) {
     {
         let mut st = shard.stats.borrow_mut();
         st.counters.connections_active += 1;
@@ -78,17 +87,44 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _permit: glommio::sync::
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shard.http.idle_timeout));
     let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
-    let mut session = Session {
-        shard: shard.clone(),
-        wire: Wire::new(stream, INITIAL_BUF.min(shard.limits.max_head_bytes)),
-        peer_ip,
-        headers: Vec::with_capacity(16),
-        answered_at: None,
-        started_at: Instant::now(),
+    let stream = match tls {
+        None => Some(Stream::new(stream)),
+        Some(cfg) => handshake(&shard, stream, cfg).await,
     };
-    session.run().await;
-    session.sync_bytes();
+    if let Some(stream) = stream {
+        let mut session = Session {
+            shard: shard.clone(),
+            wire: Wire::over(stream, INITIAL_BUF.min(shard.limits.max_head_bytes)),
+            peer_ip,
+            headers: Vec::with_capacity(16),
+            answered_at: None,
+            started_at: Instant::now(),
+        };
+        session.run().await;
+        session.sync_bytes();
+    }
     shard.stats.borrow_mut().counters.connections_active -= 1;
+}
+
+/// The server side of a client's TLS handshake, counted; `None` when it failed.
+async fn handshake(
+    shard: &Shard,
+    tcp: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+) -> Option<Stream> {
+    let result = coregate_runtime::tls::accept(tcp, cfg, shard.http.head_timeout).await;
+    let mut st = shard.stats.borrow_mut();
+    match result {
+        Ok((stream, hs)) => {
+            st.counters.tls_handshakes += 1;
+            st.counters.tls_resumed += u64::from(hs.resumed);
+            Some(stream)
+        }
+        Err(e) => {
+            st.counters.tls_handshake_failures[HandshakeFailure::of(&e) as usize] += 1;
+            None
+        }
+    }
 }
 
 impl Session {
@@ -347,9 +383,12 @@ impl Session {
         &self.shard
     }
 
-    /// The client's address, for `X-Forwarded-For`.
-    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        self.peer_ip
+    /// The client's address and scheme, for `X-Forwarded-For` and `X-Forwarded-Proto`.
+    pub fn client_facts(&self) -> ClientFacts {
+        ClientFacts {
+            peer: self.peer_ip,
+            https: self.wire.rx.stream.is_tls(),
+        }
     }
 
     /// When the current request's head was complete.

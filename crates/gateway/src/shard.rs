@@ -3,12 +3,13 @@
 //! The shard is the unit of ownership. It owns its listener, its route table copy, its
 //! provider pools, its stats, and its date cache; its tasks share them through `Rc` on one
 //! thread. The only things that leave the shard are stats snapshots (to the aggregator)
-//! and the only thing that enters is the control message that starts a drain.
+//! and the only things that enter are control messages: the drain, and new address sets
+//! of provider host names from the resolver thread.
 
 use crate::config::Config;
 use crate::route::RouteTable;
 use crate::stats::{ShardStats, Snapshot};
-use crate::upstream::pool::Providers;
+use crate::upstream::pool::{provider_stats, Providers};
 use coregate_http1::reply::DateCache;
 use coregate_http1::request::Limits;
 use coregate_runtime::event::Event;
@@ -16,13 +17,22 @@ use coregate_runtime::executor::run_pinned;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Messages from the main thread to a shard.
-#[derive(Debug, Clone, Copy)]
+/// Messages from the main thread (and the resolver thread) to a shard.
+#[derive(Debug, Clone)]
 pub enum Control {
     /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
     Drain,
+    /// A provider endpoint's host name resolves to a new set of addresses.
+    Addresses {
+        provider: usize,
+        endpoint: usize,
+        addrs: Vec<std::net::SocketAddr>,
+    },
+    /// Re-resolving a provider's host name failed (sent to shard 0 only, to be counted).
+    ResolveFailed { provider: usize },
 }
 
 /// Time limits for client connections, from `[http]`.
@@ -55,6 +65,10 @@ pub struct ShardSpec {
     pub id: usize,
     pub core: usize,
     pub config: Config,
+    /// Where the providers' endpoints resolved at start.
+    pub addresses: crate::resolver::Addresses,
+    /// Certificates for the TLS listener, when there is one.
+    pub tls: Option<crate::tls::ServerTls>,
     pub max_connections: usize,
     pub snapshots: Sender<Snapshot>,
     pub control: Receiver<Control>,
@@ -115,17 +129,22 @@ fn current_tid() -> i64 {
 
 async fn shard_main(spec: ShardSpec) {
     let cfg = &spec.config;
-    let listener =
-        match coregate_runtime::listener::bind_listener(&cfg.server.listen, cfg.server.backlog) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = spec.ready.send(Err(format!(
-                    "shard {}: cannot listen on {}: {e}",
-                    spec.id, cfg.server.listen
-                )));
-                return;
-            }
-        };
+    let listeners = match bind_listeners(&spec) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = spec.ready.send(Err(e));
+            return;
+        }
+    };
+    let providers = match Providers::new(&cfg.providers, &spec.addresses, spec.max_connections) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = spec
+                .ready
+                .send(Err(format!("shard {}: providers: {e}", spec.id)));
+            return;
+        }
+    };
     let shard = Rc::new(Shard {
         id: spec.id,
         core: spec.core,
@@ -139,7 +158,7 @@ async fn shard_main(spec: ShardSpec) {
             body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
         },
         routes: RouteTable::new(&cfg.routes, &cfg.provider_names()),
-        providers: Providers::new(&cfg.providers, spec.max_connections),
+        providers,
         stats: RefCell::new(ShardStats::new(
             spec.id,
             spec.core,
@@ -154,11 +173,19 @@ async fn shard_main(spec: ShardSpec) {
     let _ = spec.ready.send(Ok(()));
     let fault = injected_fault(spec.id);
 
-    let accept = glommio::spawn_local(crate::accept::accept_loop(
-        shard.clone(),
-        listener,
-        spec.max_connections,
-    ));
+    let slots = Rc::new(glommio::sync::Semaphore::new(spec.max_connections as u64));
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, tls)| {
+            glommio::spawn_local(crate::accept::accept_loop(
+                shard.clone(),
+                listener,
+                slots.clone(),
+                spec.max_connections,
+                tls,
+            ))
+        })
+        .collect();
     let pool_sweeper = glommio::spawn_local(crate::upstream::pool::sweep_idle(shard.clone()));
 
     // Housekeeping tick: date cache, stats shipping, control messages.
@@ -175,9 +202,8 @@ async fn shard_main(spec: ShardSpec) {
             next_snapshot += interval;
             ship(&shard, &spec.snapshots);
         }
-        match spec.control.try_recv() {
-            Ok(Control::Drain) | Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => {}
+        if !take_control(&shard, &spec.control) {
+            break;
         }
     }
 
@@ -185,7 +211,9 @@ async fn shard_main(spec: ShardSpec) {
     // in flight; idle keep-alive connections are closed when the executor exits.
     shard.draining.set(true);
     shard.drain.fire();
-    accept.await;
+    for a in accepts {
+        a.await;
+    }
     let deadline = Instant::now() + Duration::from_millis(cfg.server.drain_timeout_ms);
     while shard.inflight.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -193,6 +221,52 @@ async fn shard_main(spec: ShardSpec) {
     pool_sweeper.await;
     ship(&shard, &spec.snapshots);
     coregate_runtime::deadline::release_wakers();
+}
+
+type Listener = (glommio::net::TcpListener, Option<Arc<rustls::ServerConfig>>);
+
+/// Binds the shard's plain listener and its TLS listener (with its own TLS server config),
+/// whichever are configured.
+fn bind_listeners(spec: &ShardSpec) -> Result<Vec<Listener>, String> {
+    let server = &spec.config.server;
+    let bind = |addr: &str| {
+        coregate_runtime::listener::bind_listener(addr, server.backlog)
+            .map_err(|e| format!("shard {}: cannot listen on {addr}: {e}", spec.id))
+    };
+    let mut out = Vec::new();
+    if !server.listen.is_empty() {
+        out.push((bind(&server.listen)?, None));
+    }
+    if let Some(tls) = &spec.tls {
+        let cfg = tls
+            .shard_config()
+            .map_err(|e| format!("shard {}: {e}", spec.id))?;
+        out.push((bind(&server.tls_listen)?, Some(cfg)));
+    }
+    Ok(out)
+}
+
+/// Applies the control messages waiting; false when the shard must drain.
+fn take_control(shard: &Shard, control: &Receiver<Control>) -> bool {
+    loop {
+        match control.try_recv() {
+            Ok(Control::Drain) | Err(TryRecvError::Disconnected) => return false,
+            Err(TryRecvError::Empty) => return true,
+            Ok(Control::Addresses {
+                provider,
+                endpoint,
+                addrs,
+            }) => {
+                shard.providers.set_addrs(provider, endpoint, addrs);
+                if shard.id == 0 {
+                    provider_stats(shard, provider, |s| s.counters.dns_updates += 1);
+                }
+            }
+            Ok(Control::ResolveFailed { provider }) => {
+                provider_stats(shard, provider, |s| s.counters.dns_failures += 1);
+            }
+        }
+    }
 }
 
 /// Fault injection for tests/shard_failure.rs: `COREGATE_FAULT_SHARD_PANIC=<id>` makes that

@@ -10,6 +10,7 @@
 //!
 //! It serves the tests, the benchmarks and the embedded default, so it is built like the
 //! gateway: one pinned glommio executor per core, each with its own SO_REUSEPORT listener.
+//! With `--tls-cert`/`--tls-key` every endpoint (and `/ws`) is served over TLS instead.
 
 pub mod knobs;
 pub mod ws;
@@ -18,10 +19,12 @@ use coregate_http1::chunked::{encode_chunk, LAST_CHUNK};
 use coregate_http1::reply::{push_u64, reason, DateCache};
 use coregate_http1::request::{parse_head, HeaderRange, Limits, Parsed, RequestHead, Version};
 use coregate_runtime::executor::run_pinned;
-use coregate_runtime::wire::{BodyState, Wire};
+use coregate_runtime::tls::{ProducesTickets, SniResolver};
+use coregate_runtime::wire::{BodyState, Stream, Wire};
 use knobs::{Knobs, Reset};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 const LIMITS: Limits = Limits {
@@ -39,22 +42,53 @@ pub fn start_embedded(listen: &str) -> Result<(), String> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("coregate-mock".into())
-        .spawn(move || run_executor(None, listen, tx))
+        .spawn(move || run_executor(None, listen, None, tx))
         .map_err(|e| format!("cannot start the embedded mock provider: {e}"))?;
     rx.recv()
         .map_err(|_| "the embedded mock provider exited during start-up".to_string())?
 }
 
+/// The certificate the mock serves TLS with (`--tls-cert`, `--tls-key`).
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Loaded once; each executor builds its own server config from it.
+#[derive(Clone)]
+struct TlsParts {
+    key: Arc<rustls::sign::CertifiedKey>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl TlsParts {
+    fn config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        let certs = SniResolver {
+            default: self.key.clone(),
+            by_name: Vec::new(),
+        };
+        coregate_runtime::tls::server_config(certs, self.ticketer.clone())
+    }
+}
+
 /// `coregate mock-provider`: one pinned executor per core; blocks until they exit.
-pub fn run(listen: &str, cores: &[usize]) -> Result<(), String> {
+pub fn run(listen: &str, cores: &[usize], tls: Option<TlsFiles>) -> Result<(), String> {
+    let tls = match tls {
+        Some(f) => Some(TlsParts {
+            key: coregate_runtime::tls::certified_key(&f.cert, &f.key)?,
+            ticketer: coregate_runtime::tls::new_ticketer()?,
+        }),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (tx, rx) = crossbeam_channel::bounded(cores.len());
     let mut threads = Vec::new();
     for &core in cores {
-        let (listen, tx) = (listen.to_string(), tx.clone());
+        let (listen, tx, tls) = (listen.to_string(), tx.clone(), tls.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("coregate-mock-{core}"))
-                .spawn(move || run_executor(Some(core), listen, tx))
+                .spawn(move || run_executor(Some(core), listen, tls, tx))
                 .map_err(|e| format!("cannot start mock shard: {e}"))?,
         );
     }
@@ -63,7 +97,7 @@ pub fn run(listen: &str, cores: &[usize]) -> Result<(), String> {
             .map_err(|_| "a mock shard exited during start-up".to_string())??;
     }
     coregate_runtime::log::info(&format!(
-        "mock provider listening on {listen}, cores {cores:?}"
+        "mock provider listening on {scheme}://{listen}, cores {cores:?}"
     ));
     for t in threads {
         let _ = t.join();
@@ -74,6 +108,7 @@ pub fn run(listen: &str, cores: &[usize]) -> Result<(), String> {
 fn run_executor(
     core: Option<usize>,
     listen: String,
+    tls: Option<TlsParts>,
     ready: crossbeam_channel::Sender<Result<(), String>>,
 ) {
     let name = match core {
@@ -96,6 +131,13 @@ fn run_executor(
                 return;
             }
         };
+        let tls = match tls.map(|t| t.config()).transpose() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = ready.send(Err(format!("mock provider: {e}")));
+                return;
+            }
+        };
         let _ = ready.send(Ok(()));
         let state = Rc::new(MockShard {
             date: RefCell::new(DateCache::default()),
@@ -113,12 +155,28 @@ fn run_executor(
             match listener.accept().await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    glommio::spawn_local(serve(state.clone(), Wire::new(stream, 8192))).detach();
+                    glommio::spawn_local(accepted(state.clone(), stream, tls.clone())).detach();
                 }
                 Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
             }
         }
     });
+}
+
+/// Serves one accepted connection, after a TLS handshake when the mock serves TLS.
+async fn accepted(
+    state: Rc<MockShard>,
+    stream: glommio::net::TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let stream = match tls {
+        None => Stream::new(stream),
+        Some(cfg) => match coregate_runtime::tls::accept(stream, cfg, TIMEOUT).await {
+            Ok((s, _)) => s,
+            Err(_) => return,
+        },
+    };
+    serve(state, Wire::over(stream, 8192)).await;
 }
 
 struct MockShard {

@@ -4,7 +4,7 @@
 //! shard and admin queries from the admin listener, and owns the merged view. Because only
 //! this thread touches that view, it needs no lock either.
 
-use super::{new_histogram, Counters, ProviderCounters, Snapshot};
+use super::{new_histogram, Counters, ProviderStats, Snapshot};
 use crossbeam_channel::{select, Receiver, Sender};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -27,22 +27,8 @@ pub struct ShardView {
     pub providers: Vec<ProviderView>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ProviderView {
-    pub counters: ProviderCounters,
-    pub ttfb_us: Histogram<u64>,
-    pub total_us: Histogram<u64>,
-}
-
-impl Default for ProviderView {
-    fn default() -> Self {
-        ProviderView {
-            counters: ProviderCounters::default(),
-            ttfb_us: new_histogram(),
-            total_us: new_histogram(),
-        }
-    }
-}
+/// A provider's cumulative view: the same shape as a shard's own stats.
+pub type ProviderView = ProviderStats;
 
 /// The merged state; see [`super::render`] for how it is shown.
 pub struct Aggregator {
@@ -78,10 +64,11 @@ impl Aggregator {
             view.providers
                 .resize_with(s.providers.len(), ProviderView::default);
         }
-        for (pv, (counters, ttfb, total)) in view.providers.iter_mut().zip(s.providers) {
-            pv.counters = counters;
-            let _ = pv.ttfb_us.add(&ttfb);
-            let _ = pv.total_us.add(&total);
+        for (pv, p) in view.providers.iter_mut().zip(s.providers) {
+            pv.counters = p.counters;
+            let _ = pv.ttfb_us.add(&p.ttfb_us);
+            let _ = pv.total_us.add(&p.total_us);
+            let _ = pv.handshake_us.add(&p.handshake_us);
         }
     }
 

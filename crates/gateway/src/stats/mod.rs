@@ -11,6 +11,7 @@ pub mod render;
 
 pub use crate::upstream::error::UpstreamError;
 pub use coregate_runtime::histogram::{histogram, record};
+pub use coregate_runtime::tls::HandshakeFailure;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -51,6 +52,11 @@ pub struct Counters {
     /// spread over shards by SO_REUSEPORT's hash, not by load: this shows the skew.
     pub tunnels_active: u64,
     pub tunnels_total: u64,
+    /// TLS handshakes completed on the TLS listener, and how many of them resumed.
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
+    /// TLS handshakes that failed, indexed like [`HandshakeFailure::ALL`].
+    pub tls_handshake_failures: [u64; 9],
 }
 
 /// Cumulative per-shard, per-provider counters.
@@ -59,7 +65,7 @@ pub struct ProviderCounters {
     pub requests: u64,
     pub responses: [u64; 5],
     /// Indexed like [`UpstreamError::ALL`].
-    pub errors: [u64; 9],
+    pub errors: [u64; UpstreamError::COUNT],
     /// A request took an idle pooled connection.
     pub pool_hits: u64,
     /// No idle connection was available (a new one was opened or the request queued).
@@ -75,6 +81,14 @@ pub struct ProviderCounters {
     pub queued: u64,
     pub ttfb_sum_us: u64,
     pub total_sum_us: u64,
+    /// TLS handshakes with the provider, and how many were resumed (abbreviated).
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
+    pub handshake_sum_us: u64,
+    /// Address-set changes applied from the resolver, and re-resolutions that failed
+    /// (the last good set was kept). Counted on shard 0 only: the resolver is one thread.
+    pub dns_updates: u64,
+    pub dns_failures: u64,
 }
 
 /// A shard's per-provider state for stats: counters and histograms of upstream time to
@@ -84,6 +98,8 @@ pub struct ProviderStats {
     pub counters: ProviderCounters,
     pub ttfb_us: Histogram<u64>,
     pub total_us: Histogram<u64>,
+    /// TLS handshake time with the provider (TCP connect not included).
+    pub handshake_us: Histogram<u64>,
 }
 
 impl Default for ProviderStats {
@@ -92,6 +108,7 @@ impl Default for ProviderStats {
             counters: ProviderCounters::default(),
             ttfb_us: new_histogram(),
             total_us: new_histogram(),
+            handshake_us: new_histogram(),
         }
     }
 }
@@ -99,6 +116,13 @@ impl Default for ProviderStats {
 impl ProviderStats {
     pub fn error(&mut self, e: UpstreamError) {
         self.counters.errors[e as usize] += 1;
+    }
+
+    pub fn handshake(&mut self, us: u64, resumed: bool) {
+        record(&mut self.handshake_us, us);
+        self.counters.handshake_sum_us += us;
+        self.counters.tls_handshakes += 1;
+        self.counters.tls_resumed += u64::from(resumed);
     }
 }
 
@@ -123,7 +147,8 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Latencies recorded since the previous snapshot.
     pub latency_delta: Histogram<u64>,
-    pub providers: Vec<(ProviderCounters, Histogram<u64>, Histogram<u64>)>,
+    /// Per provider: its counters and the histograms recorded since the last snapshot.
+    pub providers: Vec<ProviderStats>,
 }
 
 impl ShardStats {
@@ -155,9 +180,10 @@ impl ShardStats {
             .providers
             .iter_mut()
             .map(|p| {
-                let t = (p.counters, p.ttfb_us.clone(), p.total_us.clone());
+                let t = p.clone();
                 p.ttfb_us.reset();
                 p.total_us.reset();
+                p.handshake_us.reset();
                 t
             })
             .collect();

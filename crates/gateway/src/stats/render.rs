@@ -1,7 +1,7 @@
 //! Rendering of the aggregated view: `/stats` JSON and `/metrics` Prometheus text.
 
 use super::aggregate::{Aggregator, ProviderView, ShardView};
-use super::{new_histogram, Counters, ProviderCounters, UpstreamError};
+use super::{new_histogram, Counters, HandshakeFailure, ProviderCounters, UpstreamError};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use std::fmt::Write;
@@ -51,6 +51,18 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
         "tunnels".into(),
         json!({"active": c.tunnels_active, "total": c.tunnels_total}),
     );
+    let mut failures = Map::new();
+    for f in HandshakeFailure::ALL {
+        failures.insert(
+            f.label().into(),
+            c.tls_handshake_failures[f as usize].into(),
+        );
+    }
+    m.insert(
+        "tls".into(),
+        json!({"handshakes": c.tls_handshakes, "resumed": c.tls_resumed,
+               "handshake_failures": failures}),
+    );
     m.insert("latency_us".into(), latency_json(latency));
     m
 }
@@ -70,6 +82,11 @@ fn provider_json(p: &ProviderView) -> Value {
             "retries": c.retries, "open": c.connections_open, "idle": c.connections_idle,
             "queued": c.queued,
         },
+        "tls": {
+            "handshakes": c.tls_handshakes, "resumed": c.tls_resumed,
+            "handshake_us": latency_json(&p.handshake_us),
+        },
+        "dns": {"updates": c.dns_updates, "failures": c.dns_failures},
         "ttfb_us": latency_json(&p.ttfb_us),
         "total_us": latency_json(&p.total_us),
     })
@@ -98,6 +115,7 @@ fn merged(agg: &Aggregator) -> (Counters, Histogram<u64>, Vec<ProviderView>) {
             add_provider(&mut m.counters, &p.counters);
             let _ = m.ttfb_us.add(&p.ttfb_us);
             let _ = m.total_us.add(&p.total_us);
+            let _ = m.handshake_us.add(&p.handshake_us);
         }
     }
     (c, h, providers)
@@ -121,6 +139,11 @@ fn add_counters(a: &mut Counters, b: &Counters) {
     a.latency_sum_us += b.latency_sum_us;
     a.tunnels_active += b.tunnels_active;
     a.tunnels_total += b.tunnels_total;
+    a.tls_handshakes += b.tls_handshakes;
+    a.tls_resumed += b.tls_resumed;
+    for i in 0..a.tls_handshake_failures.len() {
+        a.tls_handshake_failures[i] += b.tls_handshake_failures[i];
+    }
 }
 
 fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
@@ -140,6 +163,11 @@ fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
     a.queued += b.queued;
     a.ttfb_sum_us += b.ttfb_sum_us;
     a.total_sum_us += b.total_sum_us;
+    a.tls_handshakes += b.tls_handshakes;
+    a.tls_resumed += b.tls_resumed;
+    a.handshake_sum_us += b.handshake_sum_us;
+    a.dns_updates += b.dns_updates;
+    a.dns_failures += b.dns_failures;
 }
 
 /// The `/stats` document.
@@ -216,7 +244,19 @@ pub fn prometheus(agg: &Aggregator) -> String {
     let mut p = Prom { out: String::new() };
     let shard_labels = |s: &ShardView| format!("shard=\"{}\",core=\"{}\"", s.shard, s.core);
     type Get = fn(&Counters) -> u64;
-    let simple: [(&str, &str, &str, Get); 13] = [
+    let simple: [(&str, &str, &str, Get); 15] = [
+        (
+            "coregate_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed on the TLS listener.",
+            |c| c.tls_handshakes,
+        ),
+        (
+            "coregate_tls_resumed_total",
+            "counter",
+            "TLS handshakes on the TLS listener that resumed a session.",
+            |c| c.tls_resumed,
+        ),
         (
             "coregate_connections_active",
             "gauge",
@@ -317,6 +357,20 @@ pub fn prometheus(agg: &Aggregator) -> String {
         }
     }
     p.family(
+        "coregate_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes on the TLS listener that failed, by reason.",
+    );
+    for s in agg.shards.values() {
+        for f in HandshakeFailure::ALL {
+            p.sample(
+                "coregate_tls_handshake_failures_total",
+                &format!("{},reason=\"{}\"", shard_labels(s), f.label()),
+                s.counters.tls_handshake_failures[f as usize],
+            );
+        }
+    }
+    p.family(
         "coregate_request_duration_seconds",
         "histogram",
         "Request latency from parsed head to last response byte written.",
@@ -338,7 +392,31 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
         return;
     }
     type Get = fn(&ProviderCounters) -> u64;
-    let simple: [(&str, &str, &str, Get); 9] = [
+    let simple: [(&str, &str, &str, Get); 13] = [
+        (
+            "coregate_upstream_tls_handshakes_total",
+            "counter",
+            "TLS handshakes with the provider.",
+            |c| c.tls_handshakes,
+        ),
+        (
+            "coregate_upstream_tls_resumed_total",
+            "counter",
+            "TLS handshakes with the provider that resumed a session.",
+            |c| c.tls_resumed,
+        ),
+        (
+            "coregate_upstream_dns_updates_total",
+            "counter",
+            "Address-set changes of the provider's host names applied.",
+            |c| c.dns_updates,
+        ),
+        (
+            "coregate_upstream_dns_failures_total",
+            "counter",
+            "Re-resolutions of the provider's host names that failed (last good set kept).",
+            |c| c.dns_failures,
+        ),
         (
             "coregate_upstream_requests_total",
             "counter",
@@ -451,6 +529,11 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
             "coregate_upstream_total_seconds",
             "Time from sending the request to the provider to its last response byte.",
             |v: &ProviderView| (&v.total_us, v.counters.total_sum_us),
+        ),
+        (
+            "coregate_upstream_tls_handshake_seconds",
+            "TLS handshake time with the provider (after the TCP connect).",
+            |v: &ProviderView| (&v.handshake_us, v.counters.handshake_sum_us),
         ),
     ] {
         p.family(metric, "histogram", help);

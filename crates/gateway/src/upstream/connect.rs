@@ -1,17 +1,57 @@
-//! Opening connections to provider endpoints.
+//! Opening connections to provider endpoints: TCP, then TLS when the endpoint is
+//! `https://`, each bounded by the provider's `connect_timeout_ms` and each failure
+//! classified (refused and reset → 502, timeout → 504, every TLS failure its own `tls_*`).
 //!
-//! Plain TCP today. TLS will wrap the stream here, behind the same `UpStream` type, so the
-//! pool and the forwarder do not change when it is added.
+//! The result is a [`Stream`], plain or TLS: the pool, the forwarder and the tunnel do not
+//! know which.
 
+use super::pool::{provider_stats, Endpoint};
+use crate::shard::Shard;
 use crate::stats::UpstreamError;
+use coregate_runtime::tls::HandshakeFailure;
+use coregate_runtime::wire::Stream;
 use glommio::net::TcpStream;
+use rustls::pki_types::ServerName;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Connects with a timeout and sets TCP_NODELAY; errors are classified for stats and for
-/// the status the client gets (refused → 502, timeout → 504).
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+/// TLS to one endpoint: the shard's client config for its provider and the name to send
+/// as SNI and to verify.
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+/// Opens a connection to one of `ep`'s current addresses; returns it with that address
+/// (a pooled connection remembers it, so that it can be retired when DNS drops it).
+pub async fn open(
+    shard: &Shard,
+    pidx: usize,
+    ep: &Endpoint,
+    timeout: Duration,
+) -> Result<(Stream, SocketAddr), UpstreamError> {
+    let Some(addr) = ep.next_addr() else {
+        return Err(UpstreamError::DnsFailure);
+    };
+    let tcp = connect_tcp(addr, timeout).await?;
+    let Some(tls) = &ep.tls else {
+        return Ok((Stream::new(tcp), addr));
+    };
+    let started = Instant::now();
+    match coregate_runtime::tls::connect(tcp, tls.config.clone(), tls.name.clone(), timeout).await {
+        Ok((stream, hs)) => {
+            let us = started.elapsed().as_micros() as u64;
+            provider_stats(shard, pidx, |s| s.handshake(us, hs.resumed));
+            Ok((stream, addr))
+        }
+        Err(e) => Err(UpstreamError::of_handshake(HandshakeFailure::of(&e))),
+    }
+}
+
+/// Connects with a timeout and sets TCP_NODELAY.
+async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     match TcpStream::connect_timeout(addr, timeout).await {
         Ok(s) => {
             let _ = s.set_nodelay(true);

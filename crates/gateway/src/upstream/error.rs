@@ -14,11 +14,25 @@ pub enum UpstreamError {
     TotalTimeout,
     BadResponse,
     QueueTimeout,
+    /// The endpoint's name resolved to no address.
+    DnsFailure,
+    /// The provider's certificate chains to no CA we trust.
+    TlsUnknownCa,
+    /// The provider's certificate is not valid for its name.
+    TlsNameMismatch,
+    /// The provider's certificate expired (or is not valid yet).
+    TlsCertExpired,
+    /// Any other certificate problem.
+    TlsBadCertificate,
+    /// No common version, cipher or ALPN, an alert, or not TLS at all.
+    TlsProtocol,
+    TlsTimeout,
 }
 
 impl UpstreamError {
     /// Every kind, in the order of the per-provider error counters.
-    pub const ALL: [UpstreamError; 9] = [
+    pub const COUNT: usize = 16;
+    pub const ALL: [UpstreamError; UpstreamError::COUNT] = [
         UpstreamError::ConnectRefused,
         UpstreamError::ConnectTimeout,
         UpstreamError::ConnectError,
@@ -28,6 +42,13 @@ impl UpstreamError {
         UpstreamError::TotalTimeout,
         UpstreamError::BadResponse,
         UpstreamError::QueueTimeout,
+        UpstreamError::DnsFailure,
+        UpstreamError::TlsUnknownCa,
+        UpstreamError::TlsNameMismatch,
+        UpstreamError::TlsCertExpired,
+        UpstreamError::TlsBadCertificate,
+        UpstreamError::TlsProtocol,
+        UpstreamError::TlsTimeout,
     ];
 
     /// The JSON error `code` and the metric label.
@@ -42,6 +63,13 @@ impl UpstreamError {
             UpstreamError::TotalTimeout => "total_timeout",
             UpstreamError::BadResponse => "bad_response",
             UpstreamError::QueueTimeout => "queue_timeout",
+            UpstreamError::DnsFailure => "dns_failure",
+            UpstreamError::TlsUnknownCa => "tls_unknown_ca",
+            UpstreamError::TlsNameMismatch => "tls_name_mismatch",
+            UpstreamError::TlsCertExpired => "tls_cert_expired",
+            UpstreamError::TlsBadCertificate => "tls_bad_certificate",
+            UpstreamError::TlsProtocol => "tls_protocol",
+            UpstreamError::TlsTimeout => "tls_handshake_timeout",
         }
     }
 
@@ -52,12 +80,19 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout
             | UpstreamError::HeadTimeout
             | UpstreamError::IdleTimeout
-            | UpstreamError::TotalTimeout => 504,
+            | UpstreamError::TotalTimeout
+            | UpstreamError::TlsTimeout => 504,
             UpstreamError::QueueTimeout => 503,
             UpstreamError::ConnectRefused
             | UpstreamError::ConnectError
             | UpstreamError::Reset
-            | UpstreamError::BadResponse => 502,
+            | UpstreamError::BadResponse
+            | UpstreamError::DnsFailure
+            | UpstreamError::TlsUnknownCa
+            | UpstreamError::TlsNameMismatch
+            | UpstreamError::TlsCertExpired
+            | UpstreamError::TlsBadCertificate
+            | UpstreamError::TlsProtocol => 502,
         }
     }
 
@@ -73,6 +108,32 @@ impl UpstreamError {
             UpstreamError::TotalTimeout => "provider exchange exceeded its total timeout",
             UpstreamError::BadResponse => "provider sent an invalid response",
             UpstreamError::QueueTimeout => "no provider connection became available in time",
+            UpstreamError::DnsFailure => "the provider's host name resolved to no address",
+            UpstreamError::TlsUnknownCa => {
+                "provider's TLS certificate is not signed by a trusted CA"
+            }
+            UpstreamError::TlsNameMismatch => {
+                "provider's TLS certificate does not match its host name"
+            }
+            UpstreamError::TlsCertExpired => "provider's TLS certificate expired or not yet valid",
+            UpstreamError::TlsBadCertificate => "provider's TLS certificate was rejected",
+            UpstreamError::TlsProtocol => "TLS handshake with the provider failed",
+            UpstreamError::TlsTimeout => "timed out in the TLS handshake with the provider",
+        }
+    }
+
+    /// The kind for a failed TLS handshake with the provider.
+    pub fn of_handshake(f: coregate_runtime::tls::HandshakeFailure) -> UpstreamError {
+        use coregate_runtime::tls::HandshakeFailure as H;
+        match f {
+            H::UnknownCa => UpstreamError::TlsUnknownCa,
+            H::NameMismatch => UpstreamError::TlsNameMismatch,
+            H::Expired => UpstreamError::TlsCertExpired,
+            H::BadCertificate => UpstreamError::TlsBadCertificate,
+            H::Timeout => UpstreamError::TlsTimeout,
+            H::NoCommonProtocol | H::PeerAlert | H::Protocol | H::Closed => {
+                UpstreamError::TlsProtocol
+            }
         }
     }
 

@@ -79,7 +79,7 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
         session.headers(),
         route,
         provider,
-        session.peer_ip(),
+        session.client_facts(),
         &upgrade,
     ) {
         Ok(h) => h,

@@ -85,7 +85,7 @@ pub(super) fn request_head(
     headers: &[HeaderRange],
     route: &Route,
     provider: &Provider,
-    peer: Option<std::net::IpAddr>,
+    client: ClientFacts,
     upgrade: &[Vec<u8>],
 ) -> Result<Vec<u8>, HttpError> {
     let mut out = Vec::with_capacity(head.head_len + 128);
@@ -109,8 +109,8 @@ pub(super) fn request_head(
         None => out.extend_from_slice(path),
     }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    if !provider.cfg.host.is_empty() {
-        out.extend_from_slice(provider.cfg.host.as_bytes());
+    if let Some(h) = &provider.host_header {
+        out.extend_from_slice(h);
     } else if !head.host.is_empty() {
         out.extend_from_slice(&buf[head.host.clone()]);
     } else if let Some(e) = provider.cfg.endpoints.first() {
@@ -136,6 +136,16 @@ pub(super) fn request_head(
                 .remove_headers
                 .iter()
                 .any(|r| r.eq_ignore_ascii_case(name))
+            // The client's own credential for this provider never reaches it: the
+            // gateway's replaces it.
+            || provider
+                .add_headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            || provider
+                .credential
+                .as_ref()
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
         {
             continue;
         }
@@ -152,17 +162,24 @@ pub(super) fn request_head(
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
-    match peer {
+    match client.peer {
         // Formats straight into the head; writing to a Vec cannot fail.
         Some(ip) => {
             let _ = std::io::Write::write_fmt(&mut out, format_args!("{ip}"));
         }
         None => out.extend_from_slice(b"unknown"),
     }
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    out.extend_from_slice(if client.https {
+        b"\r\nX-Forwarded-Proto: https\r\n"
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\n"
+    });
     push_via(&mut out, &via, head.version != Version::Http10);
-    for (k, v) in &route.add_headers {
+    for (k, v) in route.add_headers.iter().chain(&provider.add_headers) {
         push_header(&mut out, k, v);
+    }
+    if let Some((name, value)) = &provider.credential {
+        push_header(&mut out, name, value);
     }
     if !upgrade.is_empty() {
         out.extend_from_slice(b"Upgrade: ");
@@ -185,6 +202,14 @@ pub(super) fn request_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok(out)
+}
+
+/// What the provider is told about the client (`X-Forwarded-For`, `X-Forwarded-Proto`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientFacts {
+    pub peer: Option<std::net::IpAddr>,
+    /// The client connected over TLS.
+    pub https: bool,
 }
 
 /// How the response body goes to the client.

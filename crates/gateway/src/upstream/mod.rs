@@ -1,6 +1,10 @@
 //! The proxy path: providers, their per-shard connection pools, and forwarding.
 //!
-//! * [`ProviderConfig`] — one `[[providers]]` entry: endpoints, timeouts, pool sizes.
+//! * [`ProviderConfig`] — one `[[providers]]` entry: endpoints, TLS, credential, timeouts,
+//!   pool sizes.
+//! * `endpoint` — endpoint syntax (`https://host:port`...) and (blocking) resolution.
+//! * `credentials` — presets, `api_key` sources and the redacted [`credentials::Secret`].
+//! * `connect` — TCP connect and the TLS handshake, with their failures classified.
 //! * `pool` — a shard's idle keep-alive connections per endpoint (LIFO), caps, waiters.
 //! * `error` — every way a provider exchange fails: status, JSON code, message, metric.
 //! * `exchange` — one request's life on the provider side: sequential or duplex, retries of
@@ -16,24 +20,51 @@
 //! pool only after its response was read to the end and both sides allowed keep-alive.
 
 pub mod connect;
+pub mod credentials;
+pub mod endpoint;
 pub mod error;
 pub mod exchange;
 pub mod forward;
 mod heads;
+pub use heads::ClientFacts;
 pub mod pool;
 pub mod tunnel;
 
+use credentials::Secret;
+use endpoint::parse_endpoint;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One `[[providers]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
     pub name: String,
-    /// `ip:port` addresses, used round-robin per shard.
+    /// `openai`, `deepgram`, `elevenlabs` or `cartesia`: fills endpoint, TLS and the
+    /// credential header; every field set here overrides it.
+    pub preset: String,
+    /// `host:port`, `http://host[:port]` or `https://host[:port]` (host: a DNS name or IP
+    /// literal), used round-robin per shard.
     pub endpoints: Vec<String>,
-    /// Host header sent upstream; empty keeps the client's Host.
+    /// Host header sent upstream (and the TLS server name); empty: the endpoint's host
+    /// name, or the client's Host when the endpoint is an IP literal.
     pub host: String,
+    /// Where the API key is: `env:NAME` or `file:/path`. Never the key itself.
+    pub api_key: String,
+    /// The header that carries the key (`Authorization`, `xi-api-key`...). The client's own
+    /// header of that name is removed.
+    pub auth_header: String,
+    /// Its value, with `{key}` standing for the key (`Bearer {key}`).
+    pub auth_value: String,
+    /// Headers set on every request to this provider (after the route's).
+    pub add_headers: BTreeMap<String, String>,
+    /// PEM file of the CAs that sign a private provider's certificate; empty: the public
+    /// web roots (webpki-roots).
+    pub ca_file: String,
+    /// Verify the provider's certificate. `false` is for tests only and is warned about.
+    pub tls_verify: bool,
+    /// How often host names are resolved again.
+    pub resolve_interval_ms: u64,
     pub connect_timeout_ms: u64,
     /// Time from the request being sent to the first response byte.
     pub response_head_timeout_ms: u64,
@@ -56,14 +87,25 @@ pub struct ProviderConfig {
     /// An upgraded connection (WebSocket tunnel) where no byte moved either way for this
     /// long is closed.
     pub tunnel_idle_timeout_ms: u64,
+    /// The key `api_key` pointed to, read at start (never serialized or printed).
+    #[serde(skip)]
+    pub credential: Option<Secret>,
 }
 
 impl Default for ProviderConfig {
     fn default() -> Self {
         ProviderConfig {
             name: String::new(),
+            preset: String::new(),
             endpoints: Vec::new(),
             host: String::new(),
+            api_key: String::new(),
+            auth_header: String::new(),
+            auth_value: String::new(),
+            add_headers: BTreeMap::new(),
+            ca_file: String::new(),
+            tls_verify: true,
+            resolve_interval_ms: 30_000,
             connect_timeout_ms: 2_000,
             response_head_timeout_ms: 30_000,
             idle_read_timeout_ms: 30_000,
@@ -74,6 +116,7 @@ impl Default for ProviderConfig {
             queue_max: 0,
             queue_timeout_ms: 5_000,
             tunnel_idle_timeout_ms: 300_000,
+            credential: None,
         }
     }
 }
@@ -89,12 +132,16 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
             return Err((key("name"), format!("{:?} is defined twice", p.name)));
         }
         if p.endpoints.is_empty() {
-            return Err((key("endpoints"), "needs at least one host:port".into()));
+            return Err((
+                key("endpoints"),
+                "needs at least one endpoint (or a preset)".into(),
+            ));
         }
         for (j, e) in p.endpoints.iter().enumerate() {
-            coregate_runtime::listener::parse_addr(e)
-                .map_err(|m| (format!("providers[{i}].endpoints[{j}]"), m))?;
+            parse_endpoint(e).map_err(|m| (format!("providers[{i}].endpoints[{j}]"), m))?;
         }
+        validate_tls(p).map_err(|(k, m)| (key(k), m))?;
+        validate_credential(p).map_err(|(k, m)| (key(k), m))?;
         if !p.host.is_empty() && p.host.parse::<http::uri::Authority>().is_err() {
             return Err((key("host"), format!("{:?} is not a valid host", p.host)));
         }
@@ -106,6 +153,7 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
             ("pool_idle_timeout_ms", p.pool_idle_timeout_ms),
             ("queue_timeout_ms", p.queue_timeout_ms),
             ("tunnel_idle_timeout_ms", p.tunnel_idle_timeout_ms),
+            ("resolve_interval_ms", p.resolve_interval_ms),
         ] {
             if v == 0 || v > 24 * 3600 * 1000 {
                 return Err((key(k), format!("{v} is out of range (1..=86400000)")));
@@ -122,6 +170,95 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
                     p.pool_max_idle, p.pool_max_total
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+impl ProviderConfig {
+    /// Whether any endpoint is `https://`.
+    pub fn uses_tls(&self) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| parse_endpoint(e).is_ok_and(|e| e.tls))
+    }
+
+    /// How this provider verifies certificates.
+    pub fn verify(&self) -> coregate_runtime::tls::Verify<'_> {
+        use coregate_runtime::tls::Verify;
+        if !self.tls_verify {
+            Verify::Off
+        } else if self.ca_file.is_empty() {
+            Verify::PublicRoots
+        } else {
+            Verify::CaFile(std::path::Path::new(&self.ca_file))
+        }
+    }
+
+    /// The credential header to send, if this provider has one.
+    pub fn credential_header(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let key = self.credential.as_ref()?;
+        let value = self.auth_value.replace("{key}", key.expose());
+        Some((self.auth_header.as_bytes().to_vec(), value.into_bytes()))
+    }
+}
+
+fn validate_tls(p: &ProviderConfig) -> Result<(), (&'static str, String)> {
+    if !p.host.is_empty() && p.uses_tls() {
+        let bare = p.host.rsplit_once(':').map_or(p.host.as_str(), |(h, _)| h);
+        coregate_runtime::tls::server_name(bare).map_err(|m| ("host", m))?;
+    }
+    if !p.ca_file.is_empty() {
+        if !p.uses_tls() {
+            return Err(("ca_file", "is set but no endpoint is https://".into()));
+        }
+        coregate_runtime::tls::client_config(p.verify()).map_err(|m| ("ca_file", m))?;
+    }
+    Ok(())
+}
+
+fn validate_credential(p: &ProviderConfig) -> Result<(), (&'static str, String)> {
+    let is_token = |h: &str| h.parse::<http::HeaderName>().is_ok();
+    if p.api_key.is_empty() {
+        if !p.auth_header.is_empty() && p.preset.is_empty() {
+            return Err(("api_key", "auth_header is set but api_key is not".into()));
+        }
+        return Ok(());
+    }
+    if p.auth_header.is_empty() || !is_token(&p.auth_header) {
+        return Err((
+            "auth_header",
+            "api_key needs a valid auth_header (or a preset)".into(),
+        ));
+    }
+    if !p.auth_value.contains("{key}") {
+        return Err(("auth_value", "must contain {key} where the key goes".into()));
+    }
+    for (name, value) in &p.add_headers {
+        if !is_token(name) || http::HeaderValue::from_str(value).is_err() {
+            return Err(("add_headers", format!("{name:?} is not a valid header")));
+        }
+    }
+    Ok(())
+}
+
+/// Applies presets and reads credentials: what parsing the file leaves to do before the
+/// config is validated. Errors carry the dotted key.
+pub fn prepare_providers(providers: &mut [ProviderConfig]) -> Result<(), (String, String)> {
+    for (i, p) in providers.iter_mut().enumerate() {
+        credentials::apply_preset(p).map_err(|m| (format!("providers[{i}].preset"), m))?;
+    }
+    Ok(())
+}
+
+/// Reads every provider's `api_key`; the error names the key, never the value.
+pub fn load_credentials(providers: &mut [ProviderConfig]) -> Result<(), (String, String)> {
+    for (i, p) in providers.iter_mut().enumerate() {
+        if !p.api_key.is_empty() {
+            p.credential = Some(
+                credentials::load_secret(&p.api_key)
+                    .map_err(|m| (format!("providers[{i}].api_key"), m))?,
+            );
         }
     }
     Ok(())

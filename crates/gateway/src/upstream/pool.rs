@@ -6,11 +6,12 @@
 //! FIFO. A released connection is handed directly to the oldest waiter, so a queued request
 //! cannot be overtaken. All of this is `Rc`/`Cell` state on one thread: no locks.
 
-use super::connect::connect;
+use super::connect::UpstreamTls;
+use super::endpoint::parse_endpoint;
 use super::ProviderConfig;
 use crate::shard::Shard;
 use crate::stats::{ProviderStats, UpstreamError};
-use coregate_runtime::wire::{Rx, Stream, Tx};
+use coregate_runtime::wire::{Rx, Tx};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,6 +31,8 @@ pub struct UpConn {
     pub rx: Rx,
     pub tx: Tx,
     pub idle_since: Instant,
+    /// The address it is connected to.
+    pub addr: SocketAddr,
 }
 
 enum Handoff {
@@ -49,12 +52,61 @@ struct Waiter {
 }
 
 pub struct Endpoint {
-    pub addr: SocketAddr,
+    /// Where the endpoint's name resolves now (one address for an IP literal); replaced
+    /// when the resolver thread reports a change.
+    addrs: RefCell<Vec<SocketAddr>>,
+    next_addr: Cell<usize>,
+    /// Set for an `https://` endpoint.
+    pub tls: Option<UpstreamTls>,
     idle: RefCell<Vec<UpConn>>,
     open: Cell<usize>,
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     /// Waiters in `waiters` still waiting (the rest gave up and are skipped).
     queued: Cell<usize>,
+}
+
+impl Endpoint {
+    fn new(addrs: Vec<SocketAddr>, tls: Option<UpstreamTls>) -> Endpoint {
+        Endpoint {
+            addrs: RefCell::new(addrs),
+            next_addr: Cell::new(0),
+            tls,
+            idle: RefCell::new(Vec::new()),
+            open: Cell::new(0),
+            waiters: RefCell::new(VecDeque::new()),
+            queued: Cell::new(0),
+        }
+    }
+
+    /// The address for the next new connection (round-robin over the resolved set).
+    pub fn next_addr(&self) -> Option<SocketAddr> {
+        let addrs = self.addrs.borrow();
+        if addrs.is_empty() {
+            return None;
+        }
+        let i = self.next_addr.get();
+        self.next_addr.set(i.wrapping_add(1));
+        Some(addrs[i % addrs.len()])
+    }
+
+    /// Takes a new address set from the resolver: idle connections to addresses that left
+    /// are closed now, busy ones when they are released.
+    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+        *self.addrs.borrow_mut() = addrs;
+        let gone: Vec<UpConn> = {
+            let mut idle = self.idle.borrow_mut();
+            let (gone, keep) = idle.drain(..).partition(|c| !self.serves(c.addr));
+            *idle = keep;
+            gone
+        };
+        for _ in gone {
+            close_one(self);
+        }
+    }
+
+    fn serves(&self, addr: SocketAddr) -> bool {
+        self.addrs.borrow().contains(&addr)
+    }
 }
 
 /// One provider as seen by one shard.
@@ -63,6 +115,12 @@ pub struct Provider {
     pub cfg: ProviderConfig,
     pub endpoints: Vec<Rc<Endpoint>>,
     next: Cell<usize>,
+    /// The Host header to send; `None` keeps the client's.
+    pub host_header: Option<Vec<u8>>,
+    /// The credential header (name, value) injected into every request.
+    pub credential: Option<(Vec<u8>, Vec<u8>)>,
+    /// The provider's `add_headers`, as bytes.
+    pub add_headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 pub struct Providers {
@@ -70,38 +128,30 @@ pub struct Providers {
 }
 
 impl Providers {
+    /// `addresses[p][e]` is where provider `p`'s endpoint `e` resolved at start;
     /// `connection_cap` is the shard's client connection cap (the default `queue_max`).
-    pub fn new(cfgs: &[ProviderConfig], connection_cap: usize) -> Providers {
-        let list = cfgs
-            .iter()
-            .map(|c| Provider {
-                name: c.name.clone(),
-                cfg: ProviderConfig {
-                    queue_max: if c.queue_max == 0 {
-                        connection_cap.max(1)
-                    } else {
-                        c.queue_max
-                    },
-                    ..c.clone()
-                },
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .filter_map(|e| coregate_runtime::listener::parse_addr(e).ok())
-                    .map(|addr| {
-                        Rc::new(Endpoint {
-                            addr,
-                            idle: RefCell::new(Vec::new()),
-                            open: Cell::new(0),
-                            waiters: RefCell::new(VecDeque::new()),
-                            queued: Cell::new(0),
-                        })
-                    })
-                    .collect(),
-                next: Cell::new(0),
-            })
-            .collect();
-        Providers { list }
+    pub fn new(
+        cfgs: &[ProviderConfig],
+        addresses: &[Vec<Vec<SocketAddr>>],
+        connection_cap: usize,
+    ) -> Result<Providers, String> {
+        let mut list = Vec::with_capacity(cfgs.len());
+        for (i, c) in cfgs.iter().enumerate() {
+            let resolved = addresses.get(i).map_or(&[][..], |a| a.as_slice());
+            list.push(Provider::new(c, resolved, connection_cap)?);
+        }
+        Ok(Providers { list })
+    }
+
+    /// Applies a new address set of one endpoint (a control message from the resolver).
+    pub fn set_addrs(&self, provider: usize, endpoint: usize, addrs: Vec<SocketAddr>) {
+        if let Some(ep) = self
+            .list
+            .get(provider)
+            .and_then(|p| p.endpoints.get(endpoint))
+        {
+            ep.set_addrs(addrs);
+        }
     }
 
     /// Copies the pool gauges into the stats before a snapshot.
@@ -121,6 +171,72 @@ impl Providers {
 }
 
 impl Provider {
+    fn new(
+        c: &ProviderConfig,
+        resolved: &[Vec<SocketAddr>],
+        cap: usize,
+    ) -> Result<Provider, String> {
+        let specs = c
+            .endpoints
+            .iter()
+            .map(|e| parse_endpoint(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One client config (and session cache) per provider per shard.
+        let tls_config = if c.uses_tls() {
+            Some(coregate_runtime::tls::client_config(c.verify())?)
+        } else {
+            None
+        };
+        let host_only = |h: &str| h.rsplit_once(':').map_or(h, |(h, _)| h).to_string();
+        let mut endpoints = Vec::with_capacity(specs.len());
+        for (j, spec) in specs.iter().enumerate() {
+            let tls = match (&tls_config, spec.tls) {
+                (Some(config), true) => {
+                    let name = if c.host.is_empty() {
+                        spec.host.clone()
+                    } else {
+                        host_only(&c.host)
+                    };
+                    Some(UpstreamTls {
+                        config: config.clone(),
+                        name: coregate_runtime::tls::server_name(&name)?,
+                    })
+                }
+                _ => None,
+            };
+            let addrs = resolved.get(j).cloned().unwrap_or_default();
+            endpoints.push(Rc::new(Endpoint::new(addrs, tls)));
+        }
+        let host_header = if !c.host.is_empty() {
+            Some(c.host.as_bytes().to_vec())
+        } else {
+            specs
+                .first()
+                .filter(|s| s.ip.is_none() || s.tls)
+                .map(|s| s.authority().into_bytes())
+        };
+        Ok(Provider {
+            name: c.name.clone(),
+            cfg: ProviderConfig {
+                queue_max: if c.queue_max == 0 {
+                    cap.max(1)
+                } else {
+                    c.queue_max
+                },
+                ..c.clone()
+            },
+            endpoints,
+            next: Cell::new(0),
+            host_header,
+            credential: c.credential_header(),
+            add_headers: c
+                .add_headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        })
+    }
+
     /// The endpoint for the next request (round-robin per shard).
     pub fn pick(&self) -> Option<Rc<Endpoint>> {
         if self.endpoints.is_empty() {
@@ -150,7 +266,7 @@ impl Lease {
         let Some(mut c) = self.conn.take() else {
             return;
         };
-        if !reusable {
+        if !reusable || !self.ep.serves(c.addr) {
             close_one(&self.ep);
             return;
         }
@@ -333,14 +449,15 @@ async fn open_new(
     ep: &Rc<Endpoint>,
     cfg: &ProviderConfig,
 ) -> Result<UpConn, UpstreamError> {
-    match connect(ep.addr, Duration::from_millis(cfg.connect_timeout_ms)).await {
-        Ok(stream) => {
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    match super::connect::open(shard, provider_idx, ep, timeout).await {
+        Ok((stream, addr)) => {
             provider_stats(shard, provider_idx, |s| s.counters.new_connections += 1);
-            let stream = Stream::new(stream);
             Ok(UpConn {
                 rx: Rx::new(stream.clone(), UP_BUF),
                 tx: Tx::new(stream),
                 idle_since: Instant::now(),
+                addr,
             })
         }
         Err(e) => {
@@ -408,13 +525,9 @@ mod tests {
     use super::*;
 
     fn endpoint() -> Endpoint {
-        Endpoint {
-            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            idle: RefCell::new(Vec::new()),
-            open: Cell::new(1),
-            waiters: RefCell::new(VecDeque::new()),
-            queued: Cell::new(0),
-        }
+        let ep = Endpoint::new(vec![SocketAddr::from(([127, 0, 0, 1], 1))], None);
+        ep.open.set(1);
+        ep
     }
 
     fn enqueue(ep: &Endpoint) -> Rc<Waiter> {

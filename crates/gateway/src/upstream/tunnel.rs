@@ -11,7 +11,7 @@
 //! travels through; an error on either side ends both. The tunnel ends when no byte moved
 //! in either direction for the provider's `tunnel_idle_timeout_ms`.
 
-use super::connect::connect;
+use super::connect::open;
 use super::error::UpstreamError;
 use super::exchange::{fail, Job};
 use super::forward::{
@@ -50,12 +50,13 @@ pub(super) async fn upgrade(
         let e = UpstreamError::ConnectError;
         return fail(session, job, &mut no_body, false, e).await;
     };
-    let stream = match connect(ep.addr, Duration::from_millis(cfg.connect_timeout_ms)).await {
-        Ok(s) => s,
+    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let stream = match open(&shard, job.pidx, &ep, timeout).await {
+        Ok((s, _)) => s,
         Err(e) => return fail(session, job, &mut no_body, false, e).await,
     };
     provider_stats(&shard, job.pidx, |s| s.counters.new_connections += 1);
-    let mut up = Wire::new(stream, TUNNEL_BUF);
+    let mut up = Wire::over(stream, TUNNEL_BUF);
     up.tx.stream.set_write_timeout(leg.limits.idle);
     if up.tx.stream.write_all(job.up_head).await.is_err() {
         return fail(session, job, &mut no_body, false, UpstreamError::Reset).await;
@@ -173,7 +174,7 @@ async fn pump(
         match from.read_some(idle).await {
             Ok(0) => {
                 // EOF: pass the close on; the other direction may still be sending.
-                if to.stream.shutdown_write().is_err() {
+                if to.stream.shutdown_write().await.is_err() {
                     return abort();
                 }
                 return;
