@@ -250,6 +250,10 @@ fn the_tls_listener_picks_by_sni_resumes_and_refuses_h2_only() {
         r.text()
     );
 
+    for (v, name) in [("1.2", "TLSv1.2"), ("1.3", "TLSv1.3")] {
+        let out = python(&["version", "127.0.0.1", &port, cafile, "localhost", v]);
+        assert_eq!(out.trim(), format!("{name} HTTP/1.1 200 OK"));
+    }
     let resumed = python(&["resume", "127.0.0.1", &port, cafile, "localhost"]);
     assert_eq!(resumed.trim(), "reused True");
     let h2 = python(&["alpn", "127.0.0.1", &port, cafile, "localhost", "h2"]);
@@ -384,7 +388,9 @@ fn a_host_name_endpoint_follows_its_new_address() {
     let dir = tmpdir("tls-dns");
     let hosts = dir.join("hosts");
     let name = "provider.coregate.test";
-    std::fs::write(&hosts, format!("127.0.0.1 {name}\n")).unwrap();
+    // Two addresses, and nothing listens on 127.0.0.3: its connects are refused and go on
+    // to the next address.
+    std::fs::write(&hosts, format!("127.0.0.3 {name}\n127.0.0.1 {name}\n")).unwrap();
     let mp = free_port();
     let _a = mock_provider("tls-dns-a", mp);
     // The second provider address: the same port on 127.0.0.2.
@@ -407,7 +413,7 @@ fn a_host_name_endpoint_follows_its_new_address() {
             "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"0\"\n[admin]\nlisten = \
              \"127.0.0.1:{admin}\"\n[stats]\ninterval_ms = 100\n[mock]\nembedded = \"off\"\n\
              [[providers]]\nname = \"p\"\nendpoints = [\"http://{name}:{mp}\"]\n\
-             resolve_interval_ms = 200\n[[routes]]\nprefix = \"/\"\nprovider = \"p\"\n"
+             resolve_interval_ms = 200\npool_max_idle = 0\n[[routes]]\nprefix = \"/\"\nprovider = \"p\"\n"
         ),
     )
     .unwrap();
@@ -421,9 +427,12 @@ fn a_host_name_endpoint_follows_its_new_address() {
         dir.join("gateway.log"),
     );
     wait_port(port, Duration::from_secs(10));
-    let r = request(port, "GET /headers HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(r.status, 200, "{}", gw.log_text());
-    assert!(r.text().contains(&format!("{name}:{mp}")), "{}", r.text());
+    for _ in 0..4 {
+        // pool_max_idle = 0: every request connects anew, round-robin over both addresses.
+        let r = request(port, "GET /headers HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200, "{}", gw.log_text());
+        assert!(r.text().contains(&format!("{name}:{mp}")), "{}", r.text());
+    }
 
     // Rewritten in place (the bind mount follows the inode): the name moves to 127.0.0.2,
     // and the first provider goes away.

@@ -5,6 +5,8 @@
   resume HOST PORT CAFILE SNI     two connections, the second offering the first's session;
                                   prints "reused True|False"
   alpn HOST PORT CAFILE SNI PROTO offers only PROTO; prints "selected X" or "refused ERROR"
+  version HOST PORT CAFILE SNI V  allows only TLS version V (1.2 or 1.3); prints the version
+                                  negotiated and the status of a GET /health
   ws URL CAFILE                   WebSocket echo of one message; prints what came back
 """
 import asyncio
@@ -66,6 +68,13 @@ def main():
         s2 = connect(host, port, ctx, sni, session=session)
         print("reused", s2.session_reused)
         s2.close()
+    elif mode == "version":
+        v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[sys.argv[6]]
+        ctx.minimum_version = ctx.maximum_version = v
+        s = connect(host, port, ctx, sni)
+        version = s.version()
+        status, _ = get(s, sni, "/health")
+        print(version, status)
     elif mode == "alpn":
         ctx.set_alpn_protocols([sys.argv[6]])
         try:

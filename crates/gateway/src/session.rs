@@ -89,7 +89,9 @@ pub async fn serve(
     let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
     let stream = match tls {
         None => Some(Stream::new(stream)),
-        Some(cfg) => handshake(&shard, stream, cfg).await,
+        // Boxed: a handshake's state (a whole rustls connection, several KiB) would
+        // otherwise stay in the task's allocation for the connection's life.
+        Some(cfg) => Box::pin(handshake(&shard, stream, cfg)).await,
     };
     if let Some(stream) = stream {
         let mut session = Session {
@@ -141,7 +143,9 @@ impl Session {
             };
             let inflight = InFlight::new(&self.shard);
             self.started_at = Instant::now();
-            let flow = self.dispatch(head).await;
+            // Boxed: the exchange's state (the provider side's nested futures, a few KiB)
+            // lives only while a request is in flight, not in every idle connection's task.
+            let flow = Box::pin(self.dispatch(head)).await;
             {
                 let mut st = self.shard.stats.borrow_mut();
                 st.counters.requests += 1;

@@ -309,7 +309,11 @@ impl BodyState {
 /// The read side: a buffer of received, not yet consumed bytes.
 pub struct Rx {
     pub stream: Stream,
+    /// Allocated on the first read: a connection that is open but has sent nothing (an idle
+    /// client after its TLS handshake, thousands of them) holds no buffer.
     buf: Vec<u8>,
+    /// The buffer's size when it is first needed.
+    initial: usize,
     pos: usize,
     end: usize,
     /// Bytes read since the owner last took them.
@@ -325,7 +329,8 @@ impl Rx {
     pub fn new(stream: Stream, initial_buf: usize) -> Rx {
         Rx {
             stream,
-            buf: vec![0; initial_buf],
+            buf: Vec::new(),
+            initial: initial_buf.max(1),
             pos: 0,
             end: 0,
             bytes: 0,
@@ -340,7 +345,7 @@ impl Rx {
     }
 
     pub fn capacity(&self) -> usize {
-        self.buf.len()
+        self.buf.len().max(self.initial)
     }
 
     pub fn consume(&mut self, n: usize) {
@@ -357,6 +362,10 @@ impl Rx {
 
     /// Ensures free space after the buffered input, growing the buffer up to `max`.
     pub fn make_room(&mut self, max: usize) {
+        if self.buf.is_empty() {
+            self.buf.resize(self.initial.min(max.max(1)), 0);
+            return;
+        }
         if self.end < self.buf.len() {
             return;
         }
@@ -374,6 +383,9 @@ impl Rx {
     pub async fn read_some(&mut self, timeout: Duration) -> io::Result<usize> {
         if timeout.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
+        }
+        if self.buf.is_empty() {
+            self.buf.resize(self.initial, 0);
         }
         if self.end == self.buf.len() {
             return Err(io::Error::other("read buffer full"));

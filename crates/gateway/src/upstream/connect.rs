@@ -32,10 +32,7 @@ pub async fn open(
     ep: &Endpoint,
     timeout: Duration,
 ) -> Result<(Stream, SocketAddr), UpstreamError> {
-    let Some(addr) = ep.next_addr() else {
-        return Err(UpstreamError::DnsFailure);
-    };
-    let tcp = connect_tcp(addr, timeout).await?;
+    let (tcp, addr) = connect_any(ep, timeout).await?;
     let Some(tls) = &ep.tls else {
         return Ok((Stream::new(tcp), addr));
     };
@@ -48,6 +45,26 @@ pub async fn open(
         }
         Err(e) => Err(UpstreamError::of_handshake(HandshakeFailure::of(&e))),
     }
+}
+
+/// Connects to the endpoint's next address; a refused or failed connect tries the next
+/// one, until each was tried once (a name that resolves to `::1` and `127.0.0.1` where the
+/// provider listens on one of them still works). A timeout is not retried: the client
+/// would wait a connect timeout per address.
+async fn connect_any(
+    ep: &Endpoint,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+    let mut last = UpstreamError::DnsFailure;
+    for _ in 0..ep.addr_count() {
+        let Some(addr) = ep.next_addr() else { break };
+        match connect_tcp(addr, timeout).await {
+            Ok(tcp) => return Ok((tcp, addr)),
+            Err(e @ (UpstreamError::ConnectRefused | UpstreamError::ConnectError)) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 /// Connects with a timeout and sets TCP_NODELAY.

@@ -89,6 +89,11 @@ impl Endpoint {
         Some(addrs[i % addrs.len()])
     }
 
+    /// How many addresses the endpoint has now.
+    pub fn addr_count(&self) -> usize {
+        self.addrs.borrow().len()
+    }
+
     /// Takes a new address set from the resolver: idle connections to addresses that left
     /// are closed now, busy ones when they are released.
     pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
