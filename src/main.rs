@@ -15,6 +15,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Thread-per-core HTTP/1.1 gateway for voice-AI providers"
 )]
 struct Cli {
+    /// Log level: error, warn, info or debug (default: $COREGATE_LOG, else info).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log lines as JSON objects (default: text, or $COREGATE_LOG_FORMAT=json).
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +113,10 @@ fn serve(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = coregate_runtime::log::init(cli.log_level.as_deref(), cli.log_json) {
+        eprintln!("coregate: --log-level / COREGATE_LOG: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Serve {
             config,

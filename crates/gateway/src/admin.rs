@@ -49,19 +49,19 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>) {
                     .unwrap_or("")
                     .to_string();
                 if method != "GET" && method != "HEAD" {
-                    respond(&mut s, 405, "application/json", "{\"error\":\"use GET\"}");
+                    respond_error(
+                        &mut s,
+                        405,
+                        "method_not_allowed",
+                        "the admin API is GET only",
+                    );
                     return;
                 }
                 break path;
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => {
-                respond(
-                    &mut s,
-                    400,
-                    "application/json",
-                    "{\"error\":\"bad request\"}",
-                );
+                respond_error(&mut s, 400, "bad_request", "malformed or oversized request");
                 return;
             }
         }
@@ -75,28 +75,44 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>) {
             return;
         }
         _ => {
-            respond(&mut s, 404, "application/json", "{\"error\":\"not found\"}");
+            respond_error(
+                &mut s,
+                404,
+                "not_found",
+                "no such admin path (try /stats, /metrics or /health)",
+            );
             return;
         }
     };
     if queries.send(query).is_err() {
-        respond(
+        respond_error(
             &mut s,
             503,
-            "application/json",
-            "{\"error\":\"aggregator stopped\"}",
+            "aggregator_stopped",
+            "the stats aggregator has stopped",
         );
         return;
     }
     match rx.recv_timeout(Duration::from_secs(5)) {
         Ok(body) => respond(&mut s, 200, ctype, &body),
-        Err(_) => respond(
+        Err(_) => respond_error(
             &mut s,
             503,
-            "application/json",
-            "{\"error\":\"aggregator busy\"}",
+            "aggregator_busy",
+            "the stats aggregator did not answer within 5 s",
         ),
     }
+}
+
+/// An error in the data plane's JSON shape (`{"error":{"status","code","message"}}`).
+fn respond_error(s: &mut TcpStream, status: u16, code: &str, message: &str) {
+    let body = coregate_http1::reply::json_error(status, code, message, None);
+    respond(
+        s,
+        status,
+        "application/json",
+        &String::from_utf8_lossy(&body),
+    );
 }
 
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) {

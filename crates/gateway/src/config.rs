@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub max_connections_per_shard: u32,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub drain_timeout_ms: u64,
+    /// Let a second coregate serve the same address (SO_REUSEPORT then splits the traffic
+    /// between the two): only for a takeover, where the new process starts before the old
+    /// one drains. Off, a second `serve` on an address in use fails at start.
+    pub allow_shared_listen: bool,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             backlog: 4096,
             max_connections_per_shard: 0,
             drain_timeout_ms: 30_000,
+            allow_shared_listen: false,
         }
     }
 }
@@ -142,6 +147,10 @@ pub struct MockConfig {
     pub embedded: EmbeddedMock,
     /// Where the embedded mock provider listens.
     pub listen: String,
+    /// The core its thread is pinned to; unset: the first of `server.cores`, so that the
+    /// mock never runs on a core outside the gateway's (where a load generator may be).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +166,7 @@ impl Default for MockConfig {
         MockConfig {
             embedded: EmbeddedMock::Auto,
             listen: "127.0.0.1:9902".into(),
+            core: None,
         }
     }
 }
@@ -179,10 +189,14 @@ impl Config {
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
+            let message = inner.message().trim().to_string();
             ConfigError {
                 source: source.to_string(),
                 key: if key == "." { String::new() } else { key },
-                message: inner.message().trim().to_string(),
+                message: match inner.span() {
+                    Some(span) => format!("{}: {message}", line_column(text, span.start)),
+                    None => message,
+                },
             }
         })?;
         let keyed = |(key, message): (String, String)| ConfigError {
@@ -269,6 +283,23 @@ impl Config {
                 "is the same address as server.listen".into(),
             ));
         }
+        let taken = [
+            ("server.listen", &s.listen),
+            ("server.tls_listen", &s.tls_listen),
+        ];
+        let others = [
+            ("admin.listen", &self.admin.listen),
+            ("mock.listen", &self.mock.listen),
+        ];
+        for (key, addr) in others {
+            let embedded_off = key == "mock.listen" && !self.wants_embedded_mock();
+            if addr.is_empty() || embedded_off {
+                continue;
+            }
+            if let Some((other, _)) = taken.iter().find(|(_, a)| *a == addr) {
+                return Err((key.into(), format!("{addr:?} is also {other}")));
+            }
+        }
         match (&s.tls, s.tls_listen.is_empty()) {
             (None, false) => Err((
                 "server.tls".into(),
@@ -281,6 +312,20 @@ impl Config {
             (Some(t), false) => crate::tls::ServerTls::load(t).map(|_| ()),
             (None, true) => Ok(()),
         }
+    }
+
+    /// Every address this config listens on, with its key (empty ones left out).
+    pub fn listen_addresses(&self) -> Vec<(&'static str, &str)> {
+        let mut out = vec![
+            ("server.listen", self.server.listen.as_str()),
+            ("server.tls_listen", self.server.tls_listen.as_str()),
+            ("admin.listen", self.admin.listen.as_str()),
+        ];
+        if self.wants_embedded_mock() {
+            out.push(("mock.listen", self.mock.listen.as_str()));
+        }
+        out.retain(|(_, a)| !a.is_empty());
+        out
     }
 
     /// Whether `serve` should start the in-process mock provider.
@@ -308,6 +353,14 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// `line L, column C` (both from 1) of a byte offset, as editors count them.
+fn line_column(text: &str, offset: usize) -> String {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}")
 }
 
 fn check_range(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), (&str, String)> {
@@ -343,5 +396,59 @@ mod tests {
 
         let e = Config::parse("[server]\nbogus = 1\n", "gw.toml").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_keep_line_and_column() {
+        let e = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:1\"\nbacklog = 12 34\n",
+            "gw.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("line 3, column"), "{e}");
+    }
+
+    #[test]
+    fn mistakes_that_fail_at_run_time_are_refused_by_check() {
+        let refused = |toml: &str, key: &str, says: &str| {
+            let e = Config::parse(toml, "gw.toml").unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        };
+        let route = "[[providers]]\nname = \"p\"\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\n\
+                     prefix = \"/a/\"\nprovider = \"p\"\n";
+        refused(
+            &format!("{route}add_headers = {{ \"host\" = \"x\" }}\n"),
+            "routes[0].add_headers",
+            "set `host` on the provider",
+        );
+        for h in [
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "Keep-Alive",
+            "TE",
+        ] {
+            refused(
+                &format!("{route}add_headers = {{ \"{h}\" = \"1\" }}\n"),
+                "routes[0].add_headers",
+                "written by the gateway",
+            );
+        }
+        refused(
+            &format!("{route}strip_prefix = true\nrewrite = \"/b/\"\n"),
+            "routes[0].strip_prefix",
+            "keep one",
+        );
+        refused(
+            &format!("{route}[[routes]]\nprefix = \"/a/\"\nprovider = \"p\"\n"),
+            "routes[1].prefix",
+            "routes[0] has the same prefix",
+        );
+        refused(
+            "[server]\nlisten = \"127.0.0.1:9901\"\n",
+            "admin.listen",
+            "is also server.listen",
+        );
     }
 }

@@ -60,6 +60,7 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
     out.push(memlock_check(shards));
     out.push(somaxconn_check(config));
     out.push(port_range_check(config, shards));
+    out.push(listen_port_check(config));
     out.push(match &cores {
         Ok(c) => check(
             Level::Ok,
@@ -319,21 +320,55 @@ fn isolation_check(cores: &[usize]) -> Check {
     let set = coregate_runtime::cores::parse_core_list(&isolated, &(0..4096).collect::<Vec<_>>())
         .unwrap_or_default();
     let not: Vec<usize> = cores.iter().copied().filter(|c| !set.contains(c)).collect();
-    if isolated.is_empty() || !not.is_empty() {
-        check(
-            Level::Ok,
-            "isolation",
-            format!("cores {not:?} are not isolated (other tasks may run there; fine unless latency-critical)"),
-            None,
-        )
+    let message = if set.is_empty() {
+        "no core is isolated (isolcpus or a cpuset): other tasks may share the shards' cores, \
+         fine unless latency-critical (docs/tuning.md)"
+            .to_string()
+    } else if not.is_empty() {
+        format!("the shards' cores {cores:?} are isolated")
     } else {
-        check(
-            Level::Ok,
-            "isolation",
-            format!("cores {cores:?} are isolated"),
-            None,
+        format!(
+            "cores {not:?} of the shards are not isolated (isolated: {isolated}); other tasks \
+             may run there"
         )
+    };
+    check(Level::Ok, "isolation", message, None)
+}
+
+/// Listen ports inside the ephemeral range can be taken by any outgoing connection first
+/// (the high-concurrency tuning profile widens that range over the usual service ports).
+fn listen_port_check(config: &Config) -> Check {
+    let Some((lo, hi)) = port_range() else {
+        return check(Level::Ok, "listen_ports", "port range unknown".into(), None);
+    };
+    let mut inside = Vec::new();
+    for (key, addr) in config.listen_addresses() {
+        if let Ok(a) = crate::config::parse_addr(addr) {
+            if (lo..=hi).contains(&u32::from(a.port())) {
+                inside.push(format!("{key} {}", a.port()));
+            }
+        }
     }
+    if inside.is_empty() {
+        return check(
+            Level::Ok,
+            "listen_ports",
+            format!("no listen port inside the ephemeral range {lo}-{hi}"),
+            None,
+        );
+    }
+    check(
+        Level::Warn,
+        "listen_ports",
+        format!(
+            "{} inside the ephemeral port range {lo}-{hi}: an outgoing connection can take it \
+             before coregate starts",
+            inside.join(", ")
+        ),
+        Some(format!(
+            "use ports below {lo}, or reserve them: sysctl -w net.ipv4.ip_local_reserved_ports=PORTS"
+        )),
+    )
 }
 
 fn governor_check(cores: &[usize]) -> Check {

@@ -73,17 +73,28 @@ pub fn validate_routes(routes: &[RouteConfig], providers: &[&str]) -> Result<(),
                 return Err((key("rewrite"), format!("{rw:?} must start with '/'")));
             }
         }
-        for (name, value) in &r.add_headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err((key("add_headers"), format!("{name:?} is not a header name")));
-            }
-            if http::HeaderValue::from_str(value).is_err() {
-                return Err((
-                    key("add_headers"),
-                    format!("value of {name:?} is not valid"),
-                ));
-            }
+        if r.strip_prefix && r.rewrite.is_some() {
+            return Err((
+                key("strip_prefix"),
+                "strip_prefix and rewrite both replace the prefix: keep one (strip_prefix = \
+                 true is rewrite = \"\")"
+                    .into(),
+            ));
         }
+        if let Some(j) = routes[..i]
+            .iter()
+            .position(|q| q.prefix == r.prefix && q.host.eq_ignore_ascii_case(&r.host))
+        {
+            return Err((
+                key("prefix"),
+                format!(
+                    "routes[{j}] has the same prefix {:?} and host {:?}: only one of them \
+                     could ever match",
+                    r.prefix, r.host
+                ),
+            ));
+        }
+        check_added_headers(&r.add_headers).map_err(|m| (key("add_headers"), m))?;
         for name in &r.remove_headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err((
@@ -111,6 +122,48 @@ pub fn validate_routes(routes: &[RouteConfig], providers: &[&str]) -> Result<(),
                     format!("{p:?} is not a protocol name"),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checks an `add_headers` table: valid names and values, and none of the fields the
+/// gateway writes itself. A second `Host` makes providers answer 400; `Content-Length`,
+/// `Transfer-Encoding` or a hop-by-hop field would contradict the framing and connection
+/// handling the gateway sends, and requests would hang or be refused.
+pub fn check_added_headers(headers: &BTreeMap<String, String>) -> Result<(), String> {
+    const OWN: [&str; 11] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "http2-settings",
+        "via",
+    ];
+    for (name, value) in headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("{name:?} is not a header name"));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            return Err(format!("value of {name:?} is not valid"));
+        }
+        if name.eq_ignore_ascii_case("host") {
+            return Err(
+                "\"Host\" cannot be added (the provider would get two): set `host` \
+                        on the provider instead"
+                    .into(),
+            );
+        }
+        if OWN.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            return Err(format!(
+                "{name:?} is written by the gateway itself (framing and connection fields \
+                 follow each request); it cannot be added"
+            ));
         }
     }
     Ok(())

@@ -25,8 +25,11 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     )
     .map_err(|e| format!("server.cores: {e}"))?;
     if config.wants_embedded_mock() {
-        embed_mock(&mut config)?;
+        let core = config.mock.core.or(cores.first().copied());
+        embed_mock(&mut config, core)?;
     }
+    // Held until the process exits: the kernel releases them with it.
+    let _claims = claim_listen_addresses(&config)?;
     let max_connections = crate::budget::connection_cap(&config, cores.len(), nofile)?;
     let tls = match &config.server.tls {
         Some(t) => Some(crate::tls::ServerTls::load(t).map_err(|(key, m)| format!("{key}: {m}"))?),
@@ -177,6 +180,52 @@ fn wait_for_shards(
     Ok(())
 }
 
+/// Claims each data-plane address for this process, so that a second coregate started on
+/// the same address by mistake fails as nginx would (EADDRINUSE) instead of silently taking
+/// half the connections: SO_REUSEPORT, which every shard needs, lets any process of the
+/// same user bind the port again. The claim is an abstract Unix socket named after the
+/// address: no file to clean up, released when the process dies, and scoped to the network
+/// namespace like the address itself.
+fn claim_listen_addresses(
+    config: &Config,
+) -> Result<Vec<std::os::unix::net::UnixListener>, String> {
+    use std::os::linux::net::SocketAddrExt;
+    let s = &config.server;
+    if s.allow_shared_listen {
+        return Ok(Vec::new());
+    }
+    let mut claims = Vec::new();
+    for (key, addr) in [
+        ("server.listen", &s.listen),
+        ("server.tls_listen", &s.tls_listen),
+    ] {
+        if addr.is_empty() {
+            continue;
+        }
+        // Keyed by the address as bound (`localhost:80` is `127.0.0.1:80`); a wildcard and
+        // a specific address on one port are different keys, as they are to bind(2).
+        let bound = crate::config::parse_addr(addr)?;
+        let name = format!("coregate-listen {bound}");
+        let claim = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| std::os::unix::net::UnixListener::bind_addr(&a));
+        match claim {
+            Ok(l) => claims.push(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "{key}: another coregate already serves {addr}; a second one would \
+                     silently take part of its connections (SO_REUSEPORT). Stop it first, \
+                     or set server.allow_shared_listen = true for a takeover"
+                ))
+            }
+            Err(e) => coregate_runtime::log::warn(&format!(
+                "cannot claim {addr} for this process ({e}); a second coregate on it would \
+                 not be refused"
+            )),
+        }
+    }
+    Ok(claims)
+}
+
 /// The data-plane listeners, for the start-up line.
 fn serving_on(config: &Config) -> String {
     let s = &config.server;
@@ -195,7 +244,7 @@ fn stop_all(controls: &[Sender<Control>]) {
 
 /// Adds the embedded mock provider to `config` (provider `mock`, route `/v1/mock/` → `/`)
 /// and starts it.
-fn embed_mock(config: &mut Config) -> Result<(), String> {
+fn embed_mock(config: &mut Config, core: Option<usize>) -> Result<(), String> {
     let listen = config.mock.listen.clone();
     if !config.providers.iter().any(|p| p.name == "mock") {
         config.providers.push(ProviderConfig {
@@ -213,5 +262,5 @@ fn embed_mock(config: &mut Config) -> Result<(), String> {
     config
         .validate("<embedded mock>")
         .map_err(|e| e.to_string())?;
-    coregate_mock::start_embedded(&listen)
+    coregate_mock::start_embedded(&listen, core)
 }

@@ -230,8 +230,13 @@ type Listener = (glommio::net::TcpListener, Option<Arc<rustls::ServerConfig>>);
 fn bind_listeners(spec: &ShardSpec) -> Result<Vec<Listener>, String> {
     let server = &spec.config.server;
     let bind = |addr: &str| {
-        coregate_runtime::listener::bind_listener(addr, server.backlog)
-            .map_err(|e| format!("shard {}: cannot listen on {addr}: {e}", spec.id))
+        coregate_runtime::listener::bind_listener(addr, server.backlog).map_err(|e| {
+            format!(
+                "shard {}: cannot listen on {addr}: {e} (`coregate doctor --config FILE` \
+                     checks the ports and limits the config needs)",
+                spec.id
+            )
+        })
     };
     let mut out = Vec::new();
     if !server.listen.is_empty() {

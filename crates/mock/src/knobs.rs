@@ -29,6 +29,9 @@ pub struct Knobs {
     pub stall: Duration,
     /// Send a `103 Early Hints` interim response before the final one.
     pub early_hints: bool,
+    /// The first knob given a value it cannot take (`status=99`, `latency_ms=abc`): the
+    /// request is answered 400 naming it, rather than run with a default nobody asked for.
+    pub invalid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,31 +61,59 @@ impl Knobs {
         k
     }
 
+    /// Sets one knob; other keys (a real API's own query parameters) are left alone.
     fn set(&mut self, key: &str, value: &str) {
-        let ms = |v: &str| v.parse::<u64>().ok().map(Duration::from_millis);
-        let flag = |v: &str| matches!(v, "1" | "true" | "yes");
+        if let Err(why) = self.try_set(key, value) {
+            self.invalid
+                .get_or_insert(format!("{key}={value:?}: {why}"));
+        }
+    }
+
+    fn try_set(&mut self, key: &str, value: &str) -> Result<(), &'static str> {
+        const MS: &str = "expected milliseconds (0 or more)";
+        const COUNT: &str = "expected a whole number";
+        let ms = |v: &str| v.parse::<u64>().map(Duration::from_millis).map_err(|_| MS);
+        let count = |v: &str| v.parse::<u64>().map_err(|_| COUNT);
+        let flag = |v: &str| match v {
+            "1" | "true" | "yes" => Ok(true),
+            "0" | "false" | "no" => Ok(false),
+            _ => Err("expected 1/0, true/false or yes/no"),
+        };
         match key {
-            "latency_ms" => self.latency = ms(value).unwrap_or_default(),
-            "status" => self.status = value.parse().ok().filter(|s| (100..=599).contains(s)),
-            "error_rate" => self.error_rate = value.parse::<f64>().unwrap_or(0.0).clamp(0.0, 1.0),
-            "reset" => {
-                self.reset = match value {
-                    "before_head" | "before-head" => Some(Reset::BeforeHead),
-                    "after_head" | "after-head" => Some(Reset::AfterHead),
-                    _ => None,
-                }
+            "latency_ms" => self.latency = ms(value)?,
+            "status" => {
+                let s = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|s| (100..=599).contains(s));
+                self.status = Some(s.ok_or("expected a status code 100-599")?);
             }
-            "close" => self.close = flag(value),
-            "size" => self.size = value.parse().ok(),
-            "chunked" => self.chunked = flag(value),
-            "until_close" => self.until_close = flag(value),
-            "frames" => self.frames = value.parse().ok(),
-            "frame_bytes" => self.frame_bytes = value.parse().ok(),
-            "frame_interval_ms" => self.frame_interval = ms(value),
-            "stall_ms" => self.stall = ms(value).unwrap_or_default(),
-            "early_hints" => self.early_hints = flag(value),
+            "error_rate" => {
+                let r = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r));
+                self.error_rate = r.ok_or("expected a probability 0..1")?;
+            }
+            "reset" => {
+                self.reset = Some(match value {
+                    "before_head" | "before-head" => Reset::BeforeHead,
+                    "after_head" | "after-head" => Reset::AfterHead,
+                    _ => return Err("expected before_head or after_head"),
+                })
+            }
+            "close" => self.close = flag(value)?,
+            "size" => self.size = Some(count(value)?),
+            "chunked" => self.chunked = flag(value)?,
+            "until_close" => self.until_close = flag(value)?,
+            "frames" => self.frames = Some(count(value)?),
+            "frame_bytes" => self.frame_bytes = Some(count(value)?),
+            "frame_interval_ms" => self.frame_interval = Some(ms(value)?),
+            "stall_ms" => self.stall = ms(value)?,
+            "early_hints" => self.early_hints = flag(value)?,
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -98,5 +129,24 @@ mod tests {
         assert!(k.chunked);
         assert_eq!(k.latency, Duration::from_millis(5));
         assert_eq!(k.reset, Some(Reset::AfterHead));
+        assert!(k.invalid.is_none());
+    }
+
+    #[test]
+    fn a_knob_with_a_bad_value_is_named_and_other_keys_pass() {
+        for q in [
+            "status=99",
+            "latency_ms=abc",
+            "error_rate=2",
+            "reset=sideways",
+            "chunked=maybe",
+        ] {
+            let k = Knobs::parse(q, std::iter::empty());
+            let why = k.invalid.unwrap_or_default();
+            assert!(why.starts_with(q.split('=').next().unwrap()), "{q}: {why}");
+        }
+        let k = Knobs::parse("model=nova-3&language=en&size=10", std::iter::empty());
+        assert!(k.invalid.is_none());
+        assert_eq!(k.size, Some(10));
     }
 }

@@ -35,14 +35,14 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Most text read for `/tts`.
 const MAX_TTS_TEXT: u64 = 1 << 20;
 
-/// Starts the embedded mock provider on `listen` on its own (unpinned) thread and waits
-/// until it listens. The gateway adds the provider and route that point at it.
-pub fn start_embedded(listen: &str) -> Result<(), String> {
+/// Starts the embedded mock provider on `listen` on its own thread, pinned to `core`, and
+/// waits until it listens. The gateway adds the provider and route that point at it.
+pub fn start_embedded(listen: &str, core: Option<usize>) -> Result<(), String> {
     let listen = listen.to_string();
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("coregate-mock".into())
-        .spawn(move || run_executor(None, listen, None, tx))
+        .spawn(move || run_executor(core, listen, None, tx))
         .map_err(|e| format!("cannot start the embedded mock provider: {e}"))?;
     rx.recv()
         .map_err(|_| "the embedded mock provider exited during start-up".to_string())?
@@ -361,6 +361,26 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
     // unless told, persistent connections; the mock keeps it simple and closes.
     let http10 = req.head.version == Version::Http10;
     let mut close = k.close || !req.head.keep_alive || http10;
+    if let Some(why) = &k.invalid {
+        let close = close
+            || (req.head.expect_continue && !body.is_done())
+            || !matches!(
+                wire.rx.discard_body(&mut body, 1 << 20, TIMEOUT).await,
+                Ok(true)
+            );
+        let json = coregate_http1::reply::json_error(400, "bad_knob", why, None);
+        write_head(
+            wire,
+            400,
+            "application/json",
+            Len::Fixed(json.len() as u64),
+            close,
+            &[],
+        );
+        wire.tx.buf.extend_from_slice(&json);
+        wire.tx.flush().await?;
+        return Ok(!close);
+    }
     if k.latency > Duration::ZERO {
         glommio::timer::sleep(k.latency).await;
     }

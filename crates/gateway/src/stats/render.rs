@@ -392,7 +392,7 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
         return;
     }
     type Get = fn(&ProviderCounters) -> u64;
-    let simple: [(&str, &str, &str, Get); 13] = [
+    let simple: [(&str, &str, &str, Get); 14] = [
         (
             "coregate_upstream_tls_handshakes_total",
             "counter",
@@ -466,9 +466,15 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
             |c| c.queued,
         ),
         (
+            "coregate_upstream_failures_total",
+            "counter",
+            "Upstream exchanges that failed, of any kind (by kind: coregate_upstream_errors_total).",
+            |c| c.errors.iter().sum(),
+        ),
+        (
             "coregate_upstream_errors_sum_total",
             "counter",
-            "Upstream errors of any kind.",
+            "DEPRECATED: renamed coregate_upstream_failures_total; removed in the next release.",
             |c| c.errors.iter().sum(),
         ),
     ];

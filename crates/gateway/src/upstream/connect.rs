@@ -32,7 +32,16 @@ pub async fn open(
     ep: &Endpoint,
     timeout: Duration,
 ) -> Result<(Stream, SocketAddr), UpstreamError> {
-    let (tcp, addr) = connect_any(ep, timeout).await?;
+    let note = |addr: SocketAddr| {
+        if let Some(p) = shard.providers.list.get(pidx) {
+            p.failures.at(addr);
+        }
+    };
+    let (tcp, addr) = connect_any(ep, timeout).await.inspect_err(|_| {
+        if let Some(a) = ep.last_addr() {
+            note(a);
+        }
+    })?;
     let Some(tls) = &ep.tls else {
         return Ok((Stream::new(tcp), addr));
     };
@@ -43,7 +52,10 @@ pub async fn open(
             provider_stats(shard, pidx, |s| s.handshake(us, hs.resumed));
             Ok((stream, addr))
         }
-        Err(e) => Err(UpstreamError::of_handshake(HandshakeFailure::of(&e))),
+        Err(e) => {
+            note(addr);
+            Err(UpstreamError::of_handshake(HandshakeFailure::of(&e)))
+        }
     }
 }
 

@@ -2,6 +2,10 @@
 //! the JSON `code` and message of that answer, and the metric label it is counted under
 //! (`/stats` errors and `coregate_upstream_errors_total{kind=...}` use the code).
 
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
 /// Why a provider exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -144,6 +148,51 @@ impl UpstreamError {
             std::io::ErrorKind::TimedOut => timeout_kind,
             _ => UpstreamError::Reset,
         }
+    }
+}
+
+/// Logs a provider's failures from one shard, at most one line per [`FAILURE_LOG_EVERY`]
+/// with the number left out, so a 502 storm is visible without flooding stderr.
+#[derive(Default)]
+pub struct FailureLog {
+    last: Cell<Option<Instant>>,
+    left_out: Cell<u64>,
+    /// The address the failing connection went to, when the connect step knew it.
+    addr: Cell<Option<SocketAddr>>,
+}
+
+/// The least time between two failure lines of one provider on one shard.
+pub const FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl FailureLog {
+    /// Remembers the address of a connect that is failing, for the line about it.
+    pub fn at(&self, addr: SocketAddr) {
+        self.addr.set(Some(addr));
+    }
+
+    pub fn record(&self, shard: usize, provider: &str, e: UpstreamError) {
+        let addr = self.addr.take();
+        let now = Instant::now();
+        if self
+            .last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY)
+        {
+            self.left_out.set(self.left_out.get() + 1);
+            return;
+        }
+        self.last.set(Some(now));
+        let more = match self.left_out.replace(0) {
+            0 => String::new(),
+            n => format!(" ({n} more failures since the last line)"),
+        };
+        let at = addr.map_or_else(String::new, |a| format!(" at {a}"));
+        coregate_runtime::log::warn(&format!(
+            "shard {shard}: provider {provider:?}{at}: {} {}: {}{more}",
+            e.status(),
+            e.label(),
+            e.message()
+        ));
     }
 }
 

@@ -286,6 +286,9 @@ pub(super) async fn fail(
 ) -> Flow {
     let head = job.head;
     provider_stats(session.shard(), job.pidx, |s| s.error(e));
+    job.provider
+        .failures
+        .record(session.shard().id, &job.provider.name, e);
     let mut close = !head.keep_alive || session.shard().draining.get();
     // A body the client was told to hold back, or that cannot be discarded, forces a close.
     if !body.is_done()

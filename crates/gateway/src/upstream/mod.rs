@@ -142,6 +142,16 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
         }
         validate_tls(p).map_err(|(k, m)| (key(k), m))?;
         validate_credential(p).map_err(|(k, m)| (key(k), m))?;
+        crate::route::check_added_headers(&p.add_headers).map_err(|m| (key("add_headers"), m))?;
+        if p.add_headers
+            .keys()
+            .any(|h| h.eq_ignore_ascii_case(&p.auth_header))
+        {
+            return Err((
+                key("add_headers"),
+                format!("{:?} is the credential header (auth_header)", p.auth_header),
+            ));
+        }
         if !p.host.is_empty() && p.host.parse::<http::uri::Authority>().is_err() {
             return Err((key("host"), format!("{:?} is not a valid host", p.host)));
         }
@@ -233,11 +243,6 @@ fn validate_credential(p: &ProviderConfig) -> Result<(), (&'static str, String)>
     }
     if !p.auth_value.contains("{key}") {
         return Err(("auth_value", "must contain {key} where the key goes".into()));
-    }
-    for (name, value) in &p.add_headers {
-        if !is_token(name) || http::HeaderValue::from_str(value).is_err() {
-            return Err(("add_headers", format!("{name:?} is not a valid header")));
-        }
     }
     Ok(())
 }

@@ -89,6 +89,13 @@ impl Endpoint {
         Some(addrs[i % addrs.len()])
     }
 
+    /// The address the last new connection went to.
+    pub fn last_addr(&self) -> Option<SocketAddr> {
+        let addrs = self.addrs.borrow();
+        let i = self.next_addr.get().checked_sub(1)?;
+        addrs.get(i % addrs.len().max(1)).copied()
+    }
+
     /// How many addresses the endpoint has now.
     pub fn addr_count(&self) -> usize {
         self.addrs.borrow().len()
@@ -126,6 +133,8 @@ pub struct Provider {
     pub credential: Option<(Vec<u8>, Vec<u8>)>,
     /// The provider's `add_headers`, as bytes.
     pub add_headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Rate-limited log lines about this provider's failures.
+    pub failures: super::error::FailureLog,
 }
 
 pub struct Providers {
@@ -239,6 +248,7 @@ impl Provider {
                 .iter()
                 .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
                 .collect(),
+            failures: Default::default(),
         })
     }
 
