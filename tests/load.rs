@@ -169,6 +169,9 @@ fn refused_connections_are_classified() {
         stage["errors"]["connect_refused"]
     );
     assert_eq!(stage["successful_requests"], 0);
+    // Refusals are failures, not requests served: nothing completed, so RPS is 0.
+    assert_eq!(stage["rps"], 0.0, "{stage}");
+    assert_eq!(summary["max_rps"], 0.0, "{summary}");
     assert_eq!(summary["failure_mode"], "connect_refused");
     assert!(summary["client_limits"]["hit"]
         .as_array()
@@ -686,6 +689,32 @@ fn bad_flags_are_errors_that_name_the_flag() {
             "--source",
         ),
         (&["http://127.0.0.1:1/", "-H", "nocolon"][..], "--header"),
+        // A URL needs its scheme: a stray PID or host:port is not a target.
+        (&["http://127.0.0.1:1/", "4242"][..], "not a URL"),
+        (&["127.0.0.1:8080/health"][..], "not a URL"),
+        // Flags of another profile, and --think with --rate, are refused, not ignored.
+        (
+            &["http://127.0.0.1:1/", "--stages", "10,20"][..],
+            "--stages do not apply to --profile single",
+        ),
+        (
+            &["http://127.0.0.1:1/", "--profile", "scale", "--vus", "5"][..],
+            "--vus do not apply to --profile scale",
+        ),
+        (
+            &[
+                "http://127.0.0.1:1/",
+                "--profile",
+                "breaking-point",
+                "--duration",
+                "5s",
+            ][..],
+            "--duration do not apply",
+        ),
+        (
+            &["http://127.0.0.1:1/", "--rate", "100", "--think", "10ms"][..],
+            "--think",
+        ),
     ] {
         let out = Command::new(BIN)
             .arg("load")

@@ -20,16 +20,17 @@ pub struct LoadArgs {
     /// Cores to run one load shard on each, e.g. `0-1` (default: all online cores).
     #[arg(long, default_value = "all")]
     pub cores: String,
-    /// Closed loop: this many virtual users (connections) for a single run.
-    #[arg(long, default_value_t = 10)]
-    pub vus: usize,
+    /// Single run: this many virtual users (connections) [default: 10].
+    #[arg(long)]
+    pub vus: Option<usize>,
     /// Open loop: requests per second over all VUs; latency is measured from the intended
     /// send time (coordinated omission corrected).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Closed loop: pause between a response and the VU's next request (e.g. `10ms`).
-    #[arg(long, default_value = "0s")]
-    pub think: String,
+    /// Closed loop: pause between a response and the VU's next request (e.g. `10ms`)
+    /// [default: 0s]; an open loop (--rate) sets its own pace.
+    #[arg(long)]
+    pub think: Option<String>,
     /// Request method (default GET, or POST when a body is given).
     #[arg(short = 'X', long)]
     pub method: Option<String>,
@@ -58,33 +59,34 @@ pub struct LoadArgs {
     /// `single` (uses --duration), `scale` (--stages), or `breaking-point` (--start/--step).
     #[arg(long, default_value = "single")]
     pub profile: String,
-    /// Single run: length of the measured window.
-    #[arg(long, default_value = "10s")]
-    pub duration: String,
-    /// Scale profile: VUs of each stage.
-    #[arg(long, default_value = "10,100,500,1000,2000,5000,10000")]
-    pub stages: String,
-    /// Scale profile: measured window of each stage.
-    #[arg(long, default_value = "60s")]
-    pub stage_duration: String,
-    /// Breaking point: VUs of the first iteration.
-    #[arg(long, default_value_t = 1000)]
-    pub start: usize,
-    /// Breaking point: VUs added per iteration.
-    #[arg(long, default_value_t = 500)]
-    pub step: usize,
+    /// Single run: length of the measured window [default: 10s].
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Scale profile: VUs of each stage [default: 10,100,500,1000,2000,5000,10000].
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// Scale profile: measured window of each stage [default: 60s].
+    #[arg(long)]
+    pub stage_duration: Option<String>,
+    /// Breaking point: VUs of the first iteration [default: 1000].
+    #[arg(long)]
+    pub start: Option<usize>,
+    /// Breaking point: VUs added per iteration [default: 500].
+    #[arg(long)]
+    pub step: Option<usize>,
     /// Breaking point: stop here (default: what the client's fds and ports allow).
     #[arg(long)]
     pub max_vus: Option<usize>,
-    /// Breaking point: measured window of each iteration.
-    #[arg(long, default_value = "30s")]
-    pub iteration: String,
-    /// Breaking point: pause between iterations (connections stay open, idle).
-    #[arg(long, default_value = "10s")]
-    pub cooldown: String,
-    /// Breaking point: an iteration with at least this error rate breaks (e.g. `5%`).
-    #[arg(long, default_value = "5%")]
-    pub error_threshold: String,
+    /// Breaking point: measured window of each iteration [default: 30s].
+    #[arg(long)]
+    pub iteration: Option<String>,
+    /// Breaking point: pause between iterations (connections stay open, idle)
+    /// [default: 10s].
+    #[arg(long)]
+    pub cooldown: Option<String>,
+    /// Breaking point: an iteration with at least this error rate breaks [default: 5%].
+    #[arg(long)]
+    pub error_threshold: Option<String>,
     /// Write the artifacts (stages.jsonl, summary.json, report.md, charts, ...) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -209,6 +211,45 @@ fn parse_vu_list(s: &str) -> Result<Vec<usize>, String> {
 }
 
 impl LoadArgs {
+    /// Refuses a flag that belongs to another profile than the one chosen: ignoring it would
+    /// run something other than what was asked for (`--stages` on a single run).
+    fn refuse_flags_of_other_profiles(&self) -> Result<(), String> {
+        let single = [
+            ("--vus", self.vus.is_some()),
+            ("--duration", self.duration.is_some()),
+        ];
+        let scale = [
+            ("--stages", self.stages.is_some()),
+            ("--stage-duration", self.stage_duration.is_some()),
+        ];
+        let breaking = [
+            ("--start", self.start.is_some()),
+            ("--step", self.step.is_some()),
+            ("--max-vus", self.max_vus.is_some()),
+            ("--iteration", self.iteration.is_some()),
+            ("--cooldown", self.cooldown.is_some()),
+            ("--error-threshold", self.error_threshold.is_some()),
+        ];
+        let foreign: Vec<&str> = match self.profile.as_str() {
+            "single" => [&scale[..], &breaking[..]].concat(),
+            "scale" => [&single[..], &breaking[..]].concat(),
+            "breaking-point" => [&single[..], &scale[..]].concat(),
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .filter(|(_, given)| *given)
+        .map(|(flag, _)| flag)
+        .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} do not apply to --profile {} (see `coregate load --help`)",
+            foreign.join(", "),
+            self.profile
+        ))
+    }
+
     /// Checks every flag; `online` is the list of cores this process may use.
     pub fn into_config(self, online: &[usize], tty: bool) -> Result<LoadConfig, String> {
         let cores = coregate_runtime::cores::parse_core_list(&self.cores, online)
@@ -226,8 +267,16 @@ impl LoadArgs {
             (None, None) => None,
         };
         let request = RequestTemplate::new(self.method.as_deref(), &self.headers, body)?;
-        let think = parse_duration("--think", &self.think)?;
+        self.refuse_flags_of_other_profiles()?;
+        let think = parse_duration("--think", self.think.as_deref().unwrap_or("0s"))?;
         let mode = match self.rate {
+            Some(_) if self.think.is_some() => {
+                return Err(
+                    "--think paces a closed loop; with --rate (an open loop) the rate \
+                            sets the pace"
+                        .into(),
+                )
+            }
             Some(r) if r.is_finite() && (0.001..=1e9).contains(&r) => Mode::Open { rate: r },
             Some(r) => return Err(format!("--rate: {r} must be between 0.001 and 1e9")),
             None => Mode::Closed { think },
@@ -236,34 +285,42 @@ impl LoadArgs {
             Some(s) => parse_sources(s)?,
             None => Vec::new(),
         };
+        let or = |v: &Option<String>, default: &'static str| v.clone().unwrap_or(default.into());
         let profile = match self.profile.as_str() {
-            "single" if self.vus > MAX_VUS => {
+            "single" if self.vus.unwrap_or(10) > MAX_VUS => {
                 return Err(format!("--vus must be at most {MAX_VUS}"))
             }
             "single" => Profile::Single {
-                vus: self.vus.max(1),
-                duration: parse_duration("--duration", &self.duration)?,
+                vus: self.vus.unwrap_or(10).max(1),
+                duration: parse_duration("--duration", &or(&self.duration, "10s"))?,
             },
             "scale" => Profile::Scale {
-                stages: parse_vu_list(&self.stages)?,
-                stage_duration: parse_duration("--stage-duration", &self.stage_duration)?,
+                stages: parse_vu_list(&or(&self.stages, "10,100,500,1000,2000,5000,10000"))?,
+                stage_duration: parse_duration(
+                    "--stage-duration",
+                    &or(&self.stage_duration, "60s"),
+                )?,
             },
             "breaking-point" => {
-                if self.start == 0 || self.step == 0 {
+                let (start, step) = (self.start.unwrap_or(1000), self.step.unwrap_or(500));
+                if start == 0 || step == 0 {
                     return Err("--start and --step must be at least 1".into());
                 }
-                if self.start > MAX_VUS || self.step > MAX_VUS || self.max_vus > Some(MAX_VUS) {
+                if start > MAX_VUS || step > MAX_VUS || self.max_vus > Some(MAX_VUS) {
                     return Err(format!(
                         "--start, --step and --max-vus must be at most {MAX_VUS}"
                     ));
                 }
                 Profile::BreakingPoint {
-                    start: self.start,
-                    step: self.step,
+                    start,
+                    step,
                     max: self.max_vus,
-                    iteration: parse_duration("--iteration", &self.iteration)?,
-                    cooldown: parse_duration("--cooldown", &self.cooldown)?,
-                    threshold: parse_fraction("--error-threshold", &self.error_threshold)?,
+                    iteration: parse_duration("--iteration", &or(&self.iteration, "30s"))?,
+                    cooldown: parse_duration("--cooldown", &or(&self.cooldown, "10s"))?,
+                    threshold: parse_fraction(
+                        "--error-threshold",
+                        &or(&self.error_threshold, "5%"),
+                    )?,
                 }
             }
             other => {

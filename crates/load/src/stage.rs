@@ -112,7 +112,10 @@ impl StageRow {
             interrupted |= s.interrupted;
             let secs = s.window.as_secs_f64().max(1e-6);
             let total = s.record.total();
-            rps += total as f64 / secs;
+            // RPS counts complete responses: a refused connect is a failure, not a request
+            // served (against a closed port the rate was the rate of refusals).
+            let completed = s.record.responses();
+            rps += completed as f64 / secs;
             window = window.max(s.window);
             ramp = ramp.max(s.ramp);
             cpu += s.cpu;
@@ -122,7 +125,7 @@ impl StageRow {
                 core: s.core,
                 vus: s.vus,
                 requests: total,
-                rps: round2(total as f64 / secs),
+                rps: round2(completed as f64 / secs),
                 cpu_percent: round2(s.cpu.as_secs_f64() / secs * 100.0),
             });
             record.merge(s.record);

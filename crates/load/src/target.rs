@@ -26,7 +26,13 @@ impl Target {
                     "{url}: scheme {scheme:?} is not supported (plain http:// or ws:// only)"
                 ))
             }
-            None => (url, false),
+            // A bare `host:port` is refused rather than guessed at: a stray argument (a PID
+            // from `$(pgrep ...)`) would otherwise become a target on port 80.
+            None => {
+                return Err(format!(
+                    "{url:?} is not a URL: write http://host:port/path or ws://host:port/path"
+                ))
+            }
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -196,6 +202,10 @@ mod tests {
         assert!(!Target::parse("http://127.0.0.1:1/").unwrap().websocket);
         assert!(Target::parse("ws://127.0.0.1:1/").unwrap().websocket);
         assert!(Target::parse("http:///x").is_err());
+        assert!(Target::parse("127.0.0.1:8080/x")
+            .unwrap_err()
+            .contains("not a URL"));
+        assert!(Target::parse("4242").is_err());
     }
 
     #[test]
