@@ -219,3 +219,31 @@ fn doctor_warns_about_listen_ports_in_the_ephemeral_range() {
     );
     assert!(!text.contains("cores [] "), "{text}");
 }
+
+#[test]
+fn the_embedded_mock_runs_on_the_gateways_first_core() {
+    let gw = gateway("operator-mock-core", "0", "");
+    let pid = gw.proc.pid();
+    let end = Instant::now() + Duration::from_secs(5);
+    let allowed = loop {
+        let found = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "coregate-mock")
+            })
+            .and_then(|t| std::fs::read_to_string(t.path().join("status")).ok());
+        if let Some(status) = found {
+            break status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+        }
+        assert!(Instant::now() < end, "no coregate-mock thread");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(allowed, "0");
+}
