@@ -247,3 +247,40 @@ fn the_embedded_mock_runs_on_the_gateways_first_core() {
     };
     assert_eq!(allowed, "0");
 }
+
+#[test]
+fn small_defaults_follow_what_was_set_and_fit_a_low_fd_limit() {
+    let dir = tmpdir("operator-defaults");
+    // pool_max_total alone: the idle cap follows it instead of failing check.
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[providers]]\nname = \"p\"\nendpoints = [\"127.0.0.1:1\"]\npool_max_total = 8\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check").arg(&cfg).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Under a 1,024-descriptor limit the default pool is lowered, and the gateway starts.
+    let (port, up) = (free_port(), free_port());
+    let gw = spawn_command(
+        Command::new("sh").args([
+            "-c",
+            &format!(
+                "ulimit -n 1024 && exec {BIN} serve --cores 0 --listen 127.0.0.1:{port} \
+                 --admin '' --upstream 127.0.0.1:{up}"
+            ),
+        ]),
+        dir.join("gw.log"),
+    );
+    wait_port(port, Duration::from_secs(10));
+    let log = gw.log_text();
+    assert!(
+        log.contains("pool_max_total lowered from its default 1024"),
+        "{log}"
+    );
+}

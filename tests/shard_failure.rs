@@ -69,3 +69,67 @@ fn without_the_fault_the_gateway_keeps_serving() {
     let mut proc = gw.proc;
     assert!(proc.alive(), "gateway still running");
 }
+
+#[test]
+fn a_stuck_shard_is_flagged_and_health_turns_503() {
+    let dir = tmpdir("shard-stall");
+    let (port, admin, mock) = (free_port(), free_port(), free_port());
+    let path = dir.join("coregate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"0\"\n[admin]\nlisten = \
+             \"127.0.0.1:{admin}\"\n[mock]\nlisten = \"127.0.0.1:{mock}\"\n[stats]\n\
+             interval_ms = 100\n"
+        ),
+    )
+    .unwrap();
+    let gw = spawn_command(
+        Command::new(BIN)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("COREGATE_FAULT_SHARD_STALL", "0"),
+        dir.join("gateway.log"),
+    );
+    wait_port(admin, Duration::from_secs(10));
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let body = admin_get(admin, "/health");
+        if body.contains("degraded") || std::time::Instant::now() > end {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    assert_eq!(v["status"], "degraded", "{body}");
+    assert_eq!(v["stale_shards"], serde_json::json!([0]));
+    let log = gw.log_text();
+    assert!(log.contains("shard 0: no stats snapshot"), "{log}");
+}
+
+#[test]
+fn health_is_503_while_draining() {
+    let gw = gateway("shard-drain-health", "0", "");
+    assert!(admin_get(gw.admin, "/health").contains("\"ok\""));
+    // A slow streamed answer (40 frames, 100 ms apart) keeps the drain going for ~4 s.
+    let mut slow = Reader::new(gw.connect());
+    slow.send(
+        b"POST /v1/mock/tts?frames=40&frame_interval_ms=100 HTTP/1.1\r\nHost: a\r\n\
+          Content-Length: 5\r\n\r\nhello",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    gw.proc.signal(libc::SIGTERM);
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    let body = loop {
+        let body = admin_get(gw.admin, "/health");
+        if body.contains("draining") || std::time::Instant::now() > end {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("\"status\":\"draining\""), "{body}");
+    // The request in flight still completes.
+    assert_eq!(
+        slow.response(false).expect("the streamed answer").status,
+        200
+    );
+}

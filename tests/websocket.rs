@@ -97,6 +97,51 @@ fn an_upgrade_the_provider_declines_is_an_ordinary_response() {
     );
 }
 
+/// A POST with a body to the mock's /ws is answered 426 after its body is read: the body must
+/// not become the next request on that (pooled) provider connection.
+#[test]
+fn a_post_with_a_body_to_ws_leaves_the_pooled_connection_clean() {
+    let mp = free_port();
+    let _mock = mock_provider("ws-post-body", mp);
+    // Straight to the mock: the request after the 426 on the same connection is served.
+    let mut m = Reader::new(std::net::TcpStream::connect(("127.0.0.1", mp)).unwrap());
+    let smuggle = "GET /bytes?size=3 HTTP/1.1\r\nHost: m\r\n\r\n";
+    m.send(
+        format!(
+            "POST /ws HTTP/1.1\r\nHost: m\r\nContent-Length: {}\r\n\r\n{smuggle}",
+            smuggle.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(m.response(false).expect("426").status, 426);
+    m.send(b"GET /bytes?size=5 HTTP/1.1\r\nHost: m\r\n\r\n");
+    let next = m.response(false).expect("the next response");
+    assert_eq!(
+        (next.status, next.body.len()),
+        (200, 5),
+        "the body was read as a request"
+    );
+    // Through the gateway, with one pooled provider connection shared by two clients.
+    let gw = gateway(
+        "ws-post-body-gw",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"m\"\nendpoints = [\"127.0.0.1:{mp}\"]\npool_max_total = 1\n\
+             pool_max_idle = 1\n[[routes]]\nprefix = \"/\"\nprovider = \"m\"\n"
+        ),
+    );
+    let post = format!(
+        "POST /ws HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{smuggle}",
+        smuggle.len()
+    );
+    assert_eq!(request(gw.port, &post).status, 426);
+    let r = request(
+        gw.port,
+        "GET /bytes?size=5 HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((r.status, r.body.len()), (200, 5));
+}
+
 #[test]
 fn an_idle_tunnel_is_closed() {
     let mp = free_port();

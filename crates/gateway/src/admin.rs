@@ -71,7 +71,17 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>) {
         "/stats" => (Query::Stats(tx), "application/json"),
         "/metrics" => (Query::Metrics(tx), "text/plain; version=0.0.4"),
         "/health" | "/" => {
-            respond(&mut s, 200, "application/json", "{\"status\":\"ok\"}");
+            // 503 while draining or with a stale shard, so that a balancer stops sending.
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let answer = queries
+                .send(Query::Health(tx))
+                .ok()
+                .and_then(|_| rx.recv_timeout(Duration::from_secs(5)).ok());
+            match answer {
+                Some((true, body)) => respond(&mut s, 200, "application/json", &body),
+                Some((false, body)) => respond(&mut s, 503, "application/json", &body),
+                None => respond_error(&mut s, 503, "aggregator_busy", "no answer within 5 s"),
+            }
             return;
         }
         _ => {

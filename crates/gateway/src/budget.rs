@@ -2,6 +2,7 @@
 //! reserve and the provider pools. `serve` applies it; `doctor` and the checks report it.
 
 use crate::config::Config;
+use crate::upstream::DEFAULT_POOL_MAX_TOTAL;
 
 /// File descriptors kept back from the connection caps: executors' rings and eventfds,
 /// listeners, the admin socket, logs.
@@ -23,6 +24,40 @@ pub fn per_shard_fit(config: &Config, shards: usize, nofile: u64) -> u64 {
     let shards = shards.max(1) as u64;
     let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_SHARD * shards;
     (nofile.saturating_sub(reserve) / shards).saturating_sub(upstream_fds_per_shard(config))
+}
+
+/// Shrinks the pools of providers that kept the default `pool_max_total` when, at that
+/// size, they would take more than half of what RLIMIT_NOFILE leaves each shard (the
+/// default is sized for a raised limit; under `ulimit -n 1024` it took every descriptor and
+/// `serve --upstream` could not start). Says so in the log; a value set in the config is
+/// left as it is.
+pub fn fit_default_pools(config: &mut Config, shards: usize, nofile: u64) {
+    let shards = shards.max(1) as u64;
+    let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_SHARD * shards;
+    let per_shard = nofile.saturating_sub(reserve) / shards;
+    let defaults: u64 = config
+        .providers
+        .iter()
+        .filter(|p| p.pool_max_total == DEFAULT_POOL_MAX_TOTAL)
+        .map(|p| p.endpoints.len() as u64)
+        .sum();
+    if defaults == 0 || upstream_fds_per_shard(config) <= per_shard / 2 {
+        return;
+    }
+    let share = ((per_shard / 2) / defaults).max(1) as usize;
+    for p in config
+        .providers
+        .iter_mut()
+        .filter(|p| p.pool_max_total == DEFAULT_POOL_MAX_TOTAL)
+    {
+        p.pool_max_total = share;
+        coregate_runtime::log::warn(&format!(
+            "provider {}: pool_max_total lowered from its default {DEFAULT_POOL_MAX_TOTAL} to \
+             {share} per endpoint per shard to fit RLIMIT_NOFILE = {nofile}; set it in the \
+             config (or raise `ulimit -n`) to choose",
+            p.name
+        ));
+    }
 }
 
 /// The per-shard client connection cap: the configured value, or [`per_shard_fit`].

@@ -30,6 +30,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     }
     // Held until the process exits: the kernel releases them with it.
     let _claims = claim_listen_addresses(&config)?;
+    crate::budget::fit_default_pools(&mut config, cores.len(), nofile);
     let max_connections = crate::budget::connection_cap(&config, cores.len(), nofile)?;
     let tls = match &config.server.tls {
         Some(t) => Some(crate::tls::ServerTls::load(t).map_err(|(key, m)| format!("{key}: {m}"))?),
@@ -55,9 +56,14 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     let provider_names = config.providers.iter().map(|p| p.name.clone()).collect();
     let (snap_tx, snap_rx) = bounded(1024 * cores.len());
     let (query_tx, query_rx) = unbounded();
+    let drain_notice = query_tx.clone();
+    let shard_count = cores.len();
+    let stats_interval = std::time::Duration::from_millis(config.stats.interval_ms);
     std::thread::Builder::new()
         .name("coregate-stats".into())
-        .spawn(move || Aggregator::new(provider_names).run(snap_rx, query_rx))
+        .spawn(move || {
+            Aggregator::new(provider_names, stats_interval, shard_count).run(snap_rx, query_rx)
+        })
         .map_err(|e| format!("cannot start the stats thread: {e}"))?;
     if !config.admin.listen.is_empty() {
         let listener = crate::admin::bind(&config.admin.listen)?;
@@ -131,6 +137,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             if let Some(sig) = forever.next() {
                 coregate_runtime::log::info(&format!("signal {sig}: draining"));
                 drain_flag.store(true, Ordering::SeqCst);
+                let _ = drain_notice.send(crate::stats::aggregate::Query::Draining);
                 stop_all(&controls);
             }
             if forever.next().is_some() {

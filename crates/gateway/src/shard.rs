@@ -194,9 +194,7 @@ async fn shard_main(spec: ShardSpec) {
     let mut next_snapshot = Instant::now() + interval;
     loop {
         glommio::timer::sleep(tick).await;
-        if fault {
-            inject_panic(spec.id);
-        }
+        inject(spec.id, fault);
         shard.date.borrow_mut().refresh();
         if Instant::now() >= next_snapshot {
             next_snapshot += interval;
@@ -274,18 +272,43 @@ fn take_control(shard: &Shard, control: &Receiver<Control>) -> bool {
     }
 }
 
-/// Fault injection for tests/shard_failure.rs: `COREGATE_FAULT_SHARD_PANIC=<id>` makes that
-/// shard panic on its first tick, to show that the process then exits non-zero. Read once.
-fn injected_fault(id: usize) -> bool {
-    std::env::var("COREGATE_FAULT_SHARD_PANIC")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        == Some(id)
+/// Fault injection for tests/shard_failure.rs, read once: `COREGATE_FAULT_SHARD_PANIC=<id>`
+/// makes that shard panic on its first tick (the process must then exit non-zero);
+/// `COREGATE_FAULT_SHARD_STALL=<id>` blocks its thread instead, as a task that never yields
+/// would (admin /health must then turn 503).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Panic,
+    Stall,
+}
+
+fn injected_fault(id: usize) -> Fault {
+    let is = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(id)
+    };
+    if is("COREGATE_FAULT_SHARD_PANIC") {
+        Fault::Panic
+    } else if is("COREGATE_FAULT_SHARD_STALL") {
+        Fault::Stall
+    } else {
+        Fault::None
+    }
 }
 
 #[allow(clippy::panic)]
-fn inject_panic(id: usize) {
-    panic!("shard {id}: panic injected by COREGATE_FAULT_SHARD_PANIC");
+fn inject(id: usize, fault: Fault) {
+    match fault {
+        Fault::None => {}
+        Fault::Panic => panic!("shard {id}: panic injected by COREGATE_FAULT_SHARD_PANIC"),
+        // Blocks the executor for good, without ending the thread.
+        Fault::Stall => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
 }
 
 fn ship(shard: &Shard, tx: &Sender<Snapshot>) {

@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(t.addr.port(), 8080);
         assert_eq!(t.path, "/v1/x?a=1");
         assert_eq!(t.authority, "127.0.0.1:8080");
-        let t = Target::parse("127.0.0.1:9").unwrap();
+        let t = Target::parse("http://127.0.0.1:9").unwrap();
         assert_eq!(t.path, "/");
         assert_eq!(Target::parse("http://127.0.0.1/").unwrap().addr.port(), 80);
         assert!(Target::parse("https://x/").unwrap_err().contains("https"));

@@ -425,6 +425,10 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
     match req.path.as_str() {
         "/ws" => {
             let Some(key) = &req.ws_key else {
+                // The body of a request that is not a handshake (a POST) is read before the
+                // answer: left unread, it would be parsed as the next request on this
+                // connection, and a proxy pooling it would hand that to another client.
+                let _ = read_all(wire, &mut body, 1 << 20).await?;
                 let json = coregate_http1::reply::json_error(
                     426,
                     "upgrade_required",

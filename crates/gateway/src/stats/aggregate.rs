@@ -7,13 +7,18 @@
 use super::{new_histogram, Counters, ProviderStats, Snapshot};
 use crossbeam_channel::{select, Receiver, Sender};
 use hdrhistogram::Histogram;
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// A request from the admin listener, answered with the rendered body.
 pub enum Query {
     Stats(Sender<String>),
     Metrics(Sender<String>),
+    /// Admin `/health`: whether to answer 200, and the JSON body.
+    Health(Sender<(bool, String)>),
+    /// The process started draining (from the signal thread): `/health` turns 503 so that
+    /// load balancers stop sending.
+    Draining,
 }
 
 /// Cumulative view of one shard.
@@ -25,6 +30,8 @@ pub struct ShardView {
     pub counters: Counters,
     pub latency_us: Histogram<u64>,
     pub providers: Vec<ProviderView>,
+    /// When its last snapshot arrived.
+    pub seen: Instant,
 }
 
 /// A provider's cumulative view: the same shape as a shard's own stats.
@@ -35,15 +42,69 @@ pub struct Aggregator {
     pub started: Instant,
     pub provider_names: Vec<String>,
     pub shards: BTreeMap<usize, ShardView>,
+    /// A shard whose last snapshot is older than this is stale (stuck or gone).
+    pub stale_after: Duration,
+    /// Shards reported stale in the log, so each is logged once per episode.
+    logged_stale: BTreeSet<usize>,
+    draining: bool,
+    /// How many shards were started (one that never shipped a snapshot is stale too).
+    expected: usize,
 }
 
 impl Aggregator {
-    pub fn new(provider_names: Vec<String>) -> Aggregator {
+    /// `interval` is the shards' snapshot interval; a shard is stale after three of them
+    /// (and at least 3 s) without one.
+    pub fn new(provider_names: Vec<String>, interval: Duration, shards: usize) -> Aggregator {
         Aggregator {
             started: Instant::now(),
             provider_names,
             shards: BTreeMap::new(),
+            stale_after: (interval * 3).max(Duration::from_secs(3)),
+            logged_stale: BTreeSet::new(),
+            draining: false,
+            expected: shards,
         }
+    }
+
+    /// Shards whose snapshots stopped: a stuck executor (a task that never yields) or a
+    /// thread that ended. Their listeners still take their share of new connections.
+    pub fn stale_shards(&self) -> Vec<usize> {
+        let silent_since_start = self.started.elapsed() > self.stale_after;
+        (0..self.expected)
+            .filter(|id| match self.shards.get(id) {
+                Some(s) => s.seen.elapsed() > self.stale_after,
+                None => silent_since_start,
+            })
+            .collect()
+    }
+
+    /// Logs shards that went stale or came back, once per change.
+    fn watch(&mut self) {
+        let stale: BTreeSet<usize> = self.stale_shards().into_iter().collect();
+        for s in stale.difference(&self.logged_stale) {
+            coregate_runtime::log::error(&format!(
+                "shard {s}: no stats snapshot for over {:?}: stuck or gone; its listener still \
+                 takes new connections (admin /health now answers 503)",
+                self.stale_after
+            ));
+        }
+        for s in self.logged_stale.difference(&stale) {
+            coregate_runtime::log::info(&format!("shard {s}: snapshots again"));
+        }
+        self.logged_stale = stale;
+    }
+
+    fn health(&self) -> (bool, String) {
+        let stale = self.stale_shards();
+        let status = if self.draining {
+            "draining"
+        } else if !stale.is_empty() {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let body = serde_json::json!({"status": status, "stale_shards": stale});
+        (status == "ok", body.to_string())
     }
 
     /// Folds one snapshot in: counters replace (they are cumulative), histograms add.
@@ -55,7 +116,9 @@ impl Aggregator {
             counters: Counters::default(),
             latency_us: new_histogram(),
             providers: Vec::new(),
+            seen: Instant::now(),
         });
+        view.seen = Instant::now();
         view.core = s.core;
         view.tid = s.tid;
         view.counters = s.counters;
@@ -77,6 +140,7 @@ impl Aggregator {
     pub fn run(mut self, snapshots: Receiver<Snapshot>, queries: Receiver<Query>) {
         let never = crossbeam_channel::never();
         let mut shards_open = true;
+        let tick = crossbeam_channel::tick(Duration::from_secs(1));
         loop {
             let snaps = if shards_open { &snapshots } else { &never };
             select! {
@@ -88,14 +152,22 @@ impl Aggregator {
                     Ok(q) => self.answer(q),
                     Err(_) => return,
                 },
+                recv(tick) -> _ => {
+                    if shards_open && !self.draining {
+                        self.watch();
+                    }
+                }
             }
         }
     }
 
-    fn answer(&self, q: Query) {
-        let _ = match q {
-            Query::Stats(reply) => reply.send(super::render::stats_json(self).to_string()),
-            Query::Metrics(reply) => reply.send(super::render::prometheus(self)),
-        };
+    fn answer(&mut self, q: Query) {
+        // A reply nobody waits for any more (the admin request timed out) is dropped.
+        match q {
+            Query::Stats(reply) => drop(reply.send(super::render::stats_json(self).to_string())),
+            Query::Metrics(reply) => drop(reply.send(super::render::prometheus(self))),
+            Query::Health(reply) => drop(reply.send(self.health())),
+            Query::Draining => self.draining = true,
+        }
     }
 }

@@ -180,6 +180,8 @@ pub fn stats_json(agg: &Aggregator) -> Value {
             m.insert("shard".into(), s.shard.into());
             m.insert("core".into(), s.core.into());
             m.insert("tid".into(), s.tid.into());
+            // No snapshot for a few intervals: the counters shown are frozen.
+            m.insert("stale".into(), (s.seen.elapsed() > agg.stale_after).into());
             m.insert(
                 "providers".into(),
                 providers_json(&agg.provider_names, &s.providers),

@@ -72,8 +72,9 @@ pub struct ProviderConfig {
     pub idle_read_timeout_ms: u64,
     /// Upper bound on the whole exchange with the provider.
     pub total_timeout_ms: u64,
-    /// Idle keep-alive connections kept per endpoint per shard.
-    pub pool_max_idle: usize,
+    /// Idle keep-alive connections kept per endpoint per shard; unset: `pool_max_total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_max_idle: Option<usize>,
     /// Open connections (idle + busy) per endpoint per shard.
     pub pool_max_total: usize,
     /// Idle pooled connections older than this are closed.
@@ -110,8 +111,8 @@ impl Default for ProviderConfig {
             response_head_timeout_ms: 30_000,
             idle_read_timeout_ms: 30_000,
             total_timeout_ms: 300_000,
-            pool_max_idle: 1024,
-            pool_max_total: 1024,
+            pool_max_idle: None,
+            pool_max_total: DEFAULT_POOL_MAX_TOTAL,
             pool_idle_timeout_ms: 60_000,
             queue_max: 0,
             queue_timeout_ms: 5_000,
@@ -172,20 +173,27 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
         if p.pool_max_total == 0 {
             return Err((key("pool_max_total"), "must be at least 1".into()));
         }
-        if p.pool_max_idle > p.pool_max_total {
+        if let Some(idle) = p.pool_max_idle.filter(|&i| i > p.pool_max_total) {
             return Err((
                 key("pool_max_idle"),
-                format!(
-                    "{} exceeds pool_max_total ({})",
-                    p.pool_max_idle, p.pool_max_total
-                ),
+                format!("{idle} exceeds pool_max_total ({})", p.pool_max_total),
             ));
         }
     }
     Ok(())
 }
 
+/// The default `pool_max_total`: connections per endpoint per shard.
+pub const DEFAULT_POOL_MAX_TOTAL: usize = 1024;
+
 impl ProviderConfig {
+    /// Idle connections kept per endpoint per shard: `pool_max_idle`, else all of them.
+    pub fn max_idle(&self) -> usize {
+        self.pool_max_idle
+            .unwrap_or(self.pool_max_total)
+            .min(self.pool_max_total)
+    }
+
     /// Whether any endpoint is `https://`.
     pub fn uses_tls(&self) -> bool {
         self.endpoints

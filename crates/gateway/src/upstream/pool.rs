@@ -393,7 +393,7 @@ pub async fn acquire(
     let cfg = &provider.cfg;
     let lease = |conn: UpConn, reused: bool| Lease {
         ep: ep.clone(),
-        max_idle: cfg.pool_max_idle,
+        max_idle: cfg.max_idle(),
         conn: Some(conn),
         reused,
     };
