@@ -1,0 +1,116 @@
+//! The deployment files are checked, not only written: the systemd unit passes
+//! `systemd-analyze verify`, the Kubernetes manifest passes kubernetes-validate (strict, the
+//! schemas bundled with it), the config they ship passes `coregate check` and is the same in
+//! both, and the seccomp profile leaves io_uring allowed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+use common::certs::TestCa;
+use common::*;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap()
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    if !require_tool("systemd-analyze") {
+        return;
+    }
+    let dir = tmpdir("deploy-systemd");
+    // verify checks that ExecStart's program exists: point it at the binary under test.
+    let unit = read("deploy/systemd/coregate.service").replace("/usr/local/bin/coregate", BIN);
+    let path = dir.join("coregate.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("coregate.service:"), "{text}");
+}
+
+#[test]
+fn the_kubernetes_manifest_validates_and_ships_the_same_config() {
+    let manifest = read("deploy/k8s/coregate.yaml");
+    // The ConfigMap's coregate.toml is deploy/coregate.toml, indented.
+    let embedded: String = manifest
+        .split("coregate.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .split("---\n")
+        .next()
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert_eq!(embedded.trim(), read("deploy/coregate.toml").trim());
+    if !require_tool("kubernetes-validate") {
+        return;
+    }
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", &format!("{ROOT}/deploy/k8s/coregate.yaml")])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("daemonset/coregate"), "{text}");
+}
+
+#[test]
+fn the_shipped_config_passes_check() {
+    let dir = tmpdir("deploy-config");
+    let ca = TestCa::new(&dir, "deploy");
+    let leaf = ca.leaf(&dir, "edge", &["edge.example.com"], false);
+    let text = read("deploy/coregate.toml")
+        .replace("/etc/coregate/tls/tls.crt", leaf.cert.to_str().unwrap())
+        .replace("/etc/coregate/tls/tls.key", leaf.key.to_str().unwrap());
+    let path = dir.join("coregate.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(&path)
+        .env("OPENAI_API_KEY", "sk-deploy-test")
+        .env("DEEPGRAM_API_KEY", "dg-deploy-test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains("deploy-test"), "{shown}");
+}
+
+#[test]
+fn the_seccomp_profile_leaves_io_uring_allowed() {
+    let profile: serde_json::Value =
+        serde_json::from_str(&read("deploy/k8s/seccomp/coregate.json")).unwrap();
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ALLOW");
+    let denied: Vec<&str> = profile["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["names"].as_array().unwrap())
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(denied.contains(&"ptrace") && denied.contains(&"bpf"));
+    assert!(
+        !denied.iter().any(|n| n.starts_with("io_uring")),
+        "{denied:?}"
+    );
+}
