@@ -30,11 +30,7 @@ fn the_systemd_unit_verifies() {
         .arg(&path)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("coregate.service:"), "{text}");
 }
@@ -61,11 +57,7 @@ fn the_kubernetes_manifest_validates_and_ships_the_same_config() {
         .args(["--strict", &format!("{ROOT}/deploy/k8s/coregate.yaml")])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("daemonset/coregate"), "{text}");
 }

@@ -42,11 +42,7 @@ fn check(dir: &Path, name: &str, text: &str) -> (bool, String) {
         .env("CARTESIA_API_KEY", "docs-cartesia")
         .output()
         .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = output_text(&out);
     (out.status.success(), all)
 }
 

@@ -15,23 +15,9 @@ use std::time::Duration;
 const CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/client.py");
 
 /// The mock provider serving TLS with `leaf` on 127.0.0.1:`port`.
-fn mock_tls(dir: &Path, port: u16, leaf: &Leaf) -> Proc {
-    let p = spawn(
-        &[
-            "mock-provider",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--cores",
-            "0",
-            "--tls-cert",
-            leaf.cert.to_str().unwrap(),
-            "--tls-key",
-            leaf.key.to_str().unwrap(),
-        ],
-        dir.join(format!("mock-{port}.log")),
-    );
-    wait_port(port, Duration::from_secs(10));
-    p
+fn mock_tls(port: u16, leaf: &Leaf) -> Proc {
+    let (cert, key) = (leaf.cert.to_str().unwrap(), leaf.key.to_str().unwrap());
+    mock_provider_with("tls", port, &["--tls-cert", cert, "--tls-key", key])
 }
 
 /// A key file holding `key`, for `api_key = "file:..."`.
@@ -61,7 +47,7 @@ fn upstream_tls_is_verified_pooled_resumed_and_carries_the_key() {
     let ca = TestCa::new(&dir, "up");
     let leaf = ca.leaf(&dir, "localhost", &["localhost"], false);
     let mp = free_port();
-    let _mock = mock_tls(&dir, mp, &leaf);
+    let _mock = mock_tls(mp, &leaf);
     let gw = gateway(
         "tls-upstream-gw",
         "0",
@@ -125,8 +111,8 @@ fn each_certificate_failure_is_a_named_502() {
     let expired = ca.leaf(&dir, "expired", &["localhost"], true);
     let other = TestCa::new(&dir, "other");
     let (good_port, expired_port, plain_port) = (free_port(), free_port(), free_port());
-    let _m1 = mock_tls(&dir, good_port, &good);
-    let _m2 = mock_tls(&dir, expired_port, &expired);
+    let _m1 = mock_tls(good_port, &good);
+    let _m2 = mock_tls(expired_port, &expired);
     let _m3 = mock_provider("tls-failures-plain", plain_port);
     let provider = |name: &str, endpoint: String, extra: String| {
         format!(
@@ -288,7 +274,7 @@ fn websocket_tunnels_cross_tls_on_either_side() {
     let ca = TestCa::new(&dir, "ws");
     let leaf = ca.leaf(&dir, "ws-mock", &["localhost"], false);
     let (tls_mock, plain_mock) = (free_port(), free_port());
-    let _m1 = mock_tls(&dir, tls_mock, &leaf);
+    let _m1 = mock_tls(tls_mock, &leaf);
     let _m2 = mock_provider("tls-ws-plain", plain_mock);
     let extra = format!(
         "[[providers]]\nname = \"wss\"\nendpoints = [\"https://localhost:{tls_mock}\"]\n\

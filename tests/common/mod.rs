@@ -185,19 +185,30 @@ pub fn spawn_command(cmd: &mut Command, log: PathBuf) -> Proc {
 
 /// Starts a separate mock provider process on a free port.
 pub fn mock_provider(name: &str, port: u16) -> Proc {
+    mock_provider_with(name, port, &[])
+}
+
+/// [`mock_provider`] with more flags (`--tls-cert`, `--tls-key`).
+pub fn mock_provider_with(name: &str, port: u16, extra: &[&str]) -> Proc {
     let dir = tmpdir(&format!("mock-{name}-{port}"));
-    let p = spawn(
-        &[
-            "mock-provider",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--cores",
-            "0",
-        ],
-        dir.join("mock.log"),
-    );
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        &["mock-provider", "--listen", &listen, "--cores", "0"][..],
+        extra,
+    ]
+    .concat();
+    let p = spawn(&args, dir.join("mock.log"));
     wait_port(port, Duration::from_secs(10));
     p
+}
+
+/// A finished command's stdout and stderr, as one text for assertions.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 pub fn wait_port(port: u16, timeout: Duration) {
