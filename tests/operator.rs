@@ -284,3 +284,43 @@ fn small_defaults_follow_what_was_set_and_fit_a_low_fd_limit() {
         "{log}"
     );
 }
+
+#[test]
+fn past_the_cap_clients_get_503_at_once_and_silent_ones_are_closed() {
+    let gw = gateway_with_server(
+        "operator-shed",
+        "0",
+        "max_connections_per_shard = 2",
+        "[http]\nfirst_byte_timeout_ms = 700\n",
+    );
+    // Two connections that never send a byte hold both slots (each counted before the next
+    // opens: wait_port's probes may still hold a slot for a moment).
+    let mut silent = Vec::new();
+    for n in 1..=2u64 {
+        gw.stats_until(|s| s["total"]["connections_active"] == n - 1);
+        silent.push(Reader::new(gw.connect()));
+        gw.stats_until(|s| s["total"]["connections_active"] == n);
+    }
+    let started = Instant::now();
+    let r = request(gw.port, "GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The first-byte timeout closes the silent ones, and the slots serve again.
+    for mut s in silent {
+        assert!(s.closed_within(Duration::from_secs(3)));
+    }
+    let r = request(gw.port, "GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let s = gw.stats_until(|s| s["total"]["accept_paused"].as_u64() >= Some(1));
+    assert!(
+        s["total"]["accept_paused"].as_u64() >= Some(1),
+        "{}",
+        s["total"]
+    );
+}

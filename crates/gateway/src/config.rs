@@ -94,6 +94,10 @@ pub struct HttpConfig {
     pub head_timeout_ms: u64,
     /// Time a keep-alive connection may sit idle between requests.
     pub idle_timeout_ms: u64,
+    /// Time a new connection has to send its first byte (after its TLS handshake): much
+    /// shorter than the idle timeout, so that connections that never speak cannot hold
+    /// the connection cap.
+    pub first_byte_timeout_ms: u64,
     /// Longest pause allowed between two reads of a request body.
     pub body_read_timeout_ms: u64,
 }
@@ -105,6 +109,7 @@ impl Default for HttpConfig {
             max_headers: 64,
             head_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            first_byte_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
         }
     }
@@ -247,6 +252,10 @@ impl Config {
             ("server.drain_timeout_ms", self.server.drain_timeout_ms),
             ("http.head_timeout_ms", self.http.head_timeout_ms),
             ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+            (
+                "http.first_byte_timeout_ms",
+                self.http.first_byte_timeout_ms,
+            ),
             ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
             ("stats.interval_ms", self.stats.interval_ms),
         ] {

@@ -52,6 +52,8 @@ pub struct Session {
     /// When the current request's head was complete: the start of its latency, and of the
     /// provider exchange's budget (one clock reading serves both).
     started_at: Instant,
+    /// Requests served on this connection so far.
+    requests: u64,
 }
 
 /// Counts a request as in flight (the drain waits for these) until dropped.
@@ -101,6 +103,7 @@ pub async fn serve(
             headers: Vec::with_capacity(16),
             answered_at: None,
             started_at: Instant::now(),
+            requests: 0,
         };
         session.run().await;
         session.sync_bytes();
@@ -142,6 +145,7 @@ impl Session {
                 }
             };
             let inflight = InFlight::new(&self.shard);
+            self.requests += 1;
             self.started_at = Instant::now();
             // Boxed: the exchange's state (the provider side's nested futures, a few KiB)
             // lives only while a request is in flight, not in every idle connection's task.
@@ -302,6 +306,7 @@ impl Session {
                 return Ok(None);
             }
             let timeout = match deadline {
+                None if self.requests == 0 => self.shard.http.first_byte_timeout,
                 None => self.shard.http.idle_timeout,
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };

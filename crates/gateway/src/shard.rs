@@ -40,6 +40,8 @@ pub enum Control {
 pub struct HttpTimeouts {
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
+    /// For a new connection's first byte (the idle timeout applies between requests).
+    pub first_byte_timeout: Duration,
     pub body_read_timeout: Duration,
 }
 
@@ -155,6 +157,7 @@ async fn shard_main(spec: ShardSpec) {
         http: HttpTimeouts {
             head_timeout: Duration::from_millis(cfg.http.head_timeout_ms),
             idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
+            first_byte_timeout: Duration::from_millis(cfg.http.first_byte_timeout_ms),
             body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
         },
         routes: RouteTable::new(&cfg.routes, &cfg.provider_names()),

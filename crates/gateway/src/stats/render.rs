@@ -334,7 +334,7 @@ pub fn prometheus(agg: &Aggregator) -> String {
         (
             "coregate_accept_paused_total",
             "counter",
-            "Times a shard hit its connection cap.",
+            "Connections answered 503 (overloaded) and closed at the connection cap.",
             |c| c.accept_paused,
         ),
     ];
