@@ -89,6 +89,11 @@ pub struct ProviderCounters {
     /// (the last good set was kept). Counted on shard 0 only: the resolver is one thread.
     pub dns_updates: u64,
     pub dns_failures: u64,
+    /// Requests that moved to another endpoint after a failure before any byte was sent.
+    pub failovers: u64,
+    /// Endpoints ejected (failures in a row), and the gauge of those ejected now.
+    pub ejections: u64,
+    pub endpoints_ejected: u64,
 }
 
 /// A shard's per-provider state for stats: counters and histograms of upstream time to

@@ -87,6 +87,9 @@ fn provider_json(p: &ProviderView) -> Value {
             "handshake_us": latency_json(&p.handshake_us),
         },
         "dns": {"updates": c.dns_updates, "failures": c.dns_failures},
+        "endpoints": {
+            "failovers": c.failovers, "ejections": c.ejections, "ejected": c.endpoints_ejected,
+        },
         "ttfb_us": latency_json(&p.ttfb_us),
         "total_us": latency_json(&p.total_us),
     })
@@ -168,6 +171,9 @@ fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
     a.handshake_sum_us += b.handshake_sum_us;
     a.dns_updates += b.dns_updates;
     a.dns_failures += b.dns_failures;
+    a.failovers += b.failovers;
+    a.ejections += b.ejections;
+    a.endpoints_ejected += b.endpoints_ejected;
 }
 
 /// The `/stats` document.
@@ -394,7 +400,25 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
         return;
     }
     type Get = fn(&ProviderCounters) -> u64;
-    let simple: [(&str, &str, &str, Get); 14] = [
+    let simple: [(&str, &str, &str, Get); 17] = [
+        (
+            "coregate_upstream_failovers_total",
+            "counter",
+            "Requests moved to another endpoint after a failure before any byte was sent.",
+            |c| c.failovers,
+        ),
+        (
+            "coregate_upstream_ejections_total",
+            "counter",
+            "Endpoints ejected after failures in a row.",
+            |c| c.ejections,
+        ),
+        (
+            "coregate_upstream_endpoints_ejected",
+            "gauge",
+            "Endpoints out of rotation now (on this shard).",
+            |c| c.endpoints_ejected,
+        ),
         (
             "coregate_upstream_tls_handshakes_total",
             "counter",

@@ -126,6 +126,27 @@ impl UpstreamError {
         }
     }
 
+    /// Failed before a byte of the request left: another endpoint may take the request.
+    pub fn nothing_sent(self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectRefused
+                | UpstreamError::ConnectError
+                | UpstreamError::DnsFailure
+                | UpstreamError::TlsUnknownCa
+                | UpstreamError::TlsNameMismatch
+                | UpstreamError::TlsCertExpired
+                | UpstreamError::TlsBadCertificate
+                | UpstreamError::TlsProtocol
+        )
+    }
+
+    /// Says something about the endpoint's health (a queue timeout says the shard's own
+    /// pool was full, not that the endpoint failed).
+    pub fn counts_against_endpoint(self) -> bool {
+        self != UpstreamError::QueueTimeout
+    }
+
     /// The kind for a failed TLS handshake with the provider.
     pub fn of_handshake(f: coregate_runtime::tls::HandshakeFailure) -> UpstreamError {
         use coregate_runtime::tls::HandshakeFailure as H;

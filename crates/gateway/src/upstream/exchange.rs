@@ -14,8 +14,9 @@
 use super::error::UpstreamError;
 use super::forward::{download, upload, ClientSide, Download, Leg, Limits, Progress};
 use super::heads::{offered_upgrades, request_head};
-use super::pool::{acquire, provider_stats, Lease, Provider, UpConn};
+use super::pool::{acquire, provider_stats, record_outcome, Lease, Provider, UpConn};
 use crate::session::{BodyError, BodyState, Flow, Session};
+use crate::shard::Shard;
 use crate::stats::record;
 use coregate_http1::reply::{json_error, Persist, Reply};
 use coregate_http1::request::{HeaderRange, RequestHead, Version};
@@ -119,14 +120,21 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
     let mut body = BodyState::new(job.head.framing);
     let mut sent_continue = false;
     let mut retried = false;
+    let mut tried = 0u64;
     loop {
-        let Some(ep) = job.provider.pick() else {
+        let Some((ei, ep)) = job.provider.pick(tried) else {
             let e = UpstreamError::ConnectError;
             return fail(session, job, &mut body, sent_continue, e).await;
         };
         let mut lease = match acquire(&shard, job.pidx, &ep, retried).await {
             Ok(l) => l,
-            Err(e) => return fail(session, job, &mut body, sent_continue, e).await,
+            Err(e) => {
+                record_outcome(&shard, job.pidx, &ep, Err(e));
+                if fail_over(&shard, job, e, &mut tried, ei) {
+                    continue;
+                }
+                return fail(session, job, &mut body, sent_continue, e).await;
+            }
         };
         if job.head.expect_continue && !sent_continue {
             sent_continue = true;
@@ -147,7 +155,14 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             duplex(session, leg, job, up, headers, &mut body).await
         };
         let result = match attempt {
-            Attempt::Finished(d) => d,
+            Attempt::Finished(d) => {
+                match &d {
+                    Download::Done { .. } => record_outcome(&shard, job.pidx, &ep, Ok(())),
+                    Download::BeforeHead(e, _) => record_outcome(&shard, job.pidx, &ep, Err(*e)),
+                    Download::MidBody(_) => {}
+                }
+                d
+            }
             Attempt::ClientFailed(flow) => return flow,
             Attempt::Stale => {
                 retried = true;
@@ -157,6 +172,27 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
         };
         return finish(session, leg, job, lease, result, &mut body, sent_continue).await;
     }
+}
+
+/// Whether a request whose attempt failed with `e` on endpoint `ei` goes on to another
+/// endpoint: only when nothing of it was sent (Pingora's rule: never after a request byte
+/// left) and an untried endpoint is left. Marks `ei` tried and counts the failover.
+pub(super) fn fail_over(
+    shard: &Shard,
+    job: Job<'_>,
+    e: UpstreamError,
+    tried: &mut u64,
+    ei: usize,
+) -> bool {
+    if ei < 64 {
+        *tried |= 1 << ei;
+    }
+    let n = job.provider.endpoints.len().min(64);
+    if !e.nothing_sent() || (tried.count_ones() as usize) >= n {
+        return false;
+    }
+    provider_stats(shard, job.pidx, |s| s.counters.failovers += 1);
+    true
 }
 
 /// The request is complete in its head: send it, relay the response.

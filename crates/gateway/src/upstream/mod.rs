@@ -26,6 +26,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 mod heads;
+pub mod health;
 pub use heads::ClientFacts;
 pub mod pool;
 pub mod tunnel;
@@ -88,6 +89,13 @@ pub struct ProviderConfig {
     /// An upgraded connection (WebSocket tunnel) where no byte moved either way for this
     /// long is closed.
     pub tunnel_idle_timeout_ms: u64,
+    /// Failures in a row (connect, TLS, DNS, or before a response head) that eject an
+    /// endpoint from the shard's rotation; 0 never ejects.
+    pub eject_after_failures: u32,
+    /// How long a first ejection lasts; each ejection in a row doubles it.
+    pub eject_base_ms: u64,
+    /// The longest ejection.
+    pub eject_max_ms: u64,
     /// The key `api_key` pointed to, read at start (never serialized or printed).
     #[serde(skip)]
     pub credential: Option<Secret>,
@@ -117,6 +125,9 @@ impl Default for ProviderConfig {
             queue_max: 0,
             queue_timeout_ms: 5_000,
             tunnel_idle_timeout_ms: 300_000,
+            eject_after_failures: 5,
+            eject_base_ms: 1_000,
+            eject_max_ms: 30_000,
             credential: None,
         }
     }
@@ -165,10 +176,15 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
             ("queue_timeout_ms", p.queue_timeout_ms),
             ("tunnel_idle_timeout_ms", p.tunnel_idle_timeout_ms),
             ("resolve_interval_ms", p.resolve_interval_ms),
+            ("eject_base_ms", p.eject_base_ms),
+            ("eject_max_ms", p.eject_max_ms),
         ] {
             if v == 0 || v > 24 * 3600 * 1000 {
                 return Err((key(k), format!("{v} is out of range (1..=86400000)")));
             }
+        }
+        if p.eject_base_ms > p.eject_max_ms {
+            return Err((key("eject_base_ms"), "exceeds eject_max_ms".into()));
         }
         if p.pool_max_total == 0 {
             return Err((key("pool_max_total"), "must be at least 1".into()));

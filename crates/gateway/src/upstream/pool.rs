@@ -58,6 +58,10 @@ pub struct Endpoint {
     next_addr: Cell<usize>,
     /// Set for an `https://` endpoint.
     pub tls: Option<UpstreamTls>,
+    /// As the config writes it, for logs.
+    pub name: String,
+    /// Passive health: failures in a row eject it for a while.
+    pub health: super::health::Health,
     idle: RefCell<Vec<UpConn>>,
     open: Cell<usize>,
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
@@ -66,11 +70,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addrs: Vec<SocketAddr>, tls: Option<UpstreamTls>) -> Endpoint {
+    fn new(name: String, addrs: Vec<SocketAddr>, tls: Option<UpstreamTls>) -> Endpoint {
         Endpoint {
             addrs: RefCell::new(addrs),
             next_addr: Cell::new(0),
             tls,
+            name,
+            health: Default::default(),
             idle: RefCell::new(Vec::new()),
             open: Cell::new(0),
             waiters: RefCell::new(VecDeque::new()),
@@ -135,6 +141,8 @@ pub struct Provider {
     pub add_headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Rate-limited log lines about this provider's failures.
     pub failures: super::error::FailureLog,
+    /// Per-shard random state for the second choice of power-of-two-choices.
+    rng: Cell<u64>,
 }
 
 pub struct Providers {
@@ -171,15 +179,18 @@ impl Providers {
     /// Copies the pool gauges into the stats before a snapshot.
     pub fn update_gauges(&self, stats: &mut [ProviderStats]) {
         for (p, s) in self.list.iter().zip(stats.iter_mut()) {
-            let (mut open, mut idle, mut queued) = (0, 0, 0);
+            let (mut open, mut idle, mut queued, mut ejected) = (0, 0, 0, 0);
+            let now = Instant::now();
             for e in &p.endpoints {
                 open += e.open.get() as u64;
                 idle += e.idle.borrow().len() as u64;
                 queued += e.queued.get() as u64;
+                ejected += u64::from(e.health.is_ejected(now));
             }
             s.counters.connections_open = open;
             s.counters.connections_idle = idle;
             s.counters.queued = queued;
+            s.counters.endpoints_ejected = ejected;
         }
     }
 }
@@ -219,7 +230,7 @@ impl Provider {
                 _ => None,
             };
             let addrs = resolved.get(j).cloned().unwrap_or_default();
-            endpoints.push(Rc::new(Endpoint::new(addrs, tls)));
+            endpoints.push(Rc::new(Endpoint::new(c.endpoints[j].clone(), addrs, tls)));
         }
         let host_header = if !c.host.is_empty() {
             Some(c.host.as_bytes().to_vec())
@@ -249,17 +260,85 @@ impl Provider {
                 .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
                 .collect(),
             failures: Default::default(),
+            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (c.name.len() as u64 + 1)),
         })
     }
 
-    /// The endpoint for the next request (round-robin per shard).
-    pub fn pick(&self) -> Option<Rc<Endpoint>> {
-        if self.endpoints.is_empty() {
-            return None;
+    /// The endpoint for the next request, leaving out the endpoints whose bit is set in
+    /// `tried`: power of two choices among those in service (the first in round-robin
+    /// order, the second at random; the one with fewer requests on it wins, the first on a
+    /// tie). An ejected endpoint whose time is up takes one request as its probe. When every
+    /// endpoint is ejected, they are all used again (better a likely failure than a certain
+    /// one), round-robin.
+    pub fn pick(&self, tried: u64) -> Option<(usize, Rc<Endpoint>)> {
+        let n = self.endpoints.len();
+        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let now = Instant::now();
+        let usable = |i: usize| untried(i) && !self.endpoints[i].health.is_ejected(now);
+        let start = self.next.get();
+        self.next.set(start.wrapping_add(1));
+        let ring = |from: usize| (0..n).map(move |k| (from + k) % n);
+        let Some(a) = ring(start).find(|&i| usable(i)) else {
+            let i = ring(start).find(|&i| untried(i))?;
+            return Some((i, self.endpoints[i].clone()));
+        };
+        let chosen = match ring(a + 1 + self.random() % n.max(1)).find(|&i| i != a && usable(i)) {
+            Some(b) if self.endpoints[b].load() < self.endpoints[a].load() => b,
+            _ => a,
+        };
+        let ep = &self.endpoints[chosen];
+        if ep.health.availability(now) == super::health::Availability::Probe {
+            ep.health.start_probe();
         }
-        let i = self.next.get();
-        self.next.set(i.wrapping_add(1));
-        Some(self.endpoints[i % self.endpoints.len()].clone())
+        Some((chosen, ep.clone()))
+    }
+
+    /// xorshift64: a shard's own, no sharing.
+    fn random(&self) -> usize {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x as usize
+    }
+}
+
+impl Endpoint {
+    /// Requests on it now: busy connections and queued requests.
+    fn load(&self) -> usize {
+        let busy = self.open.get().saturating_sub(self.idle.borrow().len());
+        busy + self.queued.get()
+    }
+}
+
+/// Records how an attempt on `ep` ended, for its health: a failure that says something about
+/// the endpoint counts towards its ejection (logged when it happens), a response puts it
+/// back in service.
+pub fn record_outcome(
+    shard: &Shard,
+    pidx: usize,
+    ep: &Endpoint,
+    outcome: Result<(), UpstreamError>,
+) {
+    let Some(provider) = shard.providers.list.get(pidx) else {
+        return;
+    };
+    match outcome {
+        Ok(()) => ep.health.success(),
+        Err(e) if e.counts_against_endpoint() => {
+            if let Some(time) = ep.health.failure(&provider.cfg, Instant::now()) {
+                provider_stats(shard, pidx, |s| s.counters.ejections += 1);
+                coregate_runtime::log::warn(&format!(
+                    "shard {}: provider {:?}: endpoint {} ejected for {time:?} (last failure: {})",
+                    shard.id,
+                    provider.name,
+                    ep.name,
+                    e.label()
+                ));
+            }
+        }
+        Err(_) => {}
     }
 }
 
@@ -540,7 +619,11 @@ mod tests {
     use super::*;
 
     fn endpoint() -> Endpoint {
-        let ep = Endpoint::new(vec![SocketAddr::from(([127, 0, 0, 1], 1))], None);
+        let ep = Endpoint::new(
+            "t".into(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+            None,
+        );
         ep.open.set(1);
         ep
     }

@@ -13,12 +13,12 @@
 
 use super::connect::open;
 use super::error::UpstreamError;
-use super::exchange::{fail, Job};
+use super::exchange::{fail, fail_over, Job};
 use super::forward::{
     count_response_head, read_response_head, relay_response, Download, Leg, Limits, Progress,
 };
 use super::heads::{interim_head, switched_to_offered};
-use super::pool::provider_stats;
+use super::pool::{provider_stats, record_outcome};
 use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
 use coregate_http1::request::HeaderRange;
@@ -46,14 +46,23 @@ pub(super) async fn upgrade(
         limits: Limits::of(cfg, session),
     };
     let mut no_body = BodyState::Done;
-    let Some(ep) = job.provider.pick() else {
-        let e = UpstreamError::ConnectError;
-        return fail(session, job, &mut no_body, false, e).await;
-    };
     let timeout = Duration::from_millis(cfg.connect_timeout_ms);
-    let stream = match open(&shard, job.pidx, &ep, timeout).await {
-        Ok((s, _)) => s,
-        Err(e) => return fail(session, job, &mut no_body, false, e).await,
+    let mut tried = 0u64;
+    // A handshake that could not reach an endpoint goes on to the next one.
+    let (ep, stream) = loop {
+        let Some((ei, ep)) = job.provider.pick(tried) else {
+            let e = UpstreamError::ConnectError;
+            return fail(session, job, &mut no_body, false, e).await;
+        };
+        match open(&shard, job.pidx, &ep, timeout).await {
+            Ok((s, _)) => break (ep, s),
+            Err(e) => {
+                record_outcome(&shard, job.pidx, &ep, Err(e));
+                if !fail_over(&shard, job, e, &mut tried, ei) {
+                    return fail(session, job, &mut no_body, false, e).await;
+                }
+            }
+        }
     };
     provider_stats(&shard, job.pidx, |s| s.counters.new_connections += 1);
     let mut up = Wire::over(stream, TUNNEL_BUF);
@@ -85,6 +94,12 @@ pub(super) async fn upgrade(
             }
             Err(d) => Some(d),
         };
+    let health = match &outcome {
+        None | Some(Download::Done { .. }) => Ok(()),
+        Some(Download::BeforeHead(e, _)) => Err(*e),
+        Some(Download::MidBody(_)) => Ok(()),
+    };
+    record_outcome(&shard, job.pidx, &ep, health);
     match outcome {
         None => {}
         Some(Download::Done { close, .. }) => {

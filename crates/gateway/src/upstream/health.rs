@@ -1,0 +1,109 @@
+//! Passive health of one endpoint on one shard: consecutive failures eject it for a time
+//! that doubles with each ejection in a row (up to a maximum); when the time is up, one
+//! request probes it (half-open) and decides: success puts it back, failure ejects it again
+//! for longer. Only what the shard itself saw counts: no cross-shard state, no probes of
+//! its own (each shard learns within `eject_after_failures` requests).
+
+use super::ProviderConfig;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Health {
+    /// Failures in a row since the last success.
+    failures: Cell<u32>,
+    /// Ejected until then; `None`: in service.
+    until: Cell<Option<Instant>>,
+    /// Ejections in a row (the backoff's exponent).
+    streak: Cell<u32>,
+    /// A half-open probe is in flight.
+    probing: Cell<bool>,
+}
+
+/// Whether an endpoint may take a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Ready,
+    /// Its ejection is over: one request may probe it.
+    Probe,
+    Ejected,
+}
+
+impl Health {
+    pub fn availability(&self, now: Instant) -> Availability {
+        match self.until.get() {
+            None => Availability::Ready,
+            Some(t) if now < t || self.probing.get() => Availability::Ejected,
+            Some(_) => Availability::Probe,
+        }
+    }
+
+    /// The request about to go to this endpoint is its half-open probe.
+    pub fn start_probe(&self) {
+        self.probing.set(true);
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.availability(now) == Availability::Ejected
+    }
+
+    pub fn success(&self) {
+        self.failures.set(0);
+        self.until.set(None);
+        self.streak.set(0);
+        self.probing.set(false);
+    }
+
+    /// Counts a failure; returns how long the endpoint is now ejected for, when this
+    /// failure ejected it.
+    pub fn failure(&self, cfg: &ProviderConfig, now: Instant) -> Option<Duration> {
+        let failed_probe = self.until.get().is_some();
+        if !failed_probe {
+            self.failures.set(self.failures.get() + 1);
+            let threshold = cfg.eject_after_failures;
+            if threshold == 0 || self.failures.get() < threshold {
+                return None;
+            }
+        }
+        self.failures.set(0);
+        self.probing.set(false);
+        self.streak.set(self.streak.get().saturating_add(1));
+        let exponent = self.streak.get().saturating_sub(1).min(20);
+        let time = Duration::from_millis(cfg.eject_base_ms.saturating_mul(1 << exponent))
+            .min(Duration::from_millis(cfg.eject_max_ms));
+        self.until.set(Some(now + time));
+        Some(time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejects_after_the_threshold_backs_off_and_probes_once() {
+        let cfg = ProviderConfig {
+            eject_after_failures: 3,
+            eject_base_ms: 100,
+            eject_max_ms: 250,
+            ..ProviderConfig::default()
+        };
+        let h = Health::default();
+        let t0 = Instant::now();
+        assert_eq!(h.failure(&cfg, t0), None);
+        assert_eq!(h.failure(&cfg, t0), None);
+        assert_eq!(h.failure(&cfg, t0), Some(Duration::from_millis(100)));
+        assert_eq!(h.availability(t0), Availability::Ejected);
+        let later = t0 + Duration::from_millis(150);
+        assert_eq!(h.availability(later), Availability::Probe);
+        h.start_probe();
+        // Only one probe at a time.
+        assert_eq!(h.availability(later), Availability::Ejected);
+        // A failed probe ejects again, for twice as long (capped).
+        assert_eq!(h.failure(&cfg, later), Some(Duration::from_millis(200)));
+        let later = later + Duration::from_millis(250);
+        assert_eq!(h.failure(&cfg, later), Some(Duration::from_millis(250)));
+        h.success();
+        assert_eq!(h.availability(later), Availability::Ready);
+    }
+}

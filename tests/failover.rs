@@ -1,0 +1,81 @@
+//! A dead endpoint costs no client request: a connect that fails before any byte was sent
+//! goes on to another endpoint, failures in a row eject the endpoint from the shard's
+//! rotation, and once its ejection is over one probe request puts it back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn get(port: u16) -> Response {
+    request(
+        port,
+        "GET /bytes?size=3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+}
+
+#[test]
+fn a_dead_endpoint_is_failed_over_ejected_and_probed_back() {
+    let (live, dead) = (free_port(), free_port());
+    let _live = mock_provider("failover-live", live);
+    // No idle pool: every request connects, so the dead endpoint keeps being tried.
+    let gw = gateway(
+        "failover",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"p\"\nendpoints = [\"127.0.0.1:{live}\", \"127.0.0.1:{dead}\"]\n\
+             eject_after_failures = 2\neject_base_ms = 400\neject_max_ms = 2000\n\
+             pool_max_idle = 0\n[[routes]]\nprefix = \"/\"\nprovider = \"p\"\n"
+        ),
+    );
+    for i in 0..20 {
+        let r = get(gw.port);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let s = gw.stats_until(|s| s["total"]["providers"]["p"]["endpoints"]["ejections"] == 1);
+    let p = &s["total"]["providers"]["p"];
+    assert_eq!(p["endpoints"]["ejections"], 1, "{p}");
+    assert_eq!(p["endpoints"]["ejected"], 1, "{p}");
+    assert_eq!(p["endpoints"]["failovers"], 2, "{p}");
+    assert_eq!(p["responses"]["5xx"], 0, "{p}");
+    let log = gw.proc.log_text();
+    assert!(
+        log.contains(&format!("endpoint 127.0.0.1:{dead} ejected for 400ms")),
+        "{log}"
+    );
+
+    // The endpoint comes back: after its ejection a probe succeeds and it is in service.
+    let _back = mock_provider("failover-back", dead);
+    std::thread::sleep(Duration::from_millis(500));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(get(gw.port).status, 200);
+        let s = gw.stats();
+        if s["total"]["providers"]["p"]["endpoints"]["ejected"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < end, "{}", s["total"]["providers"]["p"]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = admin_get(gw.admin, "/metrics");
+    assert!(m.contains("coregate_upstream_failovers_total{"), "{m}");
+}
+
+#[test]
+fn with_every_endpoint_dead_the_client_gets_the_error() {
+    let (a, b) = (free_port(), free_port());
+    let gw = gateway(
+        "failover-all-dead",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"p\"\nendpoints = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\n\
+             [[routes]]\nprefix = \"/\"\nprovider = \"p\"\n"
+        ),
+    );
+    let r = get(gw.port);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"]["code"], "connect_refused");
+    let s = gw.stats_until(|s| s["total"]["providers"]["p"]["endpoints"]["failovers"] == 1);
+    // One failover (to the second endpoint), then the answer: each endpoint tried once.
+    assert_eq!(s["total"]["providers"]["p"]["endpoints"]["failovers"], 1);
+}
