@@ -58,7 +58,10 @@ fn log_lines_are_rfc3339_and_upstream_failures_are_logged_rate_limited() {
     let log = wait_for_log(&gw.proc, &needle);
     assert!(log.contains(&needle), "{log}");
     // Twenty failures within the rate limit's window: one line.
-    assert_eq!(log.matches("connect_refused").count(), 1, "{log}");
+    assert_eq!(log.matches("502 connect_refused").count(), 1, "{log}");
+    // The one endpoint is ejected once; requests sent to it while it is out (it is the only
+    // one) do not eject it again and again.
+    assert_eq!(log.matches("ejected for").count(), 1, "{log}");
     for line in log.lines() {
         assert!(starts_with_rfc3339(line), "{line:?}");
     }

@@ -57,8 +57,14 @@ impl Health {
     /// Counts a failure; returns how long the endpoint is now ejected for, when this
     /// failure ejected it.
     pub fn failure(&self, cfg: &ProviderConfig, now: Instant) -> Option<Duration> {
-        let failed_probe = self.until.get().is_some();
-        if !failed_probe {
+        if self.until.get().is_some() {
+            // Only a failed probe ejects again. A failure while ejected otherwise came from
+            // a request picked before the ejection, or sent here because every endpoint is
+            // out: it says nothing new.
+            if !self.probing.get() {
+                return None;
+            }
+        } else {
             self.failures.set(self.failures.get() + 1);
             let threshold = cfg.eject_after_failures;
             if threshold == 0 || self.failures.get() < threshold {
@@ -101,7 +107,10 @@ mod tests {
         assert_eq!(h.availability(later), Availability::Ejected);
         // A failed probe ejects again, for twice as long (capped).
         assert_eq!(h.failure(&cfg, later), Some(Duration::from_millis(200)));
+        // A failure that was no probe (every endpoint out) changes nothing.
+        assert_eq!(h.failure(&cfg, later), None);
         let later = later + Duration::from_millis(250);
+        h.start_probe();
         assert_eq!(h.failure(&cfg, later), Some(Duration::from_millis(250)));
         h.success();
         assert_eq!(h.availability(later), Availability::Ready);
