@@ -79,3 +79,44 @@ fn with_every_endpoint_dead_the_client_gets_the_error() {
     // One failover (to the second endpoint), then the answer: each endpoint tried once.
     assert_eq!(s["total"]["providers"]["p"]["endpoints"]["failovers"], 1);
 }
+
+#[test]
+fn a_provider_with_no_reachable_endpoint_falls_back_to_the_next() {
+    let (dead, live) = (free_port(), free_port());
+    let _live = mock_provider("fallback-live", live);
+    let dir = tmpdir("fallback-key");
+    let key = dir.join("backup.key");
+    std::fs::write(&key, "backup-secret\n").unwrap();
+    let gw = gateway(
+        "fallback",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"primary\"\nendpoints = [\"127.0.0.1:{dead}\"]\n\
+             fallback = \"backup\"\n\
+             [[providers]]\nname = \"backup\"\nendpoints = [\"127.0.0.1:{live}\"]\n\
+             api_key = \"file:{}\"\nauth_header = \"Authorization\"\nauth_value = \"Bearer {{key}}\"\n\
+             [[routes]]\nprefix = \"/\"\nprovider = \"primary\"\n",
+            key.display()
+        ),
+    );
+    let r = request(
+        gw.port,
+        "GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The request went out as the backup's: with the backup's credential.
+    assert!(r.text().contains("Bearer backup-secret"), "{}", r.text());
+    let s = gw.stats_until(|s| s["total"]["providers"]["backup"]["requests"] == 1);
+    let primary = &s["total"]["providers"]["primary"];
+    assert_eq!(primary["endpoints"]["fallbacks"], 1, "{primary}");
+    assert_eq!(primary["errors"]["connect_refused"], 1, "{primary}");
+    assert_eq!(s["total"]["providers"]["backup"]["responses"]["2xx"], 1);
+
+    // A WebSocket handshake falls back the same way.
+    let mut ws = Reader::new(gw.connect());
+    ws.send(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(ws.response(false).expect("101").status, 101);
+}

@@ -455,6 +455,17 @@ mod tests {
             "routes[0] has the same prefix",
         );
         refused(
+            "[[providers]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nfallback = \"b\"\n\
+             [[providers]]\nname = \"b\"\nendpoints = [\"127.0.0.1:2\"]\nfallback = \"a\"\n",
+            "providers[0].fallback",
+            "to itself",
+        );
+        refused(
+            "[[providers]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\nfallback = \"zz\"\n",
+            "providers[0].fallback",
+            "no provider named",
+        );
+        refused(
             "[server]\nlisten = \"127.0.0.1:9901\"\n",
             "admin.listen",
             "is also server.listen",

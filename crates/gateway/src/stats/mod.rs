@@ -94,6 +94,9 @@ pub struct ProviderCounters {
     /// Endpoints ejected (failures in a row), and the gauge of those ejected now.
     pub ejections: u64,
     pub endpoints_ejected: u64,
+    /// Requests sent on to the fallback provider after none of this one's endpoints could
+    /// be reached.
+    pub fallbacks: u64,
 }
 
 /// A shard's per-provider state for stats: counters and histograms of upstream time to

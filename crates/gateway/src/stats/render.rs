@@ -89,6 +89,7 @@ fn provider_json(p: &ProviderView) -> Value {
         "dns": {"updates": c.dns_updates, "failures": c.dns_failures},
         "endpoints": {
             "failovers": c.failovers, "ejections": c.ejections, "ejected": c.endpoints_ejected,
+            "fallbacks": c.fallbacks,
         },
         "ttfb_us": latency_json(&p.ttfb_us),
         "total_us": latency_json(&p.total_us),
@@ -174,6 +175,7 @@ fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
     a.failovers += b.failovers;
     a.ejections += b.ejections;
     a.endpoints_ejected += b.endpoints_ejected;
+    a.fallbacks += b.fallbacks;
 }
 
 /// The `/stats` document.
@@ -400,7 +402,13 @@ fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
         return;
     }
     type Get = fn(&ProviderCounters) -> u64;
-    let simple: [(&str, &str, &str, Get); 17] = [
+    let simple: [(&str, &str, &str, Get); 18] = [
+        (
+            "coregate_upstream_fallbacks_total",
+            "counter",
+            "Requests sent on to the fallback provider (no endpoint of this one reached).",
+            |c| c.fallbacks,
+        ),
         (
             "coregate_upstream_failovers_total",
             "counter",

@@ -34,6 +34,38 @@ pub(super) struct Job<'a> {
     pub(super) up_head: &'a [u8],
     /// The protocols offered in the forwarded `Upgrade` (empty: not an upgrade).
     pub(super) upgrade: &'a [Vec<u8>],
+    /// The shard's providers (the fallbacks are among them).
+    pub(super) providers: &'a [Provider],
+    /// The fallback chain still ahead: each provider with the request head built for it.
+    pub(super) fallbacks: &'a [(usize, Vec<u8>)],
+}
+
+impl<'a> Job<'a> {
+    /// The same request for the next provider of the fallback chain, when the failure `e`
+    /// sent nothing (no endpoint of this provider could be reached). Counts the failure on
+    /// this provider and the move.
+    pub(super) fn fall_back(self, shard: &Shard, e: UpstreamError) -> Option<Job<'a>> {
+        if !e.nothing_sent() {
+            return None;
+        }
+        let ((p, head), rest) = self.fallbacks.split_first()?;
+        let provider = self.providers.get(*p)?;
+        provider_stats(shard, self.pidx, |s| {
+            s.error(e);
+            s.counters.fallbacks += 1;
+        });
+        self.provider
+            .failures
+            .record(shard.id, &self.provider.name, e);
+        provider_stats(shard, *p, |s| s.counters.requests += 1);
+        Some(Job {
+            provider,
+            pidx: *p,
+            up_head: head,
+            fallbacks: rest,
+            ..self
+        })
+    }
 }
 
 /// How one attempt on one provider connection ended.
@@ -74,20 +106,33 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
         expects_continue: head.expect_continue,
         upgrade: !upgrade.is_empty(),
     };
-    let up_head = match request_head(
-        buf,
-        &head,
-        session.headers(),
-        route,
-        provider,
-        session.client_facts(),
-        &upgrade,
-    ) {
-        Ok(h) => h,
-        Err(e) => {
-            session.respond_bad_request(&e);
+    // The head for each provider of the fallback chain is built now, while the client's
+    // head is still in the buffer (usually the chain is the route's provider alone).
+    let chain = super::fallback_chain(&shard.providers.list, pidx);
+    let mut heads = Vec::with_capacity(chain.len());
+    for &p in &chain {
+        let Some(provider) = shard.providers.list.get(p) else {
             return Flow::Close;
+        };
+        let facts = session.client_facts();
+        match request_head(
+            buf,
+            &head,
+            session.headers(),
+            route,
+            provider,
+            facts,
+            &upgrade,
+        ) {
+            Ok(h) => heads.push((p, h)),
+            Err(e) => {
+                session.respond_bad_request(&e);
+                return Flow::Close;
+            }
         }
+    }
+    let Some(((_, up_head), fallbacks)) = heads.split_first() else {
+        return Flow::Close;
     };
     provider_stats(&shard, pidx, |s| s.counters.requests += 1);
     session.consume_head(&head);
@@ -97,8 +142,10 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
         req,
         provider,
         pidx,
-        up_head: &up_head,
+        up_head,
         upgrade: &upgrade,
+        providers: &shard.providers.list,
+        fallbacks,
     };
     let flow = if req.upgrade {
         super::tunnel::upgrade(session, job, &mut headers).await
@@ -111,7 +158,8 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
 
 async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderRange>) -> Flow {
     let shard = session.shard().clone();
-    let leg = Leg {
+    let mut job = job;
+    let mut leg = Leg {
         shard: &shard,
         pidx: job.pidx,
         req: job.req,
@@ -131,6 +179,13 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             Err(e) => {
                 record_outcome(&shard, job.pidx, &ep, Err(e));
                 if fail_over(&shard, job, e, &mut tried, ei) {
+                    continue;
+                }
+                if let Some(next) = job.fall_back(&shard, e) {
+                    job = next;
+                    leg.pidx = job.pidx;
+                    leg.limits = Limits::of(&job.provider.cfg, session);
+                    tried = 0;
                     continue;
                 }
                 return fail(session, job, &mut body, sent_continue, e).await;

@@ -96,6 +96,9 @@ pub struct ProviderConfig {
     pub eject_base_ms: u64,
     /// The longest ejection.
     pub eject_max_ms: u64,
+    /// Another provider's name: a request that reached none of this provider's endpoints
+    /// (nothing sent) goes there, with that provider's host, credential and headers.
+    pub fallback: String,
     /// The key `api_key` pointed to, read at start (never serialized or printed).
     #[serde(skip)]
     pub credential: Option<Secret>,
@@ -128,6 +131,7 @@ impl Default for ProviderConfig {
             eject_after_failures: 5,
             eject_base_ms: 1_000,
             eject_max_ms: 30_000,
+            fallback: String::new(),
             credential: None,
         }
     }
@@ -183,6 +187,7 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
                 return Err((key(k), format!("{v} is out of range (1..=86400000)")));
             }
         }
+        validate_fallback(providers, i).map_err(|m| (key("fallback"), m))?;
         if p.eject_base_ms > p.eject_max_ms {
             return Err((key("eject_base_ms"), "exceeds eject_max_ms".into()));
         }
@@ -235,6 +240,43 @@ impl ProviderConfig {
         let value = self.auth_value.replace("{key}", key.expose());
         Some((self.auth_header.as_bytes().to_vec(), value.into_bytes()))
     }
+}
+
+/// A fallback names another provider, and following fallbacks never comes back.
+fn validate_fallback(providers: &[ProviderConfig], i: usize) -> Result<(), String> {
+    let mut seen = vec![i];
+    let mut at = i;
+    while !providers[at].fallback.is_empty() {
+        let name = &providers[at].fallback;
+        let Some(next) = providers.iter().position(|q| &q.name == name) else {
+            return Err(format!("no provider named {name:?} is defined"));
+        };
+        if seen.contains(&next) {
+            return Err(format!(
+                "{:?} falls back, through {name:?}, to itself",
+                providers[i].name
+            ));
+        }
+        seen.push(next);
+        at = next;
+    }
+    Ok(())
+}
+
+/// Provider `pidx` and the providers it falls back to, in order.
+pub fn fallback_chain(providers: &[pool::Provider], pidx: usize) -> Vec<usize> {
+    let mut chain = vec![pidx];
+    while let Some(next) = chain
+        .last()
+        .and_then(|&p| providers.get(p))
+        .and_then(|p| p.fallback)
+    {
+        if chain.contains(&next) {
+            break;
+        }
+        chain.push(next);
+    }
+    chain
 }
 
 fn validate_tls(p: &ProviderConfig) -> Result<(), (&'static str, String)> {

@@ -143,6 +143,8 @@ pub struct Provider {
     pub failures: super::error::FailureLog,
     /// Per-shard random state for the second choice of power-of-two-choices.
     rng: Cell<u64>,
+    /// The provider to try when none of this one's endpoints could be reached.
+    pub fallback: Option<usize>,
 }
 
 pub struct Providers {
@@ -161,6 +163,9 @@ impl Providers {
         for (i, c) in cfgs.iter().enumerate() {
             let resolved = addresses.get(i).map_or(&[][..], |a| a.as_slice());
             list.push(Provider::new(c, resolved, connection_cap)?);
+        }
+        for (p, c) in list.iter_mut().zip(cfgs) {
+            p.fallback = cfgs.iter().position(|q| q.name == c.fallback);
         }
         Ok(Providers { list })
     }
@@ -261,6 +266,7 @@ impl Provider {
                 .collect(),
             failures: Default::default(),
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (c.name.len() as u64 + 1)),
+            fallback: None,
         })
     }
 

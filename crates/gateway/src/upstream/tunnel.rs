@@ -46,23 +46,37 @@ pub(super) async fn upgrade(
         limits: Limits::of(cfg, session),
     };
     let mut no_body = BodyState::Done;
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let mut tried = 0u64;
-    // A handshake that could not reach an endpoint goes on to the next one.
+    let mut job = job;
+    // A handshake that could not reach an endpoint goes on to the next one, then to the
+    // fallback provider.
     let (ep, stream) = loop {
         let Some((ei, ep)) = job.provider.pick(tried) else {
             let e = UpstreamError::ConnectError;
             return fail(session, job, &mut no_body, false, e).await;
         };
+        let timeout = Duration::from_millis(job.provider.cfg.connect_timeout_ms);
         match open(&shard, job.pidx, &ep, timeout).await {
             Ok((s, _)) => break (ep, s),
             Err(e) => {
                 record_outcome(&shard, job.pidx, &ep, Err(e));
-                if !fail_over(&shard, job, e, &mut tried, ei) {
-                    return fail(session, job, &mut no_body, false, e).await;
+                if fail_over(&shard, job, e, &mut tried, ei) {
+                    continue;
+                }
+                match job.fall_back(&shard, e) {
+                    Some(next) => {
+                        job = next;
+                        tried = 0;
+                    }
+                    None => return fail(session, job, &mut no_body, false, e).await,
                 }
             }
         }
+    };
+    let leg = Leg {
+        pidx: job.pidx,
+        limits: Limits::of(&job.provider.cfg, session),
+        ..leg
     };
     provider_stats(&shard, job.pidx, |s| s.counters.new_connections += 1);
     let mut up = Wire::over(stream, TUNNEL_BUF);
