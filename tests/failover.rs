@@ -120,3 +120,37 @@ fn a_provider_with_no_reachable_endpoint_falls_back_to_the_next() {
     );
     assert_eq!(ws.response(false).expect("101").status, 101);
 }
+
+#[test]
+fn answers_5xx_in_a_row_eject_too_unless_turned_off() {
+    let mp = free_port();
+    let _mock = mock_provider("failover-5xx", mp);
+    let provider = |name: &str, extra: &str| {
+        format!(
+            "[[providers]]\nname = \"{name}\"\nendpoints = [\"127.0.0.1:{mp}\"]\n\
+             eject_after_failures = 3\n{extra}\n[[routes]]\nprefix = \"/{name}/\"\n\
+             provider = \"{name}\"\nstrip_prefix = true\n"
+        )
+    };
+    let gw = gateway(
+        "failover-5xx-gw",
+        "0",
+        &(provider("on", "") + &provider("off", "eject_on_5xx = false")),
+    );
+    for name in ["on", "off"] {
+        for _ in 0..3 {
+            let r = request(
+                gw.port,
+                &format!(
+                    "GET /{name}/bytes?status=503 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                ),
+            );
+            // The provider's 503 is relayed as it is.
+            assert_eq!(r.status, 503);
+        }
+    }
+    let s = gw.stats_until(|s| s["total"]["providers"]["on"]["endpoints"]["ejections"] == 1);
+    assert_eq!(s["total"]["providers"]["on"]["endpoints"]["ejections"], 1);
+    assert_eq!(s["total"]["providers"]["off"]["endpoints"]["ejections"], 0);
+    assert!(gw.proc.log_text().contains("(last failure: status 503)"));
+}

@@ -14,7 +14,7 @@
 use super::error::UpstreamError;
 use super::forward::{download, upload, ClientSide, Download, Leg, Limits, Progress};
 use super::heads::{offered_upgrades, request_head};
-use super::pool::{acquire, provider_stats, record_outcome, Lease, Provider, UpConn};
+use super::pool::{acquire, provider_stats, record_outcome, Lease, Outcome, Provider, UpConn};
 use crate::session::{BodyError, BodyState, Flow, Session};
 use crate::shard::Shard;
 use crate::stats::record;
@@ -177,7 +177,7 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
         let mut lease = match acquire(&shard, job.pidx, &ep, retried).await {
             Ok(l) => l,
             Err(e) => {
-                record_outcome(&shard, job.pidx, &ep, Err(e));
+                record_outcome(&shard, job.pidx, &ep, Outcome::Failed(e));
                 if fail_over(&shard, job, e, &mut tried, ei) {
                     continue;
                 }
@@ -212,8 +212,12 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
         let result = match attempt {
             Attempt::Finished(d) => {
                 match &d {
-                    Download::Done { .. } => record_outcome(&shard, job.pidx, &ep, Ok(())),
-                    Download::BeforeHead(e, _) => record_outcome(&shard, job.pidx, &ep, Err(*e)),
+                    Download::Done { status, .. } => {
+                        record_outcome(&shard, job.pidx, &ep, Outcome::Answered(*status))
+                    }
+                    Download::BeforeHead(e, _) => {
+                        record_outcome(&shard, job.pidx, &ep, Outcome::Failed(*e))
+                    }
                     Download::MidBody(_) => {}
                 }
                 d
@@ -341,7 +345,7 @@ async fn finish(
     sent_continue: bool,
 ) -> Flow {
     match result {
-        Download::Done { reuse, close } => {
+        Download::Done { reuse, close, .. } => {
             let total_us = leg.limits.started.elapsed().as_micros() as u64;
             provider_stats(leg.shard, leg.pidx, |s| {
                 record(&mut s.total_us, total_us);

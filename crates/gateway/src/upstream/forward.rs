@@ -187,7 +187,12 @@ impl Progress {
 /// How the response side ended.
 pub(super) enum Download {
     /// The whole response was forwarded; the provider connection may be reused if `reuse`.
-    Done { reuse: bool, close: bool },
+    Done {
+        reuse: bool,
+        close: bool,
+        /// The provider's status (its 5xx count against the endpoint's health).
+        status: u16,
+    },
     /// The provider failed before a response head: nothing was sent to the client.
     BeforeHead(UpstreamError, bool),
     /// Failed after the head went out: the client connection must close. `None` means
@@ -278,6 +283,7 @@ pub(super) async fn relay_response(
         Ok(()) => Download::Done {
             reuse: resp.keep_alive && up.buffered().is_empty(),
             close,
+            status: resp.status,
         },
         Err(e) => Download::MidBody(e),
     }

@@ -92,6 +92,8 @@ pub struct ProviderConfig {
     /// Failures in a row (connect, TLS, DNS, or before a response head) that eject an
     /// endpoint from the shard's rotation; 0 never ejects.
     pub eject_after_failures: u32,
+    /// A 5xx answer counts as a failure towards ejection (as Envoy's consecutive 5xx).
+    pub eject_on_5xx: bool,
     /// How long a first ejection lasts; each ejection in a row doubles it.
     pub eject_base_ms: u64,
     /// The longest ejection.
@@ -129,6 +131,7 @@ impl Default for ProviderConfig {
             queue_timeout_ms: 5_000,
             tunnel_idle_timeout_ms: 300_000,
             eject_after_failures: 5,
+            eject_on_5xx: true,
             eject_base_ms: 1_000,
             eject_max_ms: 30_000,
             fallback: String::new(),

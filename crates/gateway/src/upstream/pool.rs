@@ -318,33 +318,34 @@ impl Endpoint {
     }
 }
 
-/// Records how an attempt on `ep` ended, for its health: a failure that says something about
-/// the endpoint counts towards its ejection (logged when it happens), a response puts it
-/// back in service.
-pub fn record_outcome(
-    shard: &Shard,
-    pidx: usize,
-    ep: &Endpoint,
-    outcome: Result<(), UpstreamError>,
-) {
+/// How an attempt on an endpoint ended, as its health sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// A response came (its status: a 5xx counts as a failure when `eject_on_5xx`).
+    Answered(u16),
+    Failed(UpstreamError),
+}
+
+/// Records how an attempt on `ep` ended: a failure that says something about the endpoint
+/// counts towards its ejection (logged when it happens), a response puts it back in service.
+pub fn record_outcome(shard: &Shard, pidx: usize, ep: &Endpoint, outcome: Outcome) {
     let Some(provider) = shard.providers.list.get(pidx) else {
         return;
     };
-    match outcome {
-        Ok(()) => ep.health.success(),
-        Err(e) if e.counts_against_endpoint() => {
-            if let Some(time) = ep.health.failure(&provider.cfg, Instant::now()) {
-                provider_stats(shard, pidx, |s| s.counters.ejections += 1);
-                coregate_runtime::log::warn(&format!(
-                    "shard {}: provider {:?}: endpoint {} ejected for {time:?} (last failure: {})",
-                    shard.id,
-                    provider.name,
-                    ep.name,
-                    e.label()
-                ));
-            }
+    let why = match outcome {
+        Outcome::Answered(status) if status >= 500 && provider.cfg.eject_on_5xx => {
+            format!("status {status}")
         }
-        Err(_) => {}
+        Outcome::Answered(_) => return ep.health.success(),
+        Outcome::Failed(e) if e.counts_against_endpoint() => e.label().to_string(),
+        Outcome::Failed(_) => return,
+    };
+    if let Some(time) = ep.health.failure(&provider.cfg, Instant::now()) {
+        provider_stats(shard, pidx, |s| s.counters.ejections += 1);
+        coregate_runtime::log::warn(&format!(
+            "shard {}: provider {:?}: endpoint {} ejected for {time:?} (last failure: {why})",
+            shard.id, provider.name, ep.name
+        ));
     }
 }
 

@@ -18,7 +18,7 @@ use super::forward::{
     count_response_head, read_response_head, relay_response, Download, Leg, Limits, Progress,
 };
 use super::heads::{interim_head, switched_to_offered};
-use super::pool::{provider_stats, record_outcome};
+use super::pool::{provider_stats, record_outcome, Outcome};
 use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
 use coregate_http1::request::HeaderRange;
@@ -59,7 +59,7 @@ pub(super) async fn upgrade(
         match open(&shard, job.pidx, &ep, timeout).await {
             Ok((s, _)) => break (ep, s),
             Err(e) => {
-                record_outcome(&shard, job.pidx, &ep, Err(e));
+                record_outcome(&shard, job.pidx, &ep, Outcome::Failed(e));
                 if fail_over(&shard, job, e, &mut tried, ei) {
                     continue;
                 }
@@ -109,9 +109,10 @@ pub(super) async fn upgrade(
             Err(d) => Some(d),
         };
     let health = match &outcome {
-        None | Some(Download::Done { .. }) => Ok(()),
-        Some(Download::BeforeHead(e, _)) => Err(*e),
-        Some(Download::MidBody(_)) => Ok(()),
+        None => Outcome::Answered(101),
+        Some(Download::Done { status, .. }) => Outcome::Answered(*status),
+        Some(Download::BeforeHead(e, _)) => Outcome::Failed(*e),
+        Some(Download::MidBody(_)) => Outcome::Answered(200),
     };
     record_outcome(&shard, job.pidx, &ep, health);
     match outcome {
