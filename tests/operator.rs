@@ -327,3 +327,36 @@ fn past_the_cap_clients_get_503_at_once_and_silent_ones_are_closed() {
         s["total"]
     );
 }
+
+#[test]
+fn memory_goes_back_to_the_os_after_many_connections_close() {
+    use std::io::{Read, Write};
+    let gw = gateway("operator-memory", "0", "");
+    let pid = gw.proc.pid();
+    let start = rss_kib(pid);
+    let mut conns = Vec::new();
+    for _ in 0..4000 {
+        let mut c = gw.connect();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let _ = c.read(&mut buf).unwrap();
+        conns.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let peak = rss_kib(pid);
+    drop(conns);
+    // Within seconds of the connections closing, most of what they took is returned.
+    let end = Instant::now() + Duration::from_secs(10);
+    let released = loop {
+        let now = rss_kib(pid);
+        if now <= start + (peak - start) / 2 || Instant::now() > end {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        released <= start + (peak - start) / 2,
+        "RSS {start} KiB at start, {peak} with 4,000 connections, {released} 10 s after they closed"
+    );
+}

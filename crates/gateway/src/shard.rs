@@ -195,10 +195,12 @@ async fn shard_main(spec: ShardSpec) {
     let interval = Duration::from_millis(cfg.stats.interval_ms);
     let tick = interval.min(Duration::from_millis(100));
     let mut next_snapshot = Instant::now() + interval;
+    let mut memory = MemoryRelease::default();
     loop {
         glommio::timer::sleep(tick).await;
         inject(spec.id, fault);
         shard.date.borrow_mut().refresh();
+        memory.tick(shard.stats.borrow().counters.connections_active);
         if Instant::now() >= next_snapshot {
             next_snapshot += interval;
             ship(&shard, &spec.snapshots);
@@ -222,6 +224,32 @@ async fn shard_main(spec: ShardSpec) {
     pool_sweeper.await;
     ship(&shard, &spec.snapshots);
     coregate_runtime::deadline::release_wakers();
+}
+
+/// Gives freed memory back to the OS once many connections closed: the allocator keeps
+/// a thread's freed pages for reuse, and a shard that idles after a storm of connections
+/// would otherwise hold their memory for good (70 MB after 10,000 closed, measured).
+#[derive(Default)]
+struct MemoryRelease {
+    /// The most connections open since the last release.
+    peak: u64,
+    last: Option<Instant>,
+}
+
+impl MemoryRelease {
+    /// Connections that must have closed since the peak before memory is released.
+    const CLOSED: u64 = 256;
+    const EVERY: Duration = Duration::from_secs(2);
+
+    fn tick(&mut self, open: u64) {
+        self.peak = self.peak.max(open);
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if due && self.peak.saturating_sub(open) >= Self::CLOSED {
+            coregate_runtime::host::release_free_memory();
+            self.peak = open;
+            self.last = Some(Instant::now());
+        }
+    }
 }
 
 type Listener = (glommio::net::TcpListener, Option<Arc<rustls::ServerConfig>>);
