@@ -318,7 +318,7 @@ impl Config {
                 "server.tls_listen".into(),
                 "[server.tls] is set but tls_listen is not".into(),
             )),
-            (Some(t), false) => crate::tls::ServerTls::load(t).map(|_| ()),
+            (Some(t), false) => crate::tls::load(t).map(|_| ()),
             (None, true) => Ok(()),
         }
     }

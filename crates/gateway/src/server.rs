@@ -33,7 +33,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     crate::budget::fit_default_pools(&mut config, cores.len(), nofile);
     let max_connections = crate::budget::connection_cap(&config, cores.len(), nofile)?;
     let tls = match &config.server.tls {
-        Some(t) => Some(crate::tls::ServerTls::load(t).map_err(|(key, m)| format!("{key}: {m}"))?),
+        Some(t) => Some(crate::tls::load(t).map_err(|(key, m)| format!("{key}: {m}"))?),
         None => None,
     };
     let addresses = crate::resolver::resolve_all(&config.providers)

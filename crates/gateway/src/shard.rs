@@ -70,7 +70,7 @@ pub struct ShardSpec {
     /// Where the providers' endpoints resolved at start.
     pub addresses: crate::resolver::Addresses,
     /// Certificates for the TLS listener, when there is one.
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<coregate_runtime::tls::ServerCerts>,
     pub max_connections: usize,
     pub snapshots: Sender<Snapshot>,
     pub control: Receiver<Control>,

@@ -1,16 +1,14 @@
 //! TLS termination for clients: the `[server.tls]` certificates, chosen by SNI, and the
 //! session-ticket key every shard shares.
 //!
-//! The files are read once on the main thread into [`ServerTls`]; each shard then builds
+//! The files are read once on the main thread into a `ServerCerts`; each shard then builds
 //! its own rustls `ServerConfig` from it (its own session-ID cache, so no lock is shared on
 //! a handshake except the ticket key's). The handshake runs on the shard that accepted the
 //! connection, bounded by `http.head_timeout_ms`.
 
-use coregate_runtime::tls::{certified_key, new_ticketer, ProducesTickets, SniResolver};
-use rustls::sign::CertifiedKey;
+use coregate_runtime::tls::{certified_key, ServerCerts};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::Arc;
 
 /// `[server.tls]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -35,52 +33,25 @@ pub struct SniCert {
     pub key: String,
 }
 
-/// The loaded certificates and the shared ticket key; `Send`, handed to every shard.
-#[derive(Clone)]
-pub struct ServerTls {
-    default: Arc<CertifiedKey>,
-    by_name: Vec<(String, Arc<CertifiedKey>)>,
-    ticketer: Arc<dyn ProducesTickets>,
-}
-
-impl ServerTls {
-    /// Reads every certificate and key; the error names the config key.
-    pub fn load(cfg: &TlsConfig) -> Result<ServerTls, (String, String)> {
-        let pair = |cert: &str, key: &str, at: &str| {
-            if cert.is_empty() || key.is_empty() {
-                return Err((
-                    format!("{at}.cert"),
-                    "cert and key are both required".into(),
-                ));
-            }
-            certified_key(Path::new(cert), Path::new(key)).map_err(|m| (format!("{at}.cert"), m))
-        };
-        let default = pair(&cfg.cert, &cfg.key, "server.tls")?;
-        let mut by_name = Vec::new();
-        for (i, c) in cfg.certs.iter().enumerate() {
-            let at = format!("server.tls.certs[{i}]");
-            if c.names.is_empty() {
-                return Err((format!("{at}.names"), "needs at least one host name".into()));
-            }
-            let key = pair(&c.cert, &c.key, &at)?;
-            for n in &c.names {
-                by_name.push((n.to_ascii_lowercase(), key.clone()));
-            }
+/// Reads every certificate and key of `[server.tls]`; the error names the config key.
+pub fn load(cfg: &TlsConfig) -> Result<ServerCerts, (String, String)> {
+    let pair = |cert: &str, key: &str, at: &str| {
+        if cert.is_empty() || key.is_empty() {
+            return Err((format!("{at}.cert"), "cert and key are both required".into()));
         }
-        let ticketer = new_ticketer().map_err(|m| ("server.tls".to_string(), m))?;
-        Ok(ServerTls {
-            default,
-            by_name,
-            ticketer,
-        })
+        certified_key(Path::new(cert), Path::new(key)).map_err(|m| (format!("{at}.cert"), m))
+    };
+    let default = pair(&cfg.cert, &cfg.key, "server.tls")?;
+    let mut by_name = Vec::new();
+    for (i, c) in cfg.certs.iter().enumerate() {
+        let at = format!("server.tls.certs[{i}]");
+        if c.names.is_empty() {
+            return Err((format!("{at}.names"), "needs at least one host name".into()));
+        }
+        let key = pair(&c.cert, &c.key, &at)?;
+        for n in &c.names {
+            by_name.push((n.to_ascii_lowercase(), key.clone()));
+        }
     }
-
-    /// A shard's own server config.
-    pub fn shard_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
-        let certs = SniResolver {
-            default: self.default.clone(),
-            by_name: self.by_name.clone(),
-        };
-        coregate_runtime::tls::server_config(certs, self.ticketer.clone())
-    }
+    ServerCerts::new(default, by_name).map_err(|m| ("server.tls".to_string(), m))
 }

@@ -19,7 +19,7 @@ use coregate_http1::chunked::{encode_chunk, LAST_CHUNK};
 use coregate_http1::reply::{push_u64, reason, DateCache};
 use coregate_http1::request::{parse_head, HeaderRange, Limits, Parsed, RequestHead, Version};
 use coregate_runtime::executor::run_pinned;
-use coregate_runtime::tls::{ProducesTickets, SniResolver};
+use coregate_runtime::tls::ServerCerts;
 use coregate_runtime::wire::{BodyState, Stream, Wire};
 use knobs::{Knobs, Reset};
 use std::cell::{Cell, RefCell};
@@ -54,30 +54,13 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
 }
 
-/// Loaded once; each executor builds its own server config from it.
-#[derive(Clone)]
-struct TlsParts {
-    key: Arc<rustls::sign::CertifiedKey>,
-    ticketer: Arc<dyn ProducesTickets>,
-}
-
-impl TlsParts {
-    fn config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
-        let certs = SniResolver {
-            default: self.key.clone(),
-            by_name: Vec::new(),
-        };
-        coregate_runtime::tls::server_config(certs, self.ticketer.clone())
-    }
-}
-
 /// `coregate mock-provider`: one pinned executor per core; blocks until they exit.
 pub fn run(listen: &str, cores: &[usize], tls: Option<TlsFiles>) -> Result<(), String> {
     let tls = match tls {
-        Some(f) => Some(TlsParts {
-            key: coregate_runtime::tls::certified_key(&f.cert, &f.key)?,
-            ticketer: coregate_runtime::tls::new_ticketer()?,
-        }),
+        Some(f) => Some(ServerCerts::new(
+            coregate_runtime::tls::certified_key(&f.cert, &f.key)?,
+            Vec::new(),
+        )?),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -108,7 +91,7 @@ pub fn run(listen: &str, cores: &[usize], tls: Option<TlsFiles>) -> Result<(), S
 fn run_executor(
     core: Option<usize>,
     listen: String,
-    tls: Option<TlsParts>,
+    tls: Option<ServerCerts>,
     ready: crossbeam_channel::Sender<Result<(), String>>,
 ) {
     let name = match core {
@@ -131,7 +114,7 @@ fn run_executor(
                 return;
             }
         };
-        let tls = match tls.map(|t| t.config()).transpose() {
+        let tls = match tls.map(|t| t.shard_config()).transpose() {
             Ok(t) => t,
             Err(e) => {
                 let _ = ready.send(Err(format!("mock provider: {e}")));

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use futures_rustls::{TlsAcceptor, TlsConnector};
-pub use rustls::server::ProducesTickets;
+use rustls::server::ProducesTickets;
 
 /// ALPN: coregate speaks HTTP/1.1 (and WebSocket over it) on both sides.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -65,9 +65,9 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Strin
 
 /// Chooses the certificate for a handshake: the first entry naming the client's SNI
 /// (exact, or `*.example.com` for one label), else the default.
-pub struct SniResolver {
-    pub default: Arc<CertifiedKey>,
-    pub by_name: Vec<(String, Arc<CertifiedKey>)>,
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_name: Vec<(String, Arc<CertifiedKey>)>,
 }
 
 impl fmt::Debug for SniResolver {
@@ -102,25 +102,47 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A session-ticket key to share between all shards (rotated by rustls every 6 hours).
-pub fn new_ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
-    rustls::crypto::ring::Ticketer::new().map_err(|e| format!("cannot create a TLS ticketer: {e}"))
+/// What a TLS listener serves, loaded once on the main thread: the certificates (a default
+/// and more by SNI name) and the session-ticket key all shards share. `Send`; every shard
+/// (of the gateway or of the mock) builds its own server config from it.
+#[derive(Clone)]
+pub struct ServerCerts {
+    default: Arc<CertifiedKey>,
+    by_name: Vec<(String, Arc<CertifiedKey>)>,
+    ticketer: Arc<dyn ProducesTickets>,
 }
 
-/// A server config: TLS 1.2 and 1.3, ALPN `http/1.1` only (a client offering only `h2`
-/// gets a `no_application_protocol` alert, not a hang), tickets from `ticketer`.
-pub fn server_config(
-    certs: SniResolver,
-    ticketer: Arc<dyn ProducesTickets>,
-) -> Result<Arc<ServerConfig>, String> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS server config: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(certs));
-    cfg.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    cfg.ticketer = ticketer;
-    Ok(Arc::new(cfg))
+impl ServerCerts {
+    /// A fresh ticket key (rotated by rustls every 6 hours) with these certificates.
+    pub fn new(
+        default: Arc<CertifiedKey>,
+        by_name: Vec<(String, Arc<CertifiedKey>)>,
+    ) -> Result<ServerCerts, String> {
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| format!("cannot create a TLS ticketer: {e}"))?;
+        Ok(ServerCerts {
+            default,
+            by_name,
+            ticketer,
+        })
+    }
+
+    /// A shard's own server config: TLS 1.2 and 1.3, ALPN `http/1.1` only (a client
+    /// offering only `h2` fails its handshake at once, never hangs), the shared tickets.
+    pub fn shard_config(&self) -> Result<Arc<ServerConfig>, String> {
+        let certs = SniResolver {
+            default: self.default.clone(),
+            by_name: self.by_name.clone(),
+        };
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS server config: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(certs));
+        cfg.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        cfg.ticketer = self.ticketer.clone();
+        Ok(Arc::new(cfg))
+    }
 }
 
 /// How a client config verifies the server.
