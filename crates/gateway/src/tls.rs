@@ -37,7 +37,10 @@ pub struct SniCert {
 pub fn load(cfg: &TlsConfig) -> Result<ServerCerts, (String, String)> {
     let pair = |cert: &str, key: &str, at: &str| {
         if cert.is_empty() || key.is_empty() {
-            return Err((format!("{at}.cert"), "cert and key are both required".into()));
+            return Err((
+                format!("{at}.cert"),
+                "cert and key are both required".into(),
+            ));
         }
         certified_key(Path::new(cert), Path::new(key)).map_err(|m| (format!("{at}.cert"), m))
     };

@@ -107,32 +107,28 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
         upgrade: !upgrade.is_empty(),
     };
     // The head for each provider of the fallback chain is built now, while the client's
-    // head is still in the buffer (usually the chain is the route's provider alone).
-    let chain = super::fallback_chain(&shard.providers.list, pidx);
-    let mut heads = Vec::with_capacity(chain.len());
-    for &p in &chain {
-        let Some(provider) = shard.providers.list.get(p) else {
-            return Flow::Close;
+    // head is still in the buffer. Without a fallback (the usual case) only the route's
+    // provider's head is built and nothing more is allocated.
+    let heads = {
+        let (headers, facts) = (session.headers(), session.client_facts());
+        let build = |p: &Provider| request_head(buf, &head, headers, route, p, facts, &upgrade);
+        let fallbacks = match provider.fallback {
+            None => Ok(Vec::new()),
+            Some(_) => super::fallback_chain(&shard.providers.list, pidx)
+                .into_iter()
+                .skip(1)
+                .filter_map(|p| Some((p, shard.providers.list.get(p)?)))
+                .map(|(p, fallback)| build(fallback).map(|h| (p, h)))
+                .collect(),
         };
-        let facts = session.client_facts();
-        match request_head(
-            buf,
-            &head,
-            session.headers(),
-            route,
-            provider,
-            facts,
-            &upgrade,
-        ) {
-            Ok(h) => heads.push((p, h)),
-            Err(e) => {
-                session.respond_bad_request(&e);
-                return Flow::Close;
-            }
+        build(provider).and_then(|h| Ok((h, fallbacks?)))
+    };
+    let (up_head, fallbacks): (Vec<u8>, Vec<(usize, Vec<u8>)>) = match heads {
+        Ok(h) => h,
+        Err(e) => {
+            session.respond_bad_request(&e);
+            return Flow::Close;
         }
-    }
-    let Some(((_, up_head), fallbacks)) = heads.split_first() else {
-        return Flow::Close;
     };
     provider_stats(&shard, pidx, |s| s.counters.requests += 1);
     session.consume_head(&head);
@@ -142,10 +138,10 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
         req,
         provider,
         pidx,
-        up_head,
+        up_head: &up_head,
         upgrade: &upgrade,
         providers: &shard.providers.list,
-        fallbacks,
+        fallbacks: &fallbacks,
     };
     let flow = if req.upgrade {
         super::tunnel::upgrade(session, job, &mut headers).await
