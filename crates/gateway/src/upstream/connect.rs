@@ -32,16 +32,13 @@ pub async fn open(
     ep: &Endpoint,
     timeout: Duration,
 ) -> Result<(Stream, SocketAddr), UpstreamError> {
+    // The address a failure happened at, for the provider's failure log line.
     let note = |addr: SocketAddr| {
         if let Some(p) = shard.providers.list.get(pidx) {
             p.failures.at(addr);
         }
     };
-    let (tcp, addr) = connect_any(ep, timeout).await.inspect_err(|_| {
-        if let Some(a) = ep.last_addr() {
-            note(a);
-        }
-    })?;
+    let (tcp, addr) = connect_any(ep, timeout, note).await?;
     let Some(tls) = &ep.tls else {
         return Ok((Stream::new(tcp), addr));
     };
@@ -63,17 +60,24 @@ pub async fn open(
 /// one, until each was tried once (a name that resolves to `::1` and `127.0.0.1` where the
 /// provider listens on one of them still works). A timeout is not retried: the client
 /// would wait a connect timeout per address.
+/// `note` is told each address a connect failed at.
 async fn connect_any(
     ep: &Endpoint,
     timeout: Duration,
+    note: impl Fn(SocketAddr),
 ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
     let mut last = UpstreamError::DnsFailure;
     for _ in 0..ep.addr_count() {
         let Some(addr) = ep.next_addr() else { break };
         match connect_tcp(addr, timeout).await {
             Ok(tcp) => return Ok((tcp, addr)),
-            Err(e @ (UpstreamError::ConnectRefused | UpstreamError::ConnectError)) => last = e,
-            Err(e) => return Err(e),
+            Err(e) => {
+                note(addr);
+                match e {
+                    UpstreamError::ConnectRefused | UpstreamError::ConnectError => last = e,
+                    _ => return Err(e),
+                }
+            }
         }
     }
     Err(last)

@@ -95,13 +95,6 @@ impl Endpoint {
         Some(addrs[i % addrs.len()])
     }
 
-    /// The address the last new connection went to.
-    pub fn last_addr(&self) -> Option<SocketAddr> {
-        let addrs = self.addrs.borrow();
-        let i = self.next_addr.get().checked_sub(1)?;
-        addrs.get(i % addrs.len().max(1)).copied()
-    }
-
     /// How many addresses the endpoint has now.
     pub fn addr_count(&self) -> usize {
         self.addrs.borrow().len()
