@@ -41,6 +41,14 @@ pub(super) struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
+    /// Counts a failure of this provider in its stats and its rate-limited log.
+    pub(super) fn count_failure(self, shard: &Shard, e: UpstreamError) {
+        provider_stats(shard, self.pidx, |s| s.error(e));
+        self.provider
+            .failures
+            .record(shard.id, &self.provider.name, e);
+    }
+
     /// The same request for the next provider of the fallback chain, when the failure `e`
     /// sent nothing (no endpoint of this provider could be reached). Counts the failure on
     /// this provider and the move.
@@ -50,13 +58,8 @@ impl<'a> Job<'a> {
         }
         let ((p, head), rest) = self.fallbacks.split_first()?;
         let provider = self.providers.get(*p)?;
-        provider_stats(shard, self.pidx, |s| {
-            s.error(e);
-            s.counters.fallbacks += 1;
-        });
-        self.provider
-            .failures
-            .record(shard.id, &self.provider.name, e);
+        self.count_failure(shard, e);
+        provider_stats(shard, self.pidx, |s| s.counters.fallbacks += 1);
         provider_stats(shard, *p, |s| s.counters.requests += 1);
         Some(Job {
             provider,
@@ -376,10 +379,7 @@ pub(super) async fn fail(
     e: UpstreamError,
 ) -> Flow {
     let head = job.head;
-    provider_stats(session.shard(), job.pidx, |s| s.error(e));
-    job.provider
-        .failures
-        .record(session.shard().id, &job.provider.name, e);
+    job.count_failure(session.shard(), e);
     let mut close = !head.keep_alive || session.shard().draining.get();
     // A body the client was told to hold back, or that cannot be discarded, forces a close.
     if !body.is_done()
