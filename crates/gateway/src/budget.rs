@@ -21,9 +21,15 @@ pub fn upstream_fds_per_shard(config: &Config) -> u64 {
 /// Client connections per shard that `nofile` descriptors leave after the reserve and the
 /// provider pools, split evenly over the shards.
 pub fn per_shard_fit(config: &Config, shards: usize, nofile: u64) -> u64 {
+    fds_per_shard(shards, nofile).saturating_sub(upstream_fds_per_shard(config))
+}
+
+/// The descriptors each shard has for client and provider connections: `nofile` after
+/// the reserve, split evenly over the shards.
+fn fds_per_shard(shards: usize, nofile: u64) -> u64 {
     let shards = shards.max(1) as u64;
     let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_SHARD * shards;
-    (nofile.saturating_sub(reserve) / shards).saturating_sub(upstream_fds_per_shard(config))
+    nofile.saturating_sub(reserve) / shards
 }
 
 /// Shrinks the pools of providers that kept the default `pool_max_total` when, at that
@@ -32,9 +38,7 @@ pub fn per_shard_fit(config: &Config, shards: usize, nofile: u64) -> u64 {
 /// `serve --upstream` could not start). Says so in the log; a value set in the config is
 /// left as it is.
 pub fn fit_default_pools(config: &mut Config, shards: usize, nofile: u64) {
-    let shards = shards.max(1) as u64;
-    let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_SHARD * shards;
-    let per_shard = nofile.saturating_sub(reserve) / shards;
+    let per_shard = fds_per_shard(shards, nofile);
     let defaults: u64 = config
         .providers
         .iter()
