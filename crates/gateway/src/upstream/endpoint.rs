@@ -96,7 +96,7 @@ pub fn parse_endpoint(s: &str) -> Result<EndpointSpec, String> {
 }
 
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
+pub(super) fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
     if let Some(r) = s.strip_prefix('[') {
         let (host, after) = r.split_once(']')?;
         return match after {
@@ -143,6 +143,28 @@ mod tests {
         let e = parse_endpoint("https://[::1]:8443").unwrap();
         assert_eq!(e.authority(), "[::1]:8443");
         assert_eq!(e.resolve().unwrap(), vec!["[::1]:8443".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_host_setting_gives_its_name_without_port_or_brackets() {
+        let name = |host: &str| {
+            let p = super::super::ProviderConfig {
+                host: host.into(),
+                ..Default::default()
+            };
+            p.host_name().map(str::to_string)
+        };
+        assert_eq!(
+            name("api.example.test:443").as_deref(),
+            Some("api.example.test")
+        );
+        assert_eq!(
+            name("api.example.test").as_deref(),
+            Some("api.example.test")
+        );
+        assert_eq!(name("[::1]:8443").as_deref(), Some("::1"));
+        assert_eq!(name("[::1]").as_deref(), Some("::1"));
+        assert_eq!(name(""), None);
     }
 
     #[test]

@@ -225,6 +225,15 @@ impl ProviderConfig {
             .any(|e| parse_endpoint(e).is_ok_and(|e| e.tls))
     }
 
+    /// The `host` setting without its port (and brackets): the name TLS sends and
+    /// verifies for `https` endpoints. `None` when `host` is unset.
+    pub fn host_name(&self) -> Option<&str> {
+        if self.host.is_empty() {
+            return None;
+        }
+        Some(endpoint::split_host_port(&self.host).map_or(self.host.as_str(), |(h, _)| h))
+    }
+
     /// How this provider verifies certificates.
     pub fn verify(&self) -> coregate_runtime::tls::Verify<'_> {
         use coregate_runtime::tls::Verify;
@@ -283,9 +292,8 @@ pub fn fallback_chain(providers: &[pool::Provider], pidx: usize) -> Vec<usize> {
 }
 
 fn validate_tls(p: &ProviderConfig) -> Result<(), (&'static str, String)> {
-    if !p.host.is_empty() && p.uses_tls() {
-        let bare = p.host.rsplit_once(':').map_or(p.host.as_str(), |(h, _)| h);
-        coregate_runtime::tls::server_name(bare).map_err(|m| ("host", m))?;
+    if let Some(name) = p.host_name().filter(|_| p.uses_tls()) {
+        coregate_runtime::tls::server_name(name).map_err(|m| ("host", m))?;
     }
     if !p.ca_file.is_empty() {
         if !p.uses_tls() {

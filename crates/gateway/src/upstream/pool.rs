@@ -210,19 +210,14 @@ impl Provider {
         } else {
             None
         };
-        let host_only = |h: &str| h.rsplit_once(':').map_or(h, |(h, _)| h).to_string();
         let mut endpoints = Vec::with_capacity(specs.len());
         for (j, spec) in specs.iter().enumerate() {
             let tls = match (&tls_config, spec.tls) {
                 (Some(config), true) => {
-                    let name = if c.host.is_empty() {
-                        spec.host.clone()
-                    } else {
-                        host_only(&c.host)
-                    };
+                    let name = c.host_name().unwrap_or(&spec.host);
                     Some(UpstreamTls {
                         config: config.clone(),
-                        name: coregate_runtime::tls::server_name(&name)?,
+                        name: coregate_runtime::tls::server_name(name)?,
                     })
                 }
                 _ => None,
