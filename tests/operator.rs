@@ -334,8 +334,13 @@ fn memory_goes_back_to_the_os_after_many_connections_close() {
     let gw = gateway("operator-memory", "0", "");
     let pid = gw.proc.pid();
     let start = rss_kib(pid);
+    // 4,000 connections where the fd limit allows (less on a host that caps it lower; the
+    // release starts once 256 closed).
+    let n = 4000
+        .min(raise_nofile().saturating_sub(512) as usize)
+        .max(300);
     let mut conns = Vec::new();
-    for _ in 0..4000 {
+    for _ in 0..n {
         let mut c = gw.connect();
         c.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap();
@@ -357,6 +362,6 @@ fn memory_goes_back_to_the_os_after_many_connections_close() {
     };
     assert!(
         released <= start + (peak - start) / 2,
-        "RSS {start} KiB at start, {peak} with 4,000 connections, {released} 10 s after they closed"
+        "RSS {start} KiB at start, {peak} with {n} connections, {released} 10 s after they closed"
     );
 }

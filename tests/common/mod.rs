@@ -75,6 +75,26 @@ pub fn require_python_module(module: &str) -> Option<&'static str> {
     .flatten()
 }
 
+/// Raises this test process's soft RLIMIT_NOFILE to its hard limit (a fresh machine often
+/// starts at 1,024) and returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the one struct passed, which lives across
+    // both calls.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur
+}
+
 /// Whether this test may make a private network namespace: root, `unshare` (through
 /// `require_tool`), and a kernel/container that lets `unshare -n` run. Prints why not.
 pub fn private_netns_allowed() -> bool {
