@@ -77,40 +77,6 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
-fn serve(
-    config: Option<PathBuf>,
-    cores: Option<String>,
-    listen: Option<String>,
-    admin: Option<String>,
-    upstream: Option<String>,
-) -> Result<(), String> {
-    let mut cfg = load(config.as_ref())?;
-    if let Some(c) = cores {
-        cfg.server.cores = c;
-    }
-    if let Some(l) = listen {
-        cfg.server.listen = l;
-    }
-    if let Some(a) = admin {
-        cfg.admin.listen = a;
-    }
-    if let Some(u) = upstream {
-        cfg.providers
-            .push(coregate_gateway::upstream::ProviderConfig {
-                name: "upstream".into(),
-                endpoints: vec![u],
-                ..Default::default()
-            });
-        cfg.routes.push(coregate_gateway::route::RouteConfig {
-            prefix: "/".into(),
-            provider: "upstream".into(),
-            ..Default::default()
-        });
-    }
-    cfg.validate("<command line>").map_err(|e| e.to_string())?;
-    coregate_gateway::server::serve(cfg)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = coregate_runtime::log::init(cli.log_level.as_deref(), cli.log_json) {
@@ -124,7 +90,13 @@ fn main() -> ExitCode {
             listen,
             admin,
             upstream,
-        } => serve(config, cores, listen, admin, upstream),
+        } => coregate_gateway::server::serve(coregate_gateway::reload::ConfigSource {
+            path: config,
+            cores,
+            listen,
+            admin,
+            upstream,
+        }),
         Command::Check { file } => Config::load(&file)
             .map(|c| print!("{}", c.to_toml()))
             .map_err(|e| e.to_string()),

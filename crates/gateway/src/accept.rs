@@ -11,18 +11,18 @@ use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use std::io;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Accepts until the shard starts draining, spawning one task per connection. `slots` is
 /// the shard's connection cap, shared by its plain and TLS listeners; `tls` is set for the
-/// TLS listener.
+/// TLS listener, whose certificates come from the shard's current config generation (a
+/// reload changes them for the next handshake).
 pub async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
     slots: Rc<Semaphore>,
     max_connections: usize,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: bool,
 ) {
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -54,10 +54,11 @@ pub async fn accept_loop(
         match result {
             Ok(stream) => match permit {
                 Some(permit) => {
-                    let serve = crate::session::serve(shard.clone(), stream, tls.clone(), permit);
+                    let tls = tls.then(|| shard.config().server_tls.clone()).flatten();
+                    let serve = crate::session::serve(shard.clone(), stream, tls, permit);
                     glommio::spawn_local(serve).detach();
                 }
-                None => shed(&shard, &stream, tls.is_some()),
+                None => shed(&shard, &stream, tls),
             },
             Err(e) => {
                 let e: io::Error = e.into();

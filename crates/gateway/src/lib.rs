@@ -7,8 +7,9 @@
 //! owns its own SO_REUSEPORT listener, parser state, route table, provider connection pools
 //! and statistics; nothing on the request path is shared between cores. The only
 //! cross-core traffic is a stats snapshot each shard ships once per interval to the
-//! aggregator thread, which serves `/stats` and `/metrics` on the admin listener, and the
-//! new address sets of provider host names that the `resolver` thread sends each shard.
+//! aggregator thread, which serves `/stats` and `/metrics` on the admin listener, a reloaded
+//! config, and the new address sets of provider host names that the `resolver` thread sends
+//! each shard.
 //!
 //! A request's path through the modules:
 //!
@@ -18,7 +19,8 @@
 //! local answer → the response back through the session. `upstream::error` names every way
 //! a provider exchange fails.
 //!
-//! `shard` ties one core's pieces together; `server` starts and drains the shards;
+//! `shard` ties one core's pieces together, serving its current config `generation`;
+//! `server` starts and drains the shards; `reload` prepares a new config on SIGHUP;
 //! `tls` loads the certificates clients see; `budget` sizes connection caps from the fd limit; `stats` counts; `admin` serves the
 //! aggregated stats; `doctor` checks a host before it serves. See docs/architecture.md.
 
@@ -27,6 +29,8 @@ pub mod admin;
 pub mod budget;
 pub mod config;
 pub mod doctor;
+pub mod generation;
+pub mod reload;
 pub mod resolver;
 pub mod route;
 pub mod server;

@@ -12,6 +12,8 @@ use crate::upstream::endpoint::{parse_endpoint, EndpointSpec};
 use crate::upstream::ProviderConfig;
 use crossbeam_channel::Sender;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where every endpoint resolved: `[provider][endpoint]`.
@@ -48,12 +50,17 @@ struct Watched {
     current: Vec<SocketAddr>,
 }
 
+/// Which config generation a resolver thread serves, and the process's current one: the
+/// thread ends when a reload moved on (a new thread took over).
+pub type ResolverGeneration = (u64, Arc<AtomicU64>);
+
 /// Starts the resolver thread if any endpoint is a host name. `shards` are the shards'
-/// control channels; the thread ends when they are gone.
+/// control channels; the thread ends when they are gone or when a reload replaced it.
 pub fn spawn(
     providers: &[ProviderConfig],
     initial: &Addresses,
     shards: Vec<Sender<Control>>,
+    generation: ResolverGeneration,
 ) -> std::io::Result<()> {
     let mut watched = Vec::new();
     for (i, p) in providers.iter().enumerate() {
@@ -85,11 +92,12 @@ pub fn spawn(
     }
     std::thread::Builder::new()
         .name("coregate-resolver".into())
-        .spawn(move || run(watched, shards))?;
+        .spawn(move || run(watched, shards, generation))?;
     Ok(())
 }
 
-fn run(mut watched: Vec<Watched>, shards: Vec<Sender<Control>>) {
+fn run(mut watched: Vec<Watched>, shards: Vec<Sender<Control>>, generation: ResolverGeneration) {
+    let (mine, current) = generation;
     loop {
         let next = watched
             .iter()
@@ -97,10 +105,13 @@ fn run(mut watched: Vec<Watched>, shards: Vec<Sender<Control>>) {
             .min()
             .unwrap_or_else(Instant::now);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        if current.load(Ordering::SeqCst) != mine {
+            return;
+        }
         let now = Instant::now();
         for w in watched.iter_mut().filter(|w| w.due <= now) {
             w.due = now + w.interval;
-            if !refresh(w, &shards) {
+            if !refresh(w, &shards, mine) {
                 return;
             }
         }
@@ -109,7 +120,7 @@ fn run(mut watched: Vec<Watched>, shards: Vec<Sender<Control>>) {
 
 /// Resolves one name again and tells the shards if its set changed. Returns false when
 /// the shards are gone.
-fn refresh(w: &mut Watched, shards: &[Sender<Control>]) -> bool {
+fn refresh(w: &mut Watched, shards: &[Sender<Control>], generation: u64) -> bool {
     let (provider, endpoint) = (w.provider, w.endpoint);
     let message = match w.spec.resolve() {
         Ok(addrs) if addrs == w.current => return true,
@@ -120,6 +131,7 @@ fn refresh(w: &mut Watched, shards: &[Sender<Control>]) -> bool {
             ));
             w.current = addrs.clone();
             Control::Addresses {
+                generation,
                 provider,
                 endpoint,
                 addrs,

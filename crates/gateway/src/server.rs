@@ -1,33 +1,41 @@
 //! Process orchestration for `coregate serve`: raise limits, start the aggregator, the admin
-//! listener, the embedded mock provider and one shard per core; drain on SIGTERM/SIGINT.
+//! listener, the embedded mock provider and one shard per core; reload on SIGHUP; drain on
+//! SIGTERM/SIGINT.
 //!
 //! This is the only code that sees every shard, and it only starts, signals and joins them.
 
 use crate::config::Config;
+use crate::generation::NewConfig;
+use crate::reload::{ConfigSource, Reloader, StatSlots};
 use crate::route::RouteConfig;
 use crate::shard::{Control, ShardExit, ShardSpec};
 use crate::stats::aggregate::Aggregator;
 use crate::upstream::ProviderConfig;
 use coregate_runtime::host::raise_nofile_limit;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Runs the gateway until a signal drains it. Returns an error message for start-up
-/// failures (bad core list, port in use, executor failure).
-pub fn serve(mut config: Config) -> Result<(), String> {
+/// failures (bad config, bad core list, port in use, executor failure).
+pub fn serve(source: ConfigSource) -> Result<(), String> {
+    let mut config = source.load()?;
     let nofile = raise_nofile_limit();
     let cores = coregate_runtime::cores::parse_core_list(
         &config.server.cores,
         &coregate_runtime::cores::online_cores(),
     )
     .map_err(|e| format!("server.cores: {e}"))?;
-    if config.wants_embedded_mock() {
-        let core = config.mock.core.or(cores.first().copied());
-        embed_mock(&mut config, core)?;
-    }
+    let mock = match config.wants_embedded_mock() {
+        true => {
+            let core = config.mock.core.or(cores.first().copied());
+            embed_mock(&mut config, core)?;
+            Some(config.mock.listen.clone())
+        }
+        false => None,
+    };
     // Held until the process exits: the kernel releases them with it.
     let _claims = claim_listen_addresses(&config)?;
     crate::budget::fit_default_pools(&mut config, cores.len(), nofile);
@@ -53,7 +61,9 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         ));
     }
 
-    let provider_names = config.providers.iter().map(|p| p.name.clone()).collect();
+    let mut slots = StatSlots::default();
+    let provider_slots = slots.assign(&config.providers);
+    let provider_names = slots.names().to_vec();
     let (snap_tx, snap_rx) = bounded(1024 * cores.len());
     let (query_tx, query_rx) = unbounded();
     let drain_notice = query_tx.clone();
@@ -73,22 +83,28 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot start the admin thread: {e}"))?;
     }
 
-    let mut signals = Signals::new([SIGTERM, SIGINT])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let (ready_tx, ready_rx) = unbounded();
     let (exit_tx, exit_rx) = unbounded();
     let mut controls: Vec<Sender<Control>> = Vec::new();
     let mut threads = Vec::new();
+    let first = Arc::new(NewConfig {
+        number: 1,
+        config: config.clone(),
+        addresses: addresses.clone(),
+        tls: tls.clone(),
+        slot_count: provider_slots.len(),
+        slots: provider_slots,
+    });
     for (id, &core) in cores.iter().enumerate() {
         let (ctl_tx, ctl_rx) = unbounded();
         controls.push(ctl_tx);
         let spec = ShardSpec {
             id,
             core,
-            config: config.clone(),
-            addresses: addresses.clone(),
-            tls: tls.clone(),
+            config: first.clone(),
             max_connections,
             snapshots: snap_tx.clone(),
             control: ctl_rx,
@@ -114,8 +130,14 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             }
         }
     }
-    crate::resolver::spawn(&config.providers, &addresses, controls.clone())
-        .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
+    let resolver = Arc::new(AtomicU64::new(1));
+    crate::resolver::spawn(
+        &config.providers,
+        &addresses,
+        controls.clone(),
+        (1, resolver.clone()),
+    )
+    .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
     coregate_runtime::log::info(&format!(
         "serving on {} with {} shard(s) on cores {cores:?}, up to {max_connections} \
          connections per shard; admin on {}",
@@ -130,21 +152,47 @@ pub fn serve(mut config: Config) -> Result<(), String> {
 
     let draining = Arc::new(AtomicBool::new(false));
     let drain_flag = draining.clone();
+    let mut reloader = Reloader {
+        source,
+        running: config,
+        generation: 1,
+        slots,
+        tls,
+        mock,
+        shard_count: cores.len(),
+        nofile,
+        connection_cap: max_connections,
+        controls: controls.clone(),
+        queries: drain_notice.clone(),
+        resolver,
+    };
     std::thread::Builder::new()
         .name("coregate-signals".into())
         .spawn(move || {
-            let mut forever = signals.forever();
-            if let Some(sig) = forever.next() {
-                coregate_runtime::log::info(&format!("signal {sig}: draining"));
-                drain_flag.store(true, Ordering::SeqCst);
-                let _ = drain_notice.send(crate::stats::aggregate::Query::Draining);
-                stop_all(&controls);
-            }
-            if forever.next().is_some() {
-                coregate_runtime::log::warn("second signal: exiting without waiting for the drain");
-                // The operator asked twice: leave now, whatever the shards are doing.
-                #[allow(clippy::exit)]
-                std::process::exit(130);
+            let mut stops = 0;
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    // Reloads stop once the drain began: the shards are on their way out.
+                    match drain_flag.load(Ordering::SeqCst) {
+                        false => reloader.reload(),
+                        true => coregate_runtime::log::warn("SIGHUP while draining: ignored"),
+                    }
+                    continue;
+                }
+                stops += 1;
+                if stops == 1 {
+                    coregate_runtime::log::info(&format!("signal {sig}: draining"));
+                    drain_flag.store(true, Ordering::SeqCst);
+                    let _ = drain_notice.send(crate::stats::aggregate::Query::Draining);
+                    stop_all(&controls);
+                } else {
+                    coregate_runtime::log::warn(
+                        "second signal: exiting without waiting for the drain",
+                    );
+                    // The operator asked twice: leave now, whatever the shards are doing.
+                    #[allow(clippy::exit)]
+                    std::process::exit(130);
+                }
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
@@ -253,21 +301,28 @@ fn stop_all(controls: &[Sender<Control>]) {
 /// and starts it.
 fn embed_mock(config: &mut Config, core: Option<usize>) -> Result<(), String> {
     let listen = config.mock.listen.clone();
-    if !config.providers.iter().any(|p| p.name == "mock") {
-        config.providers.push(ProviderConfig {
-            name: "mock".into(),
-            endpoints: vec![listen.clone()],
-            ..ProviderConfig::default()
-        });
-        config.routes.push(RouteConfig {
-            prefix: "/v1/mock/".into(),
-            provider: "mock".into(),
-            rewrite: Some("/".into()),
-            ..RouteConfig::default()
-        });
-    }
+    add_mock_route(config, &listen);
     config
         .validate("<embedded mock>")
         .map_err(|e| e.to_string())?;
     coregate_mock::start_embedded(&listen, core)
+}
+
+/// The embedded mock's provider (`mock`, at `listen`) and route (`/v1/mock/` → `/`),
+/// unless the config has its own provider of that name.
+pub(crate) fn add_mock_route(config: &mut Config, listen: &str) {
+    if config.providers.iter().any(|p| p.name == "mock") {
+        return;
+    }
+    config.providers.push(ProviderConfig {
+        name: "mock".into(),
+        endpoints: vec![listen.to_string()],
+        ..ProviderConfig::default()
+    });
+    config.routes.push(RouteConfig {
+        prefix: "/v1/mock/".into(),
+        provider: "mock".into(),
+        rewrite: Some("/".into()),
+        ..RouteConfig::default()
+    });
 }

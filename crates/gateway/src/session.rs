@@ -87,7 +87,7 @@ pub async fn serve(
         st.counters.connections_total += 1;
     }
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(shard.http.idle_timeout));
+    let _ = stream.set_write_timeout(Some(shard.http.get().idle_timeout));
     let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
     let stream = match tls {
         None => Some(Stream::new(stream)),
@@ -98,7 +98,7 @@ pub async fn serve(
     if let Some(stream) = stream {
         let mut session = Session {
             shard: shard.clone(),
-            wire: Wire::over(stream, INITIAL_BUF.min(shard.limits.max_head_bytes)),
+            wire: Wire::over(stream, INITIAL_BUF.min(shard.limits.get().max_head_bytes)),
             peer_ip,
             headers: Vec::with_capacity(16),
             answered_at: None,
@@ -117,7 +117,7 @@ async fn handshake(
     tcp: TcpStream,
     cfg: Arc<rustls::ServerConfig>,
 ) -> Option<Stream> {
-    let result = coregate_runtime::tls::accept(tcp, cfg, shard.http.head_timeout).await;
+    let result = coregate_runtime::tls::accept(tcp, cfg, shard.http.get().head_timeout).await;
     let mut st = shard.stats.borrow_mut();
     match result {
         Ok((stream, hs)) => {
@@ -194,13 +194,13 @@ impl Session {
             return self.answer_locally(&head, &reply).await;
         }
         let buf = self.head_bytes();
-        let target = self
-            .shard
+        let config = self.shard.config();
+        let target = config
             .routes
             .lookup(&buf[head.host.clone()], head.path(buf));
         let method = head.method(buf);
         match target {
-            Target::Route(i) => crate::upstream::exchange::proxy(self, head, i).await,
+            Target::Route(i) => crate::upstream::exchange::proxy(self, head, config, i).await,
             Target::Health if method == b"GET" || method == b"HEAD" => {
                 let reply = Reply {
                     status: 200,
@@ -273,7 +273,7 @@ impl Session {
     /// Discards the rest of a request body (up to the discard limit).
     /// `Ok(false)`: too large, the connection must close.
     pub async fn discard(&mut self, body: &mut BodyState) -> Result<bool, BodyError> {
-        let timeout = self.shard.http.body_read_timeout;
+        let timeout = self.shard.http.get().body_read_timeout;
         let res = self.wire.rx.discard_body(body, MAX_DISCARD, timeout).await;
         self.count_body_error(res)
     }
@@ -288,7 +288,7 @@ impl Session {
     /// Reads until a complete head is buffered. `Ok(None)`: the connection should end
     /// quietly (peer closed, idle timeout, drain, or a 408 was sent).
     async fn read_head(&mut self) -> Result<Option<RequestHead>, HttpError> {
-        let limits = self.shard.limits;
+        let limits = self.shard.limits.get();
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.wire.rx.buffered().is_empty() {
@@ -297,7 +297,7 @@ impl Session {
                 {
                     return Ok(Some(h));
                 }
-                deadline.get_or_insert_with(|| Instant::now() + self.shard.http.head_timeout);
+                deadline.get_or_insert_with(|| Instant::now() + self.shard.http.get().head_timeout);
             } else if self.shard.draining.get() {
                 let _ = self.flush().await;
                 return Ok(None);
@@ -306,8 +306,8 @@ impl Session {
                 return Ok(None);
             }
             let timeout = match deadline {
-                None if self.requests == 0 => self.shard.http.first_byte_timeout,
-                None => self.shard.http.idle_timeout,
+                None if self.requests == 0 => self.shard.http.get().first_byte_timeout,
+                None => self.shard.http.get().idle_timeout,
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };
             self.wire

@@ -1,15 +1,14 @@
 //! A shard: one pinned thread, one glommio executor, and everything a request touches.
 //!
-//! The shard is the unit of ownership. It owns its listener, its route table copy, its
-//! provider pools, its stats, and its date cache; its tasks share them through `Rc` on one
-//! thread. The only things that leave the shard are stats snapshots (to the aggregator)
-//! and the only things that enter are control messages: the drain, and new address sets
-//! of provider host names from the resolver thread.
+//! The shard is the unit of ownership. It owns its listener, its config generation (route
+//! table, provider pools, certificates), its stats, and its date cache; its tasks share them
+//! through `Rc` on one thread. The only things that leave the shard are stats snapshots (to
+//! the aggregator) and the only things that enter are control messages: the drain, a new
+//! config (a reload), and new address sets of provider host names from the resolver thread.
 
-use crate::config::Config;
-use crate::route::RouteTable;
+use crate::generation::{Generation, NewConfig};
 use crate::stats::{ShardStats, Snapshot};
-use crate::upstream::pool::{provider_stats, Providers};
+use crate::upstream::pool::provider_stats;
 use coregate_http1::reply::DateCache;
 use coregate_http1::request::Limits;
 use coregate_runtime::event::Event;
@@ -25,8 +24,12 @@ use std::time::{Duration, Instant};
 pub enum Control {
     /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
     Drain,
-    /// A provider endpoint's host name resolves to a new set of addresses.
+    /// Switch to a new config (SIGHUP): requests in flight finish on the old one.
+    Reload(Arc<NewConfig>),
+    /// A provider endpoint's host name resolves to a new set of addresses (in config
+    /// generation `generation`: a message about an older one is ignored).
     Addresses {
+        generation: u64,
         provider: usize,
         endpoint: usize,
         addrs: Vec<std::net::SocketAddr>,
@@ -49,10 +52,12 @@ pub struct HttpTimeouts {
 pub struct Shard {
     pub id: usize,
     pub core: usize,
-    pub limits: Limits,
-    pub http: HttpTimeouts,
-    pub routes: RouteTable,
-    pub providers: Providers,
+    /// Parser limits and client timeouts: copied out of the config (they change on reload).
+    pub limits: Cell<Limits>,
+    pub http: Cell<HttpTimeouts>,
+    pub drain_timeout: Cell<Duration>,
+    /// The config generation new requests use ([`Shard::config`]).
+    pub current: RefCell<Rc<Generation>>,
     pub stats: RefCell<ShardStats>,
     pub date: RefCell<DateCache>,
     /// Set when the drain starts: connections close after their current exchange.
@@ -62,15 +67,19 @@ pub struct Shard {
     pub inflight: Cell<usize>,
 }
 
+impl Shard {
+    /// The config generation for a new request; the request holds it to its end.
+    pub fn config(&self) -> Rc<Generation> {
+        self.current.borrow().clone()
+    }
+}
+
 /// What a shard needs to start; everything here is moved into its thread.
 pub struct ShardSpec {
     pub id: usize,
     pub core: usize,
-    pub config: Config,
-    /// Where the providers' endpoints resolved at start.
-    pub addresses: crate::resolver::Addresses,
-    /// Certificates for the TLS listener, when there is one.
-    pub tls: Option<coregate_runtime::tls::ServerCerts>,
+    /// The config to start with (generation 1).
+    pub config: Arc<NewConfig>,
     pub max_connections: usize,
     pub snapshots: Sender<Snapshot>,
     pub control: Receiver<Control>,
@@ -130,7 +139,7 @@ fn current_tid() -> i64 {
 }
 
 async fn shard_main(spec: ShardSpec) {
-    let cfg = &spec.config;
+    let cfg = &spec.config.config;
     let listeners = match bind_listeners(&spec) {
         Ok(l) => l,
         Err(e) => {
@@ -138,36 +147,23 @@ async fn shard_main(spec: ShardSpec) {
             return;
         }
     };
-    let providers = match Providers::new(&cfg.providers, &spec.addresses, spec.max_connections) {
-        Ok(p) => p,
+    let generation = match spec.config.build(spec.max_connections, None) {
+        Ok(g) => g,
         Err(e) => {
-            let _ = spec
-                .ready
-                .send(Err(format!("shard {}: providers: {e}", spec.id)));
+            let _ = spec.ready.send(Err(format!("shard {}: {e}", spec.id)));
             return;
         }
     };
+    let mut stats = ShardStats::new(spec.id, spec.core, current_tid(), spec.config.slot_count);
+    stats.counters.config_generation = generation.number;
     let shard = Rc::new(Shard {
         id: spec.id,
         core: spec.core,
-        limits: Limits {
-            max_head_bytes: cfg.http.max_head_bytes,
-            max_headers: cfg.http.max_headers,
-        },
-        http: HttpTimeouts {
-            head_timeout: Duration::from_millis(cfg.http.head_timeout_ms),
-            idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
-            first_byte_timeout: Duration::from_millis(cfg.http.first_byte_timeout_ms),
-            body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
-        },
-        routes: RouteTable::new(&cfg.routes, &cfg.provider_names()),
-        providers,
-        stats: RefCell::new(ShardStats::new(
-            spec.id,
-            spec.core,
-            current_tid(),
-            cfg.providers.len(),
-        )),
+        limits: Cell::new(spec.config.limits()),
+        http: Cell::new(spec.config.timeouts()),
+        drain_timeout: Cell::new(Duration::from_millis(cfg.server.drain_timeout_ms)),
+        current: RefCell::new(Rc::new(generation)),
+        stats: RefCell::new(stats),
         date: RefCell::new(DateCache::default()),
         draining: Cell::new(false),
         drain: Event::default(),
@@ -205,7 +201,7 @@ async fn shard_main(spec: ShardSpec) {
             next_snapshot += interval;
             ship(&shard, &spec.snapshots);
         }
-        if !take_control(&shard, &spec.control) {
+        if !take_control(&shard, &spec.control, spec.max_connections) {
             break;
         }
     }
@@ -217,7 +213,7 @@ async fn shard_main(spec: ShardSpec) {
     for a in accepts {
         a.await;
     }
-    let deadline = Instant::now() + Duration::from_millis(cfg.server.drain_timeout_ms);
+    let deadline = Instant::now() + shard.drain_timeout.get();
     while shard.inflight.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
@@ -252,12 +248,12 @@ impl MemoryRelease {
     }
 }
 
-type Listener = (glommio::net::TcpListener, Option<Arc<rustls::ServerConfig>>);
+/// A listener, and whether it is the TLS one.
+type Listener = (glommio::net::TcpListener, bool);
 
-/// Binds the shard's plain listener and its TLS listener (with its own TLS server config),
-/// whichever are configured.
+/// Binds the shard's plain listener and its TLS listener, whichever are configured.
 fn bind_listeners(spec: &ShardSpec) -> Result<Vec<Listener>, String> {
-    let server = &spec.config.server;
+    let server = &spec.config.config.server;
     let bind = |addr: &str| {
         coregate_runtime::listener::bind_listener(addr, server.backlog).map_err(|e| {
             format!(
@@ -269,29 +265,32 @@ fn bind_listeners(spec: &ShardSpec) -> Result<Vec<Listener>, String> {
     };
     let mut out = Vec::new();
     if !server.listen.is_empty() {
-        out.push((bind(&server.listen)?, None));
+        out.push((bind(&server.listen)?, false));
     }
-    if let Some(tls) = &spec.tls {
-        let cfg = tls
-            .shard_config()
-            .map_err(|e| format!("shard {}: {e}", spec.id))?;
-        out.push((bind(&server.tls_listen)?, Some(cfg)));
+    if spec.config.tls.is_some() {
+        out.push((bind(&server.tls_listen)?, true));
     }
     Ok(out)
 }
 
 /// Applies the control messages waiting; false when the shard must drain.
-fn take_control(shard: &Shard, control: &Receiver<Control>) -> bool {
+fn take_control(shard: &Shard, control: &Receiver<Control>, connection_cap: usize) -> bool {
     loop {
         match control.try_recv() {
             Ok(Control::Drain) | Err(TryRecvError::Disconnected) => return false,
             Err(TryRecvError::Empty) => return true,
+            Ok(Control::Reload(new)) => crate::generation::switch(shard, &new, connection_cap),
             Ok(Control::Addresses {
+                generation,
                 provider,
                 endpoint,
                 addrs,
             }) => {
-                shard.providers.set_addrs(provider, endpoint, addrs);
+                let config = shard.config();
+                if config.number != generation {
+                    continue;
+                }
+                config.providers.set_addrs(provider, endpoint, addrs);
                 if shard.id == 0 {
                     provider_stats(shard, provider, |s| s.counters.dns_updates += 1);
                 }
@@ -345,7 +344,7 @@ fn inject(id: usize, fault: Fault) {
 fn ship(shard: &Shard, tx: &Sender<Snapshot>) {
     let snap = {
         let mut stats = shard.stats.borrow_mut();
-        shard.providers.update_gauges(&mut stats.providers);
+        shard.config().providers.update_gauges(&mut stats.providers);
         stats.take_snapshot()
     };
     // Never block a shard on the aggregator; a full channel drops one interval's delta.

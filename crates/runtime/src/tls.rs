@@ -127,6 +127,15 @@ impl ServerCerts {
         })
     }
 
+    /// These certificates with `old`'s ticket key: a reload that changes certificates does
+    /// not end the sessions clients could resume.
+    pub fn with_ticketer_of(self, old: &ServerCerts) -> ServerCerts {
+        ServerCerts {
+            ticketer: old.ticketer.clone(),
+            ..self
+        }
+    }
+
     /// A shard's own server config: TLS 1.2 and 1.3, ALPN `http/1.1` only (a client
     /// offering only `h2` fails its handshake at once, never hangs), the shared tickets.
     pub fn shard_config(&self) -> Result<Arc<ServerConfig>, String> {

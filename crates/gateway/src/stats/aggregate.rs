@@ -19,7 +19,13 @@ pub enum Query {
     /// The process started draining (from the signal thread): `/health` turns 503 so that
     /// load balancers stop sending.
     Draining,
+    /// A reload's outcome (from the main thread).
+    Reloaded(ReloadEvent),
+    /// The provider names of the stats slots, after a reload added providers.
+    ProviderNames(Vec<String>),
 }
+
+pub use super::config_status::ReloadEvent;
 
 /// Cumulative view of one shard.
 #[derive(Debug, Clone)]
@@ -49,6 +55,7 @@ pub struct Aggregator {
     draining: bool,
     /// How many shards were started (one that never shipped a snapshot is stale too).
     expected: usize,
+    pub config: super::config_status::ConfigStatus,
 }
 
 impl Aggregator {
@@ -63,6 +70,7 @@ impl Aggregator {
             logged_stale: BTreeSet::new(),
             draining: false,
             expected: shards,
+            config: Default::default(),
         }
     }
 
@@ -75,6 +83,13 @@ impl Aggregator {
                 Some(s) => s.seen.elapsed() > self.stale_after,
                 None => silent_since_start,
             })
+            .collect()
+    }
+
+    /// The config generation each started shard last reported (`None`: no snapshot yet).
+    pub fn shard_generations(&self) -> Vec<Option<u64>> {
+        (0..self.expected)
+            .map(|id| self.shards.get(&id).map(|s| s.counters.config_generation))
             .collect()
     }
 
@@ -168,6 +183,8 @@ impl Aggregator {
             Query::Metrics(reply) => drop(reply.send(super::render::prometheus(self))),
             Query::Health(reply) => drop(reply.send(self.health())),
             Query::Draining => self.draining = true,
+            Query::Reloaded(event) => self.config.record(event),
+            Query::ProviderNames(names) => self.provider_names = names,
         }
     }
 }

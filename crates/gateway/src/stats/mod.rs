@@ -7,6 +7,8 @@
 //! `/metrics` ([`render`]). Nothing on the request path touches an atomic or a lock.
 
 pub mod aggregate;
+pub mod config_status;
+mod provider_metrics;
 pub mod render;
 
 pub use crate::upstream::error::UpstreamError;
@@ -57,6 +59,11 @@ pub struct Counters {
     pub tls_resumed: u64,
     /// TLS handshakes that failed, indexed like [`HandshakeFailure::ALL`].
     pub tls_handshake_failures: [u64; 9],
+    /// Gauge: the config generation the shard serves new requests from (1 at start, one
+    /// more per reload).
+    pub config_generation: u64,
+    /// Reloads this shard could not apply (it kept its generation).
+    pub reload_failures: u64,
 }
 
 /// Cumulative per-shard, per-provider counters.

@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use std::fmt::Write;
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(super) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Exact-as-recorded quantiles (the value of the bucket holding the quantile, 1 % wide).
 pub fn latency_json(h: &Histogram<u64>) -> Value {
@@ -47,6 +47,8 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
     );
     m.insert("accept_errors".into(), c.accept_errors.into());
     m.insert("accept_paused".into(), c.accept_paused.into());
+    m.insert("config_generation".into(), c.config_generation.into());
+    m.insert("reload_failures".into(), c.reload_failures.into());
     m.insert(
         "tunnels".into(),
         json!({"active": c.tunnels_active, "total": c.tunnels_total}),
@@ -145,6 +147,8 @@ fn add_counters(a: &mut Counters, b: &Counters) {
     a.tunnels_total += b.tunnels_total;
     a.tls_handshakes += b.tls_handshakes;
     a.tls_resumed += b.tls_resumed;
+    a.config_generation = a.config_generation.max(b.config_generation);
+    a.reload_failures += b.reload_failures;
     for i in 0..a.tls_handshake_failures.len() {
         a.tls_handshake_failures[i] += b.tls_handshake_failures[i];
     }
@@ -205,6 +209,7 @@ pub fn stats_json(agg: &Aggregator) -> Value {
     );
     json!({
         "uptime_s": agg.started.elapsed().as_secs(),
+        "config": agg.config.json(&agg.shard_generations()),
         "shards": shards,
         "total": total,
     })
@@ -216,20 +221,20 @@ const BUCKETS_US: [u64; 16] = [
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
-struct Prom {
-    out: String,
+pub(super) struct Prom {
+    pub(super) out: String,
 }
 
 impl Prom {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(super) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &str, v: u64) {
+    pub(super) fn sample(&mut self, name: &str, labels: &str, v: u64) {
         let _ = writeln!(self.out, "{name}{{{labels}}} {v}");
     }
 
-    fn histogram(&mut self, name: &str, labels: &str, h: &Histogram<u64>, sum_us: u64) {
+    pub(super) fn histogram(&mut self, name: &str, labels: &str, h: &Histogram<u64>, sum_us: u64) {
         for b in BUCKETS_US {
             let n = if h.is_empty() {
                 0
@@ -393,201 +398,13 @@ pub fn prometheus(agg: &Aggregator) -> String {
             s.counters.latency_sum_us,
         );
     }
-    provider_metrics(&mut p, agg);
+    super::provider_metrics::provider_metrics(&mut p, agg);
+    agg.config.metrics(&mut p);
     p.out
 }
 
-fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
-    if agg.provider_names.is_empty() {
-        return;
-    }
-    type Get = fn(&ProviderCounters) -> u64;
-    let simple: [(&str, &str, &str, Get); 18] = [
-        (
-            "coregate_upstream_fallbacks_total",
-            "counter",
-            "Requests sent on to the fallback provider (no endpoint of this one reached).",
-            |c| c.fallbacks,
-        ),
-        (
-            "coregate_upstream_failovers_total",
-            "counter",
-            "Requests moved to another endpoint after a failure before any byte was sent.",
-            |c| c.failovers,
-        ),
-        (
-            "coregate_upstream_ejections_total",
-            "counter",
-            "Endpoints ejected after failures in a row.",
-            |c| c.ejections,
-        ),
-        (
-            "coregate_upstream_endpoints_ejected",
-            "gauge",
-            "Endpoints out of rotation now (on this shard).",
-            |c| c.endpoints_ejected,
-        ),
-        (
-            "coregate_upstream_tls_handshakes_total",
-            "counter",
-            "TLS handshakes with the provider.",
-            |c| c.tls_handshakes,
-        ),
-        (
-            "coregate_upstream_tls_resumed_total",
-            "counter",
-            "TLS handshakes with the provider that resumed a session.",
-            |c| c.tls_resumed,
-        ),
-        (
-            "coregate_upstream_dns_updates_total",
-            "counter",
-            "Address-set changes of the provider's host names applied.",
-            |c| c.dns_updates,
-        ),
-        (
-            "coregate_upstream_dns_failures_total",
-            "counter",
-            "Re-resolutions of the provider's host names that failed (last good set kept).",
-            |c| c.dns_failures,
-        ),
-        (
-            "coregate_upstream_requests_total",
-            "counter",
-            "Requests forwarded to the provider.",
-            |c| c.requests,
-        ),
-        (
-            "coregate_upstream_pool_hits_total",
-            "counter",
-            "Requests that reused an idle pooled connection.",
-            |c| c.pool_hits,
-        ),
-        (
-            "coregate_upstream_pool_misses_total",
-            "counter",
-            "Requests that found no idle pooled connection.",
-            |c| c.pool_misses,
-        ),
-        (
-            "coregate_upstream_new_connections_total",
-            "counter",
-            "Connections opened to the provider.",
-            |c| c.new_connections,
-        ),
-        (
-            "coregate_upstream_retries_total",
-            "counter",
-            "Requests retried after a stale pooled connection failed.",
-            |c| c.retries,
-        ),
-        (
-            "coregate_upstream_connections_open",
-            "gauge",
-            "Provider connections open.",
-            |c| c.connections_open,
-        ),
-        (
-            "coregate_upstream_connections_idle",
-            "gauge",
-            "Idle pooled provider connections.",
-            |c| c.connections_idle,
-        ),
-        (
-            "coregate_upstream_queued",
-            "gauge",
-            "Requests waiting for a provider connection.",
-            |c| c.queued,
-        ),
-        (
-            "coregate_upstream_failures_total",
-            "counter",
-            "Upstream exchanges that failed, of any kind (by kind: coregate_upstream_errors_total).",
-            |c| c.errors.iter().sum(),
-        ),
-        (
-            "coregate_upstream_errors_sum_total",
-            "counter",
-            "DEPRECATED: renamed coregate_upstream_failures_total; removed in the next release.",
-            |c| c.errors.iter().sum(),
-        ),
-    ];
-    let labels = |s: &ShardView, name: &str| {
-        format!(
-            "shard=\"{}\",core=\"{}\",provider=\"{}\"",
-            s.shard,
-            s.core,
-            escape(name)
-        )
-    };
-    for (metric, kind, help, get) in simple {
-        p.family(metric, kind, help);
-        for s in agg.shards.values() {
-            for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
-                p.sample(metric, &labels(s, name), get(&pv.counters));
-            }
-        }
-    }
-    p.family(
-        "coregate_upstream_responses_total",
-        "counter",
-        "Provider responses by status class.",
-    );
-    for s in agg.shards.values() {
-        for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
-            for (class, v) in CLASSES.iter().zip(&pv.counters.responses) {
-                let l = format!("{},class=\"{class}\"", labels(s, name));
-                p.sample("coregate_upstream_responses_total", &l, *v);
-            }
-        }
-    }
-    p.family(
-        "coregate_upstream_errors_total",
-        "counter",
-        "Upstream errors by kind.",
-    );
-    for s in agg.shards.values() {
-        for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
-            for e in UpstreamError::ALL {
-                let l = format!("{},kind=\"{}\"", labels(s, name), e.label());
-                p.sample(
-                    "coregate_upstream_errors_total",
-                    &l,
-                    pv.counters.errors[e as usize],
-                );
-            }
-        }
-    }
-    for (metric, help, pick) in [
-        (
-            "coregate_upstream_ttfb_seconds",
-            "Time from sending the request to the provider to its first response byte.",
-            (|v: &ProviderView| (&v.ttfb_us, v.counters.ttfb_sum_us))
-                as fn(&ProviderView) -> (&Histogram<u64>, u64),
-        ),
-        (
-            "coregate_upstream_total_seconds",
-            "Time from sending the request to the provider to its last response byte.",
-            |v: &ProviderView| (&v.total_us, v.counters.total_sum_us),
-        ),
-        (
-            "coregate_upstream_tls_handshake_seconds",
-            "TLS handshake time with the provider (after the TCP connect).",
-            |v: &ProviderView| (&v.handshake_us, v.counters.handshake_sum_us),
-        ),
-    ] {
-        p.family(metric, "histogram", help);
-        for s in agg.shards.values() {
-            for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
-                let (h, sum) = pick(pv);
-                p.histogram(metric, &labels(s, name), h, sum);
-            }
-        }
-    }
-}
-
 /// Escapes a Prometheus label value.
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -6,6 +6,7 @@
 //! know which.
 
 use super::pool::{provider_stats, Endpoint};
+use super::providers::Provider;
 use crate::shard::Shard;
 use crate::stats::UpstreamError;
 use coregate_runtime::tls::HandshakeFailure;
@@ -28,16 +29,12 @@ pub struct UpstreamTls {
 /// (a pooled connection remembers it, so that it can be retired when DNS drops it).
 pub async fn open(
     shard: &Shard,
-    pidx: usize,
+    provider: &Provider,
     ep: &Endpoint,
     timeout: Duration,
 ) -> Result<(Stream, SocketAddr), UpstreamError> {
     // The address a failure happened at, for the provider's failure log line.
-    let note = |addr: SocketAddr| {
-        if let Some(p) = shard.providers.list.get(pidx) {
-            p.failures.at(addr);
-        }
-    };
+    let note = |addr: SocketAddr| provider.failures.at(addr);
     let (tcp, addr) = connect_any(ep, timeout, note).await?;
     let Some(tls) = &ep.tls else {
         return Ok((Stream::new(tcp), addr));
@@ -46,7 +43,7 @@ pub async fn open(
     match coregate_runtime::tls::connect(tcp, tls.config.clone(), tls.name.clone(), timeout).await {
         Ok((stream, hs)) => {
             let us = started.elapsed().as_micros() as u64;
-            provider_stats(shard, pidx, |s| s.handshake(us, hs.resumed));
+            provider_stats(shard, provider.stat, |s| s.handshake(us, hs.resumed));
             Ok((stream, addr))
         }
         Err(e) => {

@@ -14,13 +14,16 @@
 use super::error::UpstreamError;
 use super::forward::{download, upload, ClientSide, Download, Leg, Limits, Progress};
 use super::heads::{offered_upgrades, request_head};
-use super::pool::{acquire, provider_stats, record_outcome, Lease, Outcome, Provider, UpConn};
+use super::pool::{acquire, provider_stats, record_outcome, Lease, Outcome, UpConn};
+use super::providers::Provider;
+use crate::generation::Generation;
 use crate::session::{BodyError, BodyState, Flow, Session};
 use crate::shard::Shard;
 use crate::stats::record;
 use coregate_http1::reply::{json_error, Persist, Reply};
 use coregate_http1::request::{HeaderRange, RequestHead, Version};
 use coregate_http1::Framing;
+use std::rc::Rc;
 
 /// One request on its way to a provider: what [`exchange`] and the tunnel work from.
 #[derive(Clone, Copy)]
@@ -28,14 +31,12 @@ pub(super) struct Job<'a> {
     pub(super) head: &'a RequestHead,
     pub(super) req: ClientSide,
     pub(super) provider: &'a Provider,
-    /// The provider's index in the shard's list (and its stats).
-    pub(super) pidx: usize,
     /// The request head as sent to the provider.
     pub(super) up_head: &'a [u8],
     /// The protocols offered in the forwarded `Upgrade` (empty: not an upgrade).
     pub(super) upgrade: &'a [Vec<u8>],
-    /// The shard's providers (the fallbacks are among them).
-    pub(super) providers: &'a [Provider],
+    /// The providers of the config the request started on (the fallbacks are among them).
+    pub(super) providers: &'a [Rc<Provider>],
     /// The fallback chain still ahead: each provider with the request head built for it.
     pub(super) fallbacks: &'a [(usize, Vec<u8>)],
 }
@@ -43,7 +44,7 @@ pub(super) struct Job<'a> {
 impl<'a> Job<'a> {
     /// Counts a failure of this provider in its stats and its rate-limited log.
     pub(super) fn count_failure(self, shard: &Shard, e: UpstreamError) {
-        provider_stats(shard, self.pidx, |s| s.error(e));
+        provider_stats(shard, self.provider.stat, |s| s.error(e));
         self.provider
             .failures
             .record(shard.id, &self.provider.name, e);
@@ -59,11 +60,10 @@ impl<'a> Job<'a> {
         let ((p, head), rest) = self.fallbacks.split_first()?;
         let provider = self.providers.get(*p)?;
         self.count_failure(shard, e);
-        provider_stats(shard, self.pidx, |s| s.counters.fallbacks += 1);
-        provider_stats(shard, *p, |s| s.counters.requests += 1);
+        provider_stats(shard, self.provider.stat, |s| s.counters.fallbacks += 1);
+        provider_stats(shard, provider.stat, |s| s.counters.requests += 1);
         Some(Job {
             provider,
-            pidx: *p,
             up_head: head,
             fallbacks: rest,
             ..self
@@ -87,15 +87,22 @@ enum DuplexEnd {
     ClientBody(BodyError),
 }
 
-/// Proxies one request over route `route_idx`. The request head is in the session's
-/// buffer; on return the exchange is complete (or the connection must close).
-pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -> Flow {
+/// Proxies one request over route `route_idx` of config generation `config`, which the
+/// exchange holds to its end (a reload meanwhile does not change its provider). The request
+/// head is in the session's buffer; on return the exchange is complete (or the connection
+/// must close).
+pub async fn proxy(
+    session: &mut Session,
+    head: RequestHead,
+    config: Rc<Generation>,
+    route_idx: usize,
+) -> Flow {
     let shard = session.shard().clone();
-    let Some(route) = shard.routes.get(route_idx) else {
+    let Some(route) = config.routes.get(route_idx) else {
         return Flow::Close;
     };
     let pidx = route.provider;
-    let Some(provider) = shard.providers.list.get(pidx) else {
+    let Some(provider) = config.providers.list.get(pidx) else {
         return Flow::Close;
     };
     let buf = session.head_bytes();
@@ -115,12 +122,12 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
     let heads = {
         let (headers, facts) = (session.headers(), session.client_facts());
         let build = |p: &Provider| request_head(buf, &head, headers, route, p, facts, &upgrade);
-        let fallbacks = match provider.fallback {
-            None => Ok(Vec::new()),
-            Some(_) => super::fallback_chain(&shard.providers.list, pidx)
+        let fallbacks = match provider.cfg.fallback.is_empty() {
+            true => Ok(Vec::new()),
+            false => super::fallback_chain(&config.providers.list, pidx)
                 .into_iter()
                 .skip(1)
-                .filter_map(|p| Some((p, shard.providers.list.get(p)?)))
+                .filter_map(|p| Some((p, config.providers.list.get(p)?)))
                 .map(|(p, fallback)| build(fallback).map(|h| (p, h)))
                 .collect(),
         };
@@ -133,17 +140,16 @@ pub async fn proxy(session: &mut Session, head: RequestHead, route_idx: usize) -
             return Flow::Close;
         }
     };
-    provider_stats(&shard, pidx, |s| s.counters.requests += 1);
+    provider_stats(&shard, provider.stat, |s| s.counters.requests += 1);
     session.consume_head(&head);
     let mut headers = session.take_headers();
     let job = Job {
         head: &head,
         req,
         provider,
-        pidx,
         up_head: &up_head,
         upgrade: &upgrade,
-        providers: &shard.providers.list,
+        providers: &config.providers.list,
         fallbacks: &fallbacks,
     };
     let flow = if req.upgrade {
@@ -160,7 +166,7 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
     let mut job = job;
     let mut leg = Leg {
         shard: &shard,
-        pidx: job.pidx,
+        stat: job.provider.stat,
         req: job.req,
         limits: Limits::of(&job.provider.cfg, session),
     };
@@ -173,16 +179,16 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             let e = UpstreamError::ConnectError;
             return fail(session, job, &mut body, sent_continue, e).await;
         };
-        let mut lease = match acquire(&shard, job.pidx, &ep, retried).await {
+        let mut lease = match acquire(&shard, job.provider, &ep, retried).await {
             Ok(l) => l,
             Err(e) => {
-                record_outcome(&shard, job.pidx, &ep, Outcome::Failed(e));
+                record_outcome(&shard, job.provider, &ep, Outcome::Failed(e));
                 if fail_over(&shard, job, e, &mut tried, ei) {
                     continue;
                 }
                 if let Some(next) = job.fall_back(&shard, e) {
                     job = next;
-                    leg.pidx = job.pidx;
+                    leg.stat = job.provider.stat;
                     leg.limits = Limits::of(&job.provider.cfg, session);
                     tried = 0;
                     continue;
@@ -212,10 +218,10 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             Attempt::Finished(d) => {
                 match &d {
                     Download::Done { status, .. } => {
-                        record_outcome(&shard, job.pidx, &ep, Outcome::Answered(*status))
+                        record_outcome(&shard, job.provider, &ep, Outcome::Answered(*status))
                     }
                     Download::BeforeHead(e, _) => {
-                        record_outcome(&shard, job.pidx, &ep, Outcome::Failed(*e))
+                        record_outcome(&shard, job.provider, &ep, Outcome::Failed(*e))
                     }
                     Download::MidBody(_) => {}
                 }
@@ -224,7 +230,7 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             Attempt::ClientFailed(flow) => return flow,
             Attempt::Stale => {
                 retried = true;
-                provider_stats(&shard, job.pidx, |s| s.counters.retries += 1);
+                provider_stats(&shard, job.provider.stat, |s| s.counters.retries += 1);
                 continue;
             }
         };
@@ -249,7 +255,7 @@ pub(super) fn fail_over(
     if !e.nothing_sent() || (tried.count_ones() as usize) >= n {
         return false;
     }
-    provider_stats(shard, job.pidx, |s| s.counters.failovers += 1);
+    provider_stats(shard, job.provider.stat, |s| s.counters.failovers += 1);
     true
 }
 
@@ -346,7 +352,7 @@ async fn finish(
     match result {
         Download::Done { reuse, close, .. } => {
             let total_us = leg.limits.started.elapsed().as_micros() as u64;
-            provider_stats(leg.shard, leg.pidx, |s| {
+            provider_stats(leg.shard, leg.stat, |s| {
                 record(&mut s.total_us, total_us);
                 s.counters.total_sum_us += total_us;
             });
@@ -361,7 +367,7 @@ async fn finish(
         Download::BeforeHead(e, _) => fail(session, job, body, sent_continue, e).await,
         Download::MidBody(e) => {
             if let Some(e) = e {
-                provider_stats(leg.shard, leg.pidx, |s| s.error(e));
+                provider_stats(leg.shard, leg.stat, |s| s.error(e));
             }
             let _ = session.flush().await;
             Flow::Close

@@ -48,7 +48,7 @@ impl Limits {
             idle: Duration::from_millis(cfg.idle_read_timeout_ms),
             ttfb: Duration::from_millis(cfg.response_head_timeout_ms),
             deadline: started + Duration::from_millis(cfg.total_timeout_ms),
-            client_body: session.shard().http.body_read_timeout,
+            client_body: session.shard().http.get().body_read_timeout,
         }
     }
 }
@@ -158,8 +158,8 @@ pub(super) struct ClientSide {
 #[derive(Clone, Copy)]
 pub(super) struct Leg<'a> {
     pub(super) shard: &'a Shard,
-    /// The provider's index in the shard's list (and its stats).
-    pub(super) pidx: usize,
+    /// The provider's stats slot.
+    pub(super) stat: usize,
     pub(super) req: ClientSide,
     pub(super) limits: Limits,
 }
@@ -218,7 +218,7 @@ pub(super) async fn download(
 /// Counts the provider's first (final or 101) response head: its class and the time to it.
 pub(super) fn count_response_head(leg: Leg<'_>, resp: &ResponseHead) {
     let ttfb_us = leg.limits.started.elapsed().as_micros() as u64;
-    provider_stats(leg.shard, leg.pidx, |s| {
+    provider_stats(leg.shard, leg.stat, |s| {
         record(&mut s.ttfb_us, ttfb_us);
         s.counters.ttfb_sum_us += ttfb_us;
         s.counters.responses[class_index(resp.status)] += 1;

@@ -5,7 +5,7 @@
 //! `X-Forwarded-*` are set, framing is rebuilt for the client's HTTP version, and a response
 //! without `Date` gets one (RFC 9110 §7.6, §6.6.1; RFC 9112 §6).
 
-use super::pool::Provider;
+use super::providers::Provider;
 use crate::route::Route;
 use coregate_http1::reply::Persist;
 use coregate_http1::request::{check_dot_segments, HeaderRange, RequestHead, Version};

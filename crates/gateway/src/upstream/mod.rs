@@ -6,6 +6,8 @@
 //! * `credentials` — presets, `api_key` sources and the redacted [`credentials::Secret`].
 //! * `connect` — TCP connect and the TLS handshake, with their failures classified.
 //! * `pool` — a shard's idle keep-alive connections per endpoint (LIFO), caps, waiters.
+//! * `providers` — one config generation's providers on a shard: endpoint choice (P2C),
+//!   and what a reload carries over.
 //! * `error` — every way a provider exchange fails: status, JSON code, message, metric.
 //! * `exchange` — one request's life on the provider side: sequential or duplex, retries of
 //!   stale pooled connections, the error answers.
@@ -29,6 +31,7 @@ mod heads;
 pub mod health;
 pub use heads::ClientFacts;
 pub mod pool;
+pub mod providers;
 pub mod tunnel;
 
 use credentials::Secret;
@@ -276,12 +279,13 @@ fn validate_fallback(providers: &[ProviderConfig], i: usize) -> Result<(), Strin
 }
 
 /// Provider `pidx` and the providers it falls back to, in order.
-pub fn fallback_chain(providers: &[pool::Provider], pidx: usize) -> Vec<usize> {
+pub fn fallback_chain(providers: &[std::rc::Rc<providers::Provider>], pidx: usize) -> Vec<usize> {
     let mut chain = vec![pidx];
     while let Some(next) = chain
         .last()
         .and_then(|&p| providers.get(p))
-        .and_then(|p| p.fallback)
+        .filter(|p| !p.cfg.fallback.is_empty())
+        .and_then(|p| providers.iter().position(|q| q.name == p.cfg.fallback))
     {
         if chain.contains(&next) {
             break;

@@ -7,8 +7,7 @@
 //! cannot be overtaken. All of this is `Rc`/`Cell` state on one thread: no locks.
 
 use super::connect::UpstreamTls;
-use super::endpoint::parse_endpoint;
-use super::ProviderConfig;
+use super::providers::Provider;
 use crate::shard::Shard;
 use crate::stats::{ProviderStats, UpstreamError};
 use coregate_runtime::wire::{Rx, Tx};
@@ -67,10 +66,21 @@ pub struct Endpoint {
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     /// Waiters in `waiters` still waiting (the rest gave up and are skipped).
     queued: Cell<usize>,
+    /// Its config generation was replaced and this endpoint not carried over: connections
+    /// released to it close instead of going idle.
+    retired: Cell<bool>,
+}
+
+/// An endpoint's pool gauges at one moment.
+pub struct Gauges {
+    pub open: u64,
+    pub idle: u64,
+    pub queued: u64,
+    pub ejected: bool,
 }
 
 impl Endpoint {
-    fn new(name: String, addrs: Vec<SocketAddr>, tls: Option<UpstreamTls>) -> Endpoint {
+    pub(super) fn new(name: String, addrs: Vec<SocketAddr>, tls: Option<UpstreamTls>) -> Endpoint {
         Endpoint {
             addrs: RefCell::new(addrs),
             next_addr: Cell::new(0),
@@ -81,6 +91,26 @@ impl Endpoint {
             open: Cell::new(0),
             waiters: RefCell::new(VecDeque::new()),
             queued: Cell::new(0),
+            retired: Cell::new(false),
+        }
+    }
+
+    /// Takes the endpoint out of a replaced generation: its idle connections close now,
+    /// its busy ones when released.
+    pub(super) fn retire(&self) {
+        self.retired.set(true);
+        let n = self.idle.borrow_mut().drain(..).count();
+        for _ in 0..n {
+            close_one(self);
+        }
+    }
+
+    pub(super) fn gauges(&self, now: Instant) -> Gauges {
+        Gauges {
+            open: self.open.get() as u64,
+            idle: self.idle.borrow().len() as u64,
+            queued: self.queued.get() as u64,
+            ejected: self.health.is_ejected(now),
         }
     }
 
@@ -120,187 +150,9 @@ impl Endpoint {
     }
 }
 
-/// One provider as seen by one shard.
-pub struct Provider {
-    pub name: String,
-    pub cfg: ProviderConfig,
-    pub endpoints: Vec<Rc<Endpoint>>,
-    next: Cell<usize>,
-    /// The Host header to send; `None` keeps the client's.
-    pub host_header: Option<Vec<u8>>,
-    /// The credential header (name, value) injected into every request.
-    pub credential: Option<(Vec<u8>, Vec<u8>)>,
-    /// The provider's `add_headers`, as bytes.
-    pub add_headers: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Rate-limited log lines about this provider's failures.
-    pub failures: super::error::FailureLog,
-    /// Per-shard random state for the second choice of power-of-two-choices.
-    rng: Cell<u64>,
-    /// The provider to try when none of this one's endpoints could be reached.
-    pub fallback: Option<usize>,
-}
-
-pub struct Providers {
-    pub list: Vec<Provider>,
-}
-
-impl Providers {
-    /// `addresses[p][e]` is where provider `p`'s endpoint `e` resolved at start;
-    /// `connection_cap` is the shard's client connection cap (the default `queue_max`).
-    pub fn new(
-        cfgs: &[ProviderConfig],
-        addresses: &[Vec<Vec<SocketAddr>>],
-        connection_cap: usize,
-    ) -> Result<Providers, String> {
-        let mut list = Vec::with_capacity(cfgs.len());
-        for (i, c) in cfgs.iter().enumerate() {
-            let resolved = addresses.get(i).map_or(&[][..], |a| a.as_slice());
-            list.push(Provider::new(c, resolved, connection_cap)?);
-        }
-        for (p, c) in list.iter_mut().zip(cfgs) {
-            p.fallback = cfgs.iter().position(|q| q.name == c.fallback);
-        }
-        Ok(Providers { list })
-    }
-
-    /// Applies a new address set of one endpoint (a control message from the resolver).
-    pub fn set_addrs(&self, provider: usize, endpoint: usize, addrs: Vec<SocketAddr>) {
-        if let Some(ep) = self
-            .list
-            .get(provider)
-            .and_then(|p| p.endpoints.get(endpoint))
-        {
-            ep.set_addrs(addrs);
-        }
-    }
-
-    /// Copies the pool gauges into the stats before a snapshot.
-    pub fn update_gauges(&self, stats: &mut [ProviderStats]) {
-        for (p, s) in self.list.iter().zip(stats.iter_mut()) {
-            let (mut open, mut idle, mut queued, mut ejected) = (0, 0, 0, 0);
-            let now = Instant::now();
-            for e in &p.endpoints {
-                open += e.open.get() as u64;
-                idle += e.idle.borrow().len() as u64;
-                queued += e.queued.get() as u64;
-                ejected += u64::from(e.health.is_ejected(now));
-            }
-            s.counters.connections_open = open;
-            s.counters.connections_idle = idle;
-            s.counters.queued = queued;
-            s.counters.endpoints_ejected = ejected;
-        }
-    }
-}
-
-impl Provider {
-    fn new(
-        c: &ProviderConfig,
-        resolved: &[Vec<SocketAddr>],
-        cap: usize,
-    ) -> Result<Provider, String> {
-        let specs = c
-            .endpoints
-            .iter()
-            .map(|e| parse_endpoint(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        // One client config (and session cache) per provider per shard.
-        let tls_config = if c.uses_tls() {
-            Some(coregate_runtime::tls::client_config(c.verify())?)
-        } else {
-            None
-        };
-        let mut endpoints = Vec::with_capacity(specs.len());
-        for (j, spec) in specs.iter().enumerate() {
-            let tls = match (&tls_config, spec.tls) {
-                (Some(config), true) => {
-                    let name = c.host_name().unwrap_or(&spec.host);
-                    Some(UpstreamTls {
-                        config: config.clone(),
-                        name: coregate_runtime::tls::server_name(name)?,
-                    })
-                }
-                _ => None,
-            };
-            let addrs = resolved.get(j).cloned().unwrap_or_default();
-            endpoints.push(Rc::new(Endpoint::new(c.endpoints[j].clone(), addrs, tls)));
-        }
-        let host_header = if !c.host.is_empty() {
-            Some(c.host.as_bytes().to_vec())
-        } else {
-            specs
-                .first()
-                .filter(|s| s.ip.is_none() || s.tls)
-                .map(|s| s.authority().into_bytes())
-        };
-        Ok(Provider {
-            name: c.name.clone(),
-            cfg: ProviderConfig {
-                queue_max: if c.queue_max == 0 {
-                    cap.max(1)
-                } else {
-                    c.queue_max
-                },
-                ..c.clone()
-            },
-            endpoints,
-            next: Cell::new(0),
-            host_header,
-            credential: c.credential_header(),
-            add_headers: c
-                .add_headers
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .collect(),
-            failures: Default::default(),
-            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (c.name.len() as u64 + 1)),
-            fallback: None,
-        })
-    }
-
-    /// The endpoint for the next request, leaving out the endpoints whose bit is set in
-    /// `tried`: power of two choices among those in service (the first in round-robin
-    /// order, the second at random; the one with fewer requests on it wins, the first on a
-    /// tie). An ejected endpoint whose time is up takes one request as its probe. When every
-    /// endpoint is ejected, they are all used again (better a likely failure than a certain
-    /// one), round-robin.
-    pub fn pick(&self, tried: u64) -> Option<(usize, Rc<Endpoint>)> {
-        let n = self.endpoints.len();
-        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
-        let now = Instant::now();
-        let usable = |i: usize| untried(i) && !self.endpoints[i].health.is_ejected(now);
-        let start = self.next.get();
-        self.next.set(start.wrapping_add(1));
-        let ring = |from: usize| (0..n).map(move |k| (from + k) % n);
-        let Some(a) = ring(start).find(|&i| usable(i)) else {
-            let i = ring(start).find(|&i| untried(i))?;
-            return Some((i, self.endpoints[i].clone()));
-        };
-        let chosen = match ring(a + 1 + self.random() % n.max(1)).find(|&i| i != a && usable(i)) {
-            Some(b) if self.endpoints[b].load() < self.endpoints[a].load() => b,
-            _ => a,
-        };
-        let ep = &self.endpoints[chosen];
-        if ep.health.availability(now) == super::health::Availability::Probe {
-            ep.health.start_probe();
-        }
-        Some((chosen, ep.clone()))
-    }
-
-    /// xorshift64: a shard's own, no sharing.
-    fn random(&self) -> usize {
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        x as usize
-    }
-}
-
 impl Endpoint {
     /// Requests on it now: busy connections and queued requests.
-    fn load(&self) -> usize {
+    pub(super) fn load(&self) -> usize {
         let busy = self.open.get().saturating_sub(self.idle.borrow().len());
         busy + self.queued.get()
     }
@@ -316,10 +168,7 @@ pub enum Outcome {
 
 /// Records how an attempt on `ep` ended: a failure that says something about the endpoint
 /// counts towards its ejection (logged when it happens), a response puts it back in service.
-pub fn record_outcome(shard: &Shard, pidx: usize, ep: &Endpoint, outcome: Outcome) {
-    let Some(provider) = shard.providers.list.get(pidx) else {
-        return;
-    };
+pub fn record_outcome(shard: &Shard, provider: &Provider, ep: &Endpoint, outcome: Outcome) {
     let why = match outcome {
         Outcome::Answered(status) if status >= 500 && provider.cfg.eject_on_5xx => {
             format!("status {status}")
@@ -329,7 +178,7 @@ pub fn record_outcome(shard: &Shard, pidx: usize, ep: &Endpoint, outcome: Outcom
         Outcome::Failed(_) => return,
     };
     if let Some(time) = ep.health.failure(&provider.cfg, Instant::now()) {
-        provider_stats(shard, pidx, |s| s.counters.ejections += 1);
+        provider_stats(shard, provider.stat, |s| s.counters.ejections += 1);
         coregate_runtime::log::warn(&format!(
             "shard {}: provider {:?}: endpoint {} ejected for {time:?} (last failure: {why})",
             shard.id, provider.name, ep.name
@@ -355,7 +204,7 @@ impl Lease {
         let Some(mut c) = self.conn.take() else {
             return;
         };
-        if !reusable || !self.ep.serves(c.addr) {
+        if !reusable || self.ep.retired.get() || !self.ep.serves(c.addr) {
             close_one(&self.ep);
             return;
         }
@@ -457,14 +306,12 @@ impl Future for WaitHandoff<'_> {
 /// or the next one released while waiting in the bounded queue.
 pub async fn acquire(
     shard: &Shard,
-    provider_idx: usize,
+    provider: &Provider,
     ep: &Rc<Endpoint>,
     fresh: bool,
 ) -> Result<Lease, UpstreamError> {
-    let Some(provider) = shard.providers.list.get(provider_idx) else {
-        return Err(UpstreamError::ConnectError);
-    };
     let cfg = &provider.cfg;
+    let slot = provider.stat;
     let lease = |conn: UpConn, reused: bool| Lease {
         ep: ep.clone(),
         max_idle: cfg.max_idle(),
@@ -480,7 +327,7 @@ pub async fn acquire(
             // A connection that received bytes or a FIN while idle is unusable: its bytes
             // would be read as the next request's response.
             if c.idle_since.elapsed() < idle_timeout && !c.rx.stream.input_while_idle() {
-                provider_stats(shard, provider_idx, |s| s.counters.pool_hits += 1);
+                provider_stats(shard, slot, |s| s.counters.pool_hits += 1);
                 return Ok(lease(c, true));
             }
             close_one(ep);
@@ -491,12 +338,10 @@ pub async fn acquire(
             close_one(ep);
         }
     }
-    provider_stats(shard, provider_idx, |s| s.counters.pool_misses += 1);
+    provider_stats(shard, slot, |s| s.counters.pool_misses += 1);
     if ep.open.get() < cfg.pool_max_total {
         ep.open.set(ep.open.get() + 1);
-        return open_new(shard, provider_idx, ep, cfg)
-            .await
-            .map(|c| lease(c, false));
+        return open_new(shard, provider, ep).await.map(|c| lease(c, false));
     }
     if ep.queued.get() >= cfg.queue_max {
         return Err(UpstreamError::QueueTimeout);
@@ -516,16 +361,14 @@ pub async fn acquire(
     drop(guard);
     match handoff {
         Some(Handoff::Conn(c)) if !c.rx.stream.input_while_idle() => {
-            provider_stats(shard, provider_idx, |s| s.counters.pool_hits += 1);
+            provider_stats(shard, slot, |s| s.counters.pool_hits += 1);
             Ok(lease(c, true))
         }
         // A freed slot, or a handed-over connection that got unasked-for bytes (closed here,
         // before connecting): connect on the slot.
         Some(slot) => {
             drop(slot);
-            open_new(shard, provider_idx, ep, cfg)
-                .await
-                .map(|c| lease(c, false))
+            open_new(shard, provider, ep).await.map(|c| lease(c, false))
         }
         None => Err(UpstreamError::QueueTimeout),
     }
@@ -534,14 +377,13 @@ pub async fn acquire(
 /// Connects for a slot already counted in `open`; gives the slot back on failure.
 async fn open_new(
     shard: &Shard,
-    provider_idx: usize,
+    provider: &Provider,
     ep: &Rc<Endpoint>,
-    cfg: &ProviderConfig,
 ) -> Result<UpConn, UpstreamError> {
-    let timeout = Duration::from_millis(cfg.connect_timeout_ms);
-    match super::connect::open(shard, provider_idx, ep, timeout).await {
+    let timeout = Duration::from_millis(provider.cfg.connect_timeout_ms);
+    match super::connect::open(shard, provider, ep, timeout).await {
         Ok((stream, addr)) => {
-            provider_stats(shard, provider_idx, |s| s.counters.new_connections += 1);
+            provider_stats(shard, provider.stat, |s| s.counters.new_connections += 1);
             Ok(UpConn {
                 rx: Rx::new(stream.clone(), UP_BUF),
                 tx: Tx::new(stream),
@@ -582,7 +424,7 @@ pub async fn sweep_idle(shard: Rc<Shard>) {
         {
             break;
         }
-        for p in &shard.providers.list {
+        for p in &shard.config().providers.list {
             let timeout = Duration::from_millis(p.cfg.pool_idle_timeout_ms);
             for ep in &p.endpoints {
                 let expired: Vec<UpConn> = {
@@ -599,7 +441,7 @@ pub async fn sweep_idle(shard: Rc<Shard>) {
             }
         }
     }
-    for p in &shard.providers.list {
+    for p in &shard.config().providers.list {
         for ep in &p.endpoints {
             let n = ep.idle.borrow_mut().drain(..).count();
             for _ in 0..n {

@@ -41,7 +41,7 @@ pub(super) async fn upgrade(
     let cfg = &job.provider.cfg;
     let leg = Leg {
         shard: &shard,
-        pidx: job.pidx,
+        stat: job.provider.stat,
         req: job.req,
         limits: Limits::of(cfg, session),
     };
@@ -56,10 +56,10 @@ pub(super) async fn upgrade(
             return fail(session, job, &mut no_body, false, e).await;
         };
         let timeout = Duration::from_millis(job.provider.cfg.connect_timeout_ms);
-        match open(&shard, job.pidx, &ep, timeout).await {
+        match open(&shard, job.provider, &ep, timeout).await {
             Ok((s, _)) => break (ep, s),
             Err(e) => {
-                record_outcome(&shard, job.pidx, &ep, Outcome::Failed(e));
+                record_outcome(&shard, job.provider, &ep, Outcome::Failed(e));
                 if fail_over(&shard, job, e, &mut tried, ei) {
                     continue;
                 }
@@ -74,11 +74,13 @@ pub(super) async fn upgrade(
         }
     };
     let leg = Leg {
-        pidx: job.pidx,
+        stat: job.provider.stat,
         limits: Limits::of(&job.provider.cfg, session),
         ..leg
     };
-    provider_stats(&shard, job.pidx, |s| s.counters.new_connections += 1);
+    provider_stats(&shard, job.provider.stat, |s| {
+        s.counters.new_connections += 1
+    });
     let mut up = Wire::over(stream, TUNNEL_BUF);
     up.tx.stream.set_write_timeout(leg.limits.idle);
     if up.tx.stream.write_all(job.up_head).await.is_err() {
@@ -114,7 +116,7 @@ pub(super) async fn upgrade(
         Some(Download::BeforeHead(e, _)) => Outcome::Failed(*e),
         Some(Download::MidBody(_)) => Outcome::Answered(200),
     };
-    record_outcome(&shard, job.pidx, &ep, health);
+    record_outcome(&shard, job.provider, &ep, health);
     match outcome {
         None => {}
         Some(Download::Done { close, .. }) => {
@@ -125,7 +127,7 @@ pub(super) async fn upgrade(
         }
         Some(Download::MidBody(e)) => {
             if let Some(e) = e {
-                provider_stats(&shard, job.pidx, |s| s.error(e));
+                provider_stats(&shard, job.provider.stat, |s| s.error(e));
             }
             let _ = session.flush().await;
             return Flow::Close;

@@ -1,0 +1,263 @@
+//! A shard's providers for one config generation: each provider's endpoints (with their
+//! pools and health), the headers it adds, and the endpoint choice for each request.
+//!
+//! A reload builds a new [`Providers`] on every shard with [`Providers::rebuild`]: a
+//! provider whose settings, credential and stats slot did not change is carried over as it
+//! is (the same `Rc`: its pooled connections, TLS sessions and ejection state survive the
+//! reload, so an unrelated change costs no reconnect storm). The others are built anew and
+//! the ones left behind are retired: their idle connections close at once, their busy ones
+//! when the exchanges that hold them (on the old generation) end.
+
+use super::connect::UpstreamTls;
+use super::endpoint::parse_endpoint;
+use super::pool::Endpoint;
+use super::ProviderConfig;
+use crate::stats::ProviderStats;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// One provider as seen by one shard.
+pub struct Provider {
+    pub name: String,
+    pub cfg: ProviderConfig,
+    /// Its slot in the shard's provider stats: stable across reloads for a provider name,
+    /// so counters do not restart when the config changes.
+    pub stat: usize,
+    pub endpoints: Vec<Rc<Endpoint>>,
+    next: Cell<usize>,
+    /// The Host header to send; `None` keeps the client's.
+    pub host_header: Option<Vec<u8>>,
+    /// The credential header (name, value) injected into every request.
+    pub credential: Option<(Vec<u8>, Vec<u8>)>,
+    /// The provider's `add_headers`, as bytes.
+    pub add_headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Rate-limited log lines about this provider's failures.
+    pub failures: super::error::FailureLog,
+    /// Per-shard random state for the second choice of power-of-two-choices.
+    rng: Cell<u64>,
+}
+
+pub struct Providers {
+    pub list: Vec<Rc<Provider>>,
+}
+
+/// How to build one generation's providers: `addresses[p][e]` is where provider `p`'s
+/// endpoint `e` resolved, `slots[p]` its stats slot, and `connection_cap` the shard's
+/// client connection cap (the default `queue_max`).
+pub struct ProviderInputs<'a> {
+    pub cfgs: &'a [ProviderConfig],
+    pub addresses: &'a [Vec<Vec<SocketAddr>>],
+    pub slots: &'a [usize],
+    pub connection_cap: usize,
+}
+
+impl ProviderInputs<'_> {
+    fn resolved(&self, p: usize) -> &[Vec<SocketAddr>] {
+        self.addresses.get(p).map_or(&[][..], |a| a.as_slice())
+    }
+
+    fn slot(&self, p: usize) -> usize {
+        self.slots.get(p).copied().unwrap_or(p)
+    }
+}
+
+impl Providers {
+    pub fn new(inputs: &ProviderInputs<'_>) -> Result<Providers, String> {
+        Providers::rebuild(None, inputs)
+    }
+
+    /// The providers of `inputs`, carrying over from `old` every provider that is the same
+    /// in all but its addresses (those are taken from `inputs`).
+    pub fn rebuild(
+        old: Option<&Providers>,
+        inputs: &ProviderInputs<'_>,
+    ) -> Result<Providers, String> {
+        let mut list = Vec::with_capacity(inputs.cfgs.len());
+        for (i, c) in inputs.cfgs.iter().enumerate() {
+            let cfg = effective(c, inputs.connection_cap);
+            let slot = inputs.slot(i);
+            let kept = old
+                .and_then(|o| o.list.iter().find(|p| p.name == c.name))
+                .filter(|p| p.stat == slot && same_settings(&p.cfg, &cfg))
+                .filter(|p| p.credential == c.credential_header());
+            match kept {
+                Some(p) => {
+                    for (e, addrs) in p.endpoints.iter().zip(inputs.resolved(i)) {
+                        e.set_addrs(addrs.clone());
+                    }
+                    list.push(p.clone());
+                }
+                None => list.push(Rc::new(Provider::new(cfg, inputs.resolved(i), slot)?)),
+            }
+        }
+        Ok(Providers { list })
+    }
+
+    /// Retires the providers of this (old) generation that `next` does not carry over.
+    pub fn retire_all_but(&self, next: &Providers) {
+        for p in &self.list {
+            if !next.list.iter().any(|q| Rc::ptr_eq(p, q)) {
+                for e in &p.endpoints {
+                    e.retire();
+                }
+            }
+        }
+    }
+
+    /// Applies a new address set of one endpoint (a control message from the resolver).
+    pub fn set_addrs(&self, provider: usize, endpoint: usize, addrs: Vec<SocketAddr>) {
+        if let Some(ep) = self
+            .list
+            .get(provider)
+            .and_then(|p| p.endpoints.get(endpoint))
+        {
+            ep.set_addrs(addrs);
+        }
+    }
+
+    /// Copies the pool gauges into the stats before a snapshot; the slots of providers no
+    /// longer configured read zero.
+    pub fn update_gauges(&self, stats: &mut [ProviderStats]) {
+        for s in stats.iter_mut() {
+            s.counters.connections_open = 0;
+            s.counters.connections_idle = 0;
+            s.counters.queued = 0;
+            s.counters.endpoints_ejected = 0;
+        }
+        let now = Instant::now();
+        for p in &self.list {
+            let Some(s) = stats.get_mut(p.stat) else {
+                continue;
+            };
+            for e in &p.endpoints {
+                let g = e.gauges(now);
+                s.counters.connections_open += g.open;
+                s.counters.connections_idle += g.idle;
+                s.counters.queued += g.queued;
+                s.counters.endpoints_ejected += u64::from(g.ejected);
+            }
+        }
+    }
+}
+
+/// The provider's settings as a shard uses them (`queue_max = 0` means the shard's cap).
+fn effective(c: &ProviderConfig, cap: usize) -> ProviderConfig {
+    ProviderConfig {
+        queue_max: if c.queue_max == 0 {
+            cap.max(1)
+        } else {
+            c.queue_max
+        },
+        ..c.clone()
+    }
+}
+
+/// Whether two provider configs are the same setting for setting (compared in their
+/// serialized form, which holds every setting and no secret).
+fn same_settings(a: &ProviderConfig, b: &ProviderConfig) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+impl Provider {
+    fn new(
+        cfg: ProviderConfig,
+        resolved: &[Vec<SocketAddr>],
+        stat: usize,
+    ) -> Result<Provider, String> {
+        let c = &cfg;
+        let specs = c
+            .endpoints
+            .iter()
+            .map(|e| parse_endpoint(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One client config (and session cache) per provider per shard.
+        let tls_config = if c.uses_tls() {
+            Some(coregate_runtime::tls::client_config(c.verify())?)
+        } else {
+            None
+        };
+        let mut endpoints = Vec::with_capacity(specs.len());
+        for (j, spec) in specs.iter().enumerate() {
+            let tls = match (&tls_config, spec.tls) {
+                (Some(config), true) => {
+                    let name = c.host_name().unwrap_or(&spec.host);
+                    Some(UpstreamTls {
+                        config: config.clone(),
+                        name: coregate_runtime::tls::server_name(name)?,
+                    })
+                }
+                _ => None,
+            };
+            let addrs = resolved.get(j).cloned().unwrap_or_default();
+            endpoints.push(Rc::new(Endpoint::new(c.endpoints[j].clone(), addrs, tls)));
+        }
+        let host_header = if !c.host.is_empty() {
+            Some(c.host.as_bytes().to_vec())
+        } else {
+            specs
+                .first()
+                .filter(|s| s.ip.is_none() || s.tls)
+                .map(|s| s.authority().into_bytes())
+        };
+        Ok(Provider {
+            name: c.name.clone(),
+            stat,
+            endpoints,
+            next: Cell::new(0),
+            host_header,
+            credential: c.credential_header(),
+            add_headers: c
+                .add_headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            failures: Default::default(),
+            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (c.name.len() as u64 + 1)),
+            cfg,
+        })
+    }
+
+    /// The endpoint for the next request, leaving out the endpoints whose bit is set in
+    /// `tried`: power of two choices among those in service (the first in round-robin
+    /// order, the second at random; the one with fewer requests on it wins, the first on a
+    /// tie). An ejected endpoint whose time is up takes one request as its probe. When every
+    /// endpoint is ejected, they are all used again (better a likely failure than a certain
+    /// one), round-robin.
+    pub fn pick(&self, tried: u64) -> Option<(usize, Rc<Endpoint>)> {
+        let n = self.endpoints.len();
+        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let now = Instant::now();
+        let usable = |i: usize| untried(i) && !self.endpoints[i].health.is_ejected(now);
+        let start = self.next.get();
+        self.next.set(start.wrapping_add(1));
+        let ring = |from: usize| (0..n).map(move |k| (from + k) % n);
+        let Some(a) = ring(start).find(|&i| usable(i)) else {
+            let i = ring(start).find(|&i| untried(i))?;
+            return Some((i, self.endpoints[i].clone()));
+        };
+        let chosen = match ring(a + 1 + self.random() % n.max(1)).find(|&i| i != a && usable(i)) {
+            Some(b) if self.endpoints[b].load() < self.endpoints[a].load() => b,
+            _ => a,
+        };
+        let ep = &self.endpoints[chosen];
+        if ep.health.availability(now) == super::health::Availability::Probe {
+            ep.health.start_probe();
+        }
+        Some((chosen, ep.clone()))
+    }
+
+    /// xorshift64: a shard's own, no sharing.
+    fn random(&self) -> usize {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x as usize
+    }
+}
