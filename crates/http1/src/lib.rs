@@ -49,10 +49,15 @@ impl HttpError {
     }
 }
 
-/// Offset range of a sub-slice inside the buffer it was parsed from.
+/// Offset range of a sub-slice inside the buffer it was parsed from. httparse hands back a
+/// static `""` for a missing reason phrase (`HTTP/1.1 200\r\n`), which lies outside `buf`:
+/// that one becomes the empty range 0..0. (Subtracting its address gave a garbage range,
+/// and a provider's response without a reason phrase panicked the shard that sliced it.)
 pub(crate) fn range_in(buf: &[u8], part: &[u8]) -> std::ops::Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
+    match (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize) {
+        Some(start) if start + part.len() <= buf.len() => start..start + part.len(),
+        _ => 0..0,
+    }
 }
 
 /// Iterates the comma-separated elements of a list-valued header field, trimmed of

@@ -195,6 +195,11 @@ mod tests {
         for bad in ["HTTP/1.1 099 Low\r\n\r\n", "HTTP/1.1 600 High\r\n\r\n"] {
             assert!(parse_response(bad.as_bytes(), false, 8192, &mut Vec::new()).is_err());
         }
+        // Found by fuzzing (response_head): no reason phrase, not even the SP before it.
+        for s in ["HTTP/1.1 200\r\n\r\n", "HTTP/1.1 200 \r\n\r\n"] {
+            let h = parse(s, false);
+            assert!(s.as_bytes()[h.reason.clone()].is_empty(), "{s:?}: {h:?}");
+        }
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             false,
