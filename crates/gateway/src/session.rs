@@ -15,6 +15,7 @@ use crate::upstream::ClientFacts;
 use coregate_http1::reply::{json_error, Persist, Reply, CONTINUE};
 use coregate_http1::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm, Version};
 use coregate_http1::HttpError;
+use coregate_runtime::deadline::WaitClass;
 use coregate_runtime::tls::HandshakeFailure;
 pub use coregate_runtime::wire::{BodyError, BodyState};
 use coregate_runtime::wire::{Rx, Stream, Tx, Wire};
@@ -291,24 +292,37 @@ impl Session {
         let limits = self.shard.limits.get();
         let mut deadline: Option<Instant> = None;
         loop {
-            if !self.wire.rx.buffered().is_empty() {
+            let between_requests = self.wire.rx.buffered().is_empty();
+            if !between_requests {
                 if let Parsed::Complete(h) =
                     parse_head(self.wire.rx.buffered(), limits, &mut self.headers)?
                 {
                     return Ok(Some(h));
                 }
                 deadline.get_or_insert_with(|| Instant::now() + self.shard.http.get().head_timeout);
-            } else if self.shard.draining.get() {
-                let _ = self.flush().await;
-                return Ok(None);
             }
             if self.flush().await.is_err() {
                 return Ok(None);
             }
+            // A drain cuts this wait short (`deadline::cut`) when it begins meanwhile.
+            self.wire.rx.set_wait_class(match between_requests {
+                true => WaitClass::BetweenRequests,
+                false => WaitClass::Other,
+            });
+            let http = self.shard.http.get();
             let timeout = match deadline {
-                None if self.requests == 0 => self.shard.http.get().first_byte_timeout,
-                None => self.shard.http.get().idle_timeout,
+                None if self.requests == 0 => http.first_byte_timeout,
+                None => http.idle_timeout,
                 Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            let draining_until = self
+                .shard
+                .drain_idle_until
+                .get()
+                .filter(|_| deadline.is_none());
+            let timeout = match draining_until {
+                Some(until) => timeout.min(until.saturating_duration_since(Instant::now())),
+                None => timeout,
             };
             self.wire
                 .rx
@@ -316,6 +330,14 @@ impl Session {
             match self.wire.rx.read_some(timeout).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
+                // Waiting between requests when the drain closes such connections.
+                Err(e)
+                    if e.kind() == io::ErrorKind::TimedOut
+                        && self.shard.draining.get()
+                        && deadline.is_none() =>
+                {
+                    return Ok(None);
+                }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     if deadline.is_some() {
                         self.shard.stats.borrow_mut().counters.head_timeouts += 1;

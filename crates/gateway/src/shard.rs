@@ -63,6 +63,12 @@ pub struct Shard {
     /// Set when the drain starts: connections close after their current exchange.
     pub draining: Cell<bool>,
     pub drain: Event,
+    /// During a drain: when connections waiting between requests are closed (a client
+    /// that sends its next request before then gets it answered, with `Connection: close`).
+    pub drain_idle_until: Cell<Option<Instant>>,
+    /// The drain timeout passed: tunnels still open are closed now (a WebSocket gets a
+    /// 1001 close frame first).
+    pub drain_expired: Cell<bool>,
     /// Requests between parsed head and finished response.
     pub inflight: Cell<usize>,
 }
@@ -167,6 +173,8 @@ async fn shard_main(spec: ShardSpec) {
         date: RefCell::new(DateCache::default()),
         draining: Cell::new(false),
         drain: Event::default(),
+        drain_idle_until: Cell::new(None),
+        drain_expired: Cell::new(false),
         inflight: Cell::new(0),
     });
     let _ = spec.ready.send(Ok(()));
@@ -206,20 +214,53 @@ async fn shard_main(spec: ShardSpec) {
         }
     }
 
-    // Drain: stop accepting (the accept loop drops the listener), then wait for requests
-    // in flight; idle keep-alive connections are closed when the executor exits.
-    shard.draining.set(true);
-    shard.drain.fire();
-    for a in accepts {
-        a.await;
-    }
-    let deadline = Instant::now() + shard.drain_timeout.get();
-    while shard.inflight.get() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
+    drain(&shard, accepts, &spec.snapshots).await;
     pool_sweeper.await;
     ship(&shard, &spec.snapshots);
     coregate_runtime::deadline::release_wakers();
+}
+
+/// How long a drain leaves keep-alive connections for their next request (answered with
+/// `Connection: close`) before it closes them: a client in the middle of a request loop
+/// sends its next one within this, and learns of the drain from its response instead of
+/// racing a close (at most half the drain timeout).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long tunnels get, after the drain timeout, to send their close frames.
+const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The drain: stop accepting (the accept loops drop their listeners; with
+/// `net.ipv4.tcp_migrate_req = 1` the kernel moves connections still queued on them to
+/// another coregate's listeners on the same address), let requests in flight finish, close
+/// keep-alive connections after [`DRAIN_IDLE_GRACE`], and wait until every connection is
+/// gone or the drain timeout passed; then tunnels still open are closed (WebSocket: 1001).
+async fn drain(shard: &Rc<Shard>, accepts: Vec<glommio::Task<()>>, tx: &Sender<Snapshot>) {
+    use coregate_runtime::deadline::{cut, WaitClass};
+    let started = Instant::now();
+    let timeout = shard.drain_timeout.get();
+    let idle_until = started + DRAIN_IDLE_GRACE.min(timeout / 2);
+    shard.drain_idle_until.set(Some(idle_until));
+    shard.draining.set(true);
+    shard.drain.fire();
+    cut(WaitClass::BetweenRequests, idle_until);
+    for a in accepts {
+        a.await;
+    }
+    let open = || shard.stats.borrow().counters.connections_active > 0;
+    let deadline = started + timeout;
+    let mut last_ship = Instant::now();
+    while open() && Instant::now() < deadline + TUNNEL_CLOSE_GRACE {
+        if Instant::now() >= deadline && !shard.drain_expired.replace(true) {
+            cut(WaitClass::Tunnel, Instant::now());
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        // The process lives on while it drains: dates stay right and /stats current.
+        if last_ship.elapsed() >= Duration::from_millis(100) {
+            shard.date.borrow_mut().refresh();
+            ship(shard, tx);
+            last_ship = Instant::now();
+        }
+    }
 }
 
 /// Gives freed memory back to the OS once many connections closed: the allocator keeps

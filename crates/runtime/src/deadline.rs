@@ -22,12 +22,25 @@ use std::time::{Duration, Instant};
 /// How often the sweep looks at the slots: the precision of every read timeout.
 pub const TICK: Duration = Duration::from_millis(25);
 
+/// What a connection's reads are waiting for, so that a drain can end some waits early
+/// ([`cut`]) without a timer or a waker list of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WaitClass {
+    #[default]
+    Other,
+    /// A client connection between requests (keep-alive idle).
+    BetweenRequests,
+    /// Either side of an upgraded connection (a tunnel).
+    Tunnel,
+}
+
 /// One connection's read deadline.
 #[derive(Default)]
 pub struct Slot {
     deadline: Cell<Option<Instant>>,
     waker: RefCell<Option<Waker>>,
     fired: Cell<bool>,
+    class: Cell<WaitClass>,
 }
 
 thread_local! {
@@ -65,6 +78,10 @@ impl Slot {
         }
     }
 
+    pub fn set_class(&self, class: WaitClass) {
+        self.class.set(class);
+    }
+
     /// Whether the sweep found the read in progress past its deadline.
     pub fn fired(&self) -> bool {
         self.fired.get()
@@ -97,6 +114,19 @@ impl Drop for Sweeping {
     fn drop(&mut self) {
         let _ = SWEEPING.try_with(|s| s.set(false));
     }
+}
+
+/// Brings the deadline of every read of `class` waiting now forward to `at` at the latest;
+/// the sweep then ends them with `TimedOut` as usual. One pass over the thread's slots, for
+/// a drain (keep-alive waits close soon, tunnels end at the drain deadline).
+pub fn cut(class: WaitClass, at: Instant) {
+    SLOTS.with(|s| {
+        for slot in s.borrow().iter().filter_map(Weak::upgrade) {
+            if slot.class.get() == class && slot.deadline.get().is_some_and(|d| d > at) {
+                slot.deadline.set(Some(at));
+            }
+        }
+    });
 }
 
 /// Drops the wakers of reads still waiting. A waiting read's slot holds its own task's

@@ -7,7 +7,7 @@
 //! halves hold a [`Stream`] handle each — an `Rc<RefCell<TcpStream>>` borrowed only for the
 //! duration of a single poll, never across an await.
 
-use crate::deadline::{Armed, Slot};
+use crate::deadline::{Armed, Slot, WaitClass};
 use coregate_http1::chunked::ChunkedDecoder;
 use coregate_http1::{Framing, HttpError};
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -336,6 +336,14 @@ impl Rx {
             bytes: 0,
             timed: true,
             deadline: None,
+        }
+    }
+
+    /// Says what this connection's next reads wait for (until changed), so that a drain can
+    /// cut those waits short ([`crate::deadline::cut`]).
+    pub fn set_wait_class(&mut self, class: WaitClass) {
+        if self.timed {
+            self.deadline.get_or_insert_with(Slot::new).set_class(class);
         }
     }
 

@@ -10,6 +10,12 @@
 //! A direction that reads EOF half-closes the other socket's write side, so a clean close
 //! travels through; an error on either side ends both. The tunnel ends when no byte moved
 //! in either direction for the provider's `tunnel_idle_timeout_ms`.
+//!
+//! A drain lets tunnels run until its timeout. Then a WebSocket tunnel is ended the way the
+//! protocol ends one: a Close frame with 1001 (going away) to the client, and a masked one
+//! to the provider, each only where its direction is at a frame boundary (the relay follows
+//! frame headers as they pass, without unmasking or copying payloads); a tunnel of another
+//! protocol, or one whose framing was lost, is cut.
 
 use super::connect::open;
 use super::error::UpstreamError;
@@ -22,6 +28,8 @@ use super::pool::{provider_stats, record_outcome, Outcome};
 use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
 use coregate_http1::request::HeaderRange;
+use coregate_http1::websocket::{close_frame, FrameTracker};
+use coregate_runtime::deadline::WaitClass;
 use coregate_runtime::wire::{Rx, Tx, Wire};
 use std::cell::Cell;
 use std::io;
@@ -139,8 +147,17 @@ pub(super) async fn upgrade(
     session.mark_answered();
     let idle = Duration::from_millis(cfg.tunnel_idle_timeout_ms);
     let _open = OpenTunnel::new(&shard);
+    let websocket = job
+        .upgrade
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(b"websocket"));
     let (client_rx, client_tx) = session.client_io();
-    relay(client_rx, client_tx, &mut up, idle).await;
+    let ends = Ends {
+        shard: &shard,
+        idle,
+        websocket,
+    };
+    relay(client_rx, client_tx, &mut up, ends).await;
     Flow::Close
 }
 
@@ -163,9 +180,26 @@ impl Drop for OpenTunnel<'_> {
     }
 }
 
+/// What ends a tunnel besides its two sides: the idle timeout and the shard's drain.
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    shard: &'a Shard,
+    idle: Duration,
+    /// The tunnel speaks WebSocket: a drain ends it with Close frames.
+    websocket: bool,
+}
+
+/// Where one direction's bytes go, and its frame boundaries when it carries WebSocket
+/// frames (`None` otherwise, or once its framing was lost).
+struct Direction {
+    frames: Option<FrameTracker>,
+    /// Frames this way must be masked (client to provider, RFC 6455 §5.3).
+    masked: bool,
+}
+
 /// Copies bytes both ways until both directions ended (or one failed, or the tunnel sat
-/// idle for `idle`).
-async fn relay(client_rx: &mut Rx, client_tx: &mut Tx, up: &mut Wire, idle: Duration) {
+/// idle, or the drain timeout passed).
+async fn relay(client_rx: &mut Rx, client_tx: &mut Tx, up: &mut Wire, ends: Ends<'_>) {
     let last = Cell::new(Instant::now());
     let failed = Cell::new(false);
     let (client_fd, up_fd) = (client_rx.stream.clone(), up.rx.stream.clone());
@@ -174,26 +208,56 @@ async fn relay(client_rx: &mut Rx, client_tx: &mut Tx, up: &mut Wire, idle: Dura
         client_fd.shutdown_both();
         up_fd.shutdown_both();
     };
-    let to_up = pump(client_rx, &mut up.tx, &last, &failed, idle, &abort);
-    let to_client = pump(&mut up.rx, client_tx, &last, &failed, idle, &abort);
+    // A drain's deadline ends the reads of both sides (`deadline::cut`).
+    client_rx.set_wait_class(WaitClass::Tunnel);
+    up.rx.set_wait_class(WaitClass::Tunnel);
+    let direction = |masked| Direction {
+        frames: ends.websocket.then(FrameTracker::new),
+        masked,
+    };
+    let links = Links {
+        last: &last,
+        failed: &failed,
+        abort: &abort,
+        ends,
+    };
+    let to_up = pump(client_rx, &mut up.tx, direction(true), links);
+    let to_client = pump(&mut up.rx, client_tx, direction(false), links);
     futures_lite::future::zip(to_up, to_client).await;
+}
+
+/// What the two directions of a tunnel share.
+#[derive(Clone, Copy)]
+struct Links<'a> {
+    /// When a byte last moved either way.
+    last: &'a Cell<Instant>,
+    failed: &'a Cell<bool>,
+    abort: &'a dyn Fn(),
+    ends: Ends<'a>,
 }
 
 /// One direction of a tunnel: whatever is buffered, then read → write until EOF, which is
 /// passed on as a half-close.
-async fn pump(
-    from: &mut Rx,
-    to: &mut Tx,
-    last: &Cell<Instant>,
-    failed: &Cell<bool>,
-    idle: Duration,
-    abort: &dyn Fn(),
-) {
+async fn pump(from: &mut Rx, to: &mut Tx, mut dir: Direction, links: Links<'_>) {
+    let Links {
+        last,
+        failed,
+        abort,
+        ends,
+    } = links;
     loop {
         if !from.buffered().is_empty() {
             let n = from.buffered().len();
             if to.stream.write_all(from.buffered()).await.is_err() {
                 return abort();
+            }
+            if dir
+                .frames
+                .as_mut()
+                .is_some_and(|f| f.feed(from.buffered()).is_err())
+            {
+                // Not WebSocket framing after all: relayed as it is, cut at a drain.
+                dir.frames = None;
             }
             to.bytes += n as u64;
             from.consume(n);
@@ -202,8 +266,11 @@ async fn pump(
         if failed.get() {
             return;
         }
+        if ends.shard.drain_expired.get() {
+            return going_away(to, &dir).await;
+        }
         from.make_room(TUNNEL_BUF);
-        match from.read_some(idle).await {
+        match from.read_some(ends.idle).await {
             Ok(0) => {
                 // EOF: pass the close on; the other direction may still be sending.
                 if to.stream.shutdown_write().await.is_err() {
@@ -213,12 +280,41 @@ async fn pump(
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                if ends.shard.drain_expired.get() {
+                    return going_away(to, &dir).await;
+                }
                 // Quiet in this direction; the tunnel is idle only if the other one is too.
-                if last.get().elapsed() >= idle {
+                if last.get().elapsed() >= ends.idle {
                     return abort();
                 }
             }
             Err(_) => return abort(),
         }
     }
+}
+
+/// Ends one direction at the drain deadline: a WebSocket Close (1001 going away) where the
+/// direction is at a frame boundary and has not closed yet, then a half-close.
+async fn going_away(to: &mut Tx, dir: &Direction) {
+    let closable = dir
+        .frames
+        .as_ref()
+        .is_some_and(|f| f.at_boundary() && !f.close_seen());
+    if closable {
+        let mask = dir.masked.then(mask_key);
+        let frame = close_frame(1001, "gateway shutting down", mask);
+        if to.stream.write_all(&frame).await.is_ok() {
+            to.bytes += frame.len() as u64;
+        }
+    }
+    let _ = to.stream.shutdown_write().await;
+}
+
+/// A masking key for a frame the gateway writes to a provider. It need not be secret here:
+/// the payload is the gateway's own fixed Close reason, not content a peer chose.
+fn mask_key() -> [u8; 4] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos.to_le_bytes()
 }
