@@ -16,6 +16,19 @@ fn read(path: &str) -> String {
 }
 
 #[test]
+fn the_systemd_unit_reloads_with_sighup_after_a_check() {
+    let unit = read("deploy/systemd/coregate.service");
+    let reloads: Vec<&str> = unit.lines().filter(|l| l.starts_with("ExecReload=")).collect();
+    assert_eq!(
+        reloads,
+        [
+            "ExecReload=/usr/local/bin/coregate check /etc/coregate/coregate.toml",
+            "ExecReload=/bin/kill -HUP $MAINPID"
+        ]
+    );
+}
+
+#[test]
 fn the_systemd_unit_verifies() {
     if !require_tool("systemd-analyze") {
         return;
