@@ -44,6 +44,10 @@ enum Command {
         /// Shortcut: one provider at ADDR, every path except / and /health routed to it.
         #[arg(long)]
         upstream: Option<String>,
+        /// Binary upgrade: start beside the coregate serving the same addresses and, once
+        /// serving, have it drain (docs/operations.md, "Upgrade").
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file and print the effective config.
     Check { file: PathBuf },
@@ -90,13 +94,17 @@ fn main() -> ExitCode {
             listen,
             admin,
             upstream,
-        } => coregate_gateway::server::serve(coregate_gateway::reload::ConfigSource {
-            path: config,
-            cores,
-            listen,
-            admin,
-            upstream,
-        }),
+            takeover,
+        } => coregate_gateway::server::serve(
+            coregate_gateway::reload::ConfigSource {
+                path: config,
+                cores,
+                listen,
+                admin,
+                upstream,
+            },
+            takeover,
+        ),
         Command::Check { file } => Config::load(&file)
             .map(|c| print!("{}", c.to_toml()))
             .map_err(|e| e.to_string()),

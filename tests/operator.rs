@@ -135,9 +135,9 @@ fn a_second_gateway_on_a_served_address_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("another coregate already serves"), "{err}");
-    assert!(err.contains("allow_shared_listen"), "{err}");
+    assert!(err.contains("serve --takeover"), "{err}");
 
-    // Asked for (a takeover), it starts beside the first.
+    // Asked for (a hand-made takeover), it starts beside the first.
     let mut b = spawn(
         &[
             "serve",

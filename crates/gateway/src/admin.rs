@@ -8,7 +8,9 @@ use crate::stats::aggregate::Query;
 use crossbeam_channel::Sender;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Binds the admin address (so bind errors surface before serving starts).
 pub fn bind(addr: &str) -> Result<TcpListener, String> {
@@ -16,11 +18,27 @@ pub fn bind(addr: &str) -> Result<TcpListener, String> {
     TcpListener::bind(a).map_err(|e| format!("cannot listen on admin address {addr}: {e}"))
 }
 
-/// Serves admin requests forever on the current thread.
-pub fn serve(listener: TcpListener, queries: Sender<Query>) {
+/// [`bind`] for a takeover: the old process frees the address when it starts draining,
+/// so an address in use is tried again, every 100 ms, for up to `within`.
+pub fn bind_when_free(addr: &str, within: Duration) -> Result<TcpListener, String> {
+    let end = Instant::now() + within;
+    loop {
+        match bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Serves admin requests on the current thread until `stop` is set and the listener shut
+/// down (a takeover: the successor answers on this address now).
+pub fn serve(listener: TcpListener, queries: Sender<Query>, stop: Arc<AtomicBool>) {
     for stream in listener.incoming() {
         match stream {
+            Ok(_) if stop.load(Ordering::SeqCst) => return,
             Ok(s) => handle(s, &queries),
+            Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }

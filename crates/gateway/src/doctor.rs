@@ -59,6 +59,7 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
     out.push(nofile_check(config, shards));
     out.push(memlock_check(shards));
     out.push(somaxconn_check(config));
+    out.push(migrate_req_check());
     out.push(port_range_check(config, shards));
     out.push(listen_port_check(config));
     out.push(match &cores {
@@ -273,6 +274,31 @@ fn somaxconn_check(config: &Config) -> Check {
     }
 }
 
+/// Whether connections queued on a closing listener move to another listener on the same
+/// address (Linux 5.14+): what a `serve --takeover` upgrade needs to lose none.
+pub fn migrate_req_check() -> Check {
+    match read_trim("/proc/sys/net/ipv4/tcp_migrate_req").as_deref() {
+        Some("1") => check(Level::Ok, MIGRATE_REQ, "1".into(), None),
+        Some(v) => check(
+            Level::Warn,
+            MIGRATE_REQ,
+            format!(
+                "net.ipv4.tcp_migrate_req is {v}: in an upgrade (serve --takeover), connections                  still queued on the old process's listeners when it drains are reset"
+            ),
+            Some("sysctl -w net.ipv4.tcp_migrate_req=1 (tuning/profiles set it)".into()),
+        ),
+        None => check(
+            Level::Warn,
+            MIGRATE_REQ,
+            "no net.ipv4.tcp_migrate_req (kernel before 5.14): an upgrade may reset              connections queued on the old process's listeners"
+                .into(),
+            None,
+        ),
+    }
+}
+
+const MIGRATE_REQ: &str = "migrate_req";
+
 fn port_range_check(config: &Config, shards: usize) -> Check {
     let Some((lo, hi)) = port_range().map(|(lo, hi)| (u64::from(lo), u64::from(hi))) else {
         return check(
@@ -407,7 +433,8 @@ fn governor_check(cores: &[usize]) -> Check {
 pub fn startup_warnings(config: &Config) -> Vec<String> {
     run_checks(config)
         .into_iter()
-        .filter(|c| c.level != Level::Ok)
+        // Only an upgrade needs it; `serve --takeover` checks it then.
+        .filter(|c| c.level != Level::Ok && c.name != MIGRATE_REQ)
         .map(|c| match c.fix {
             Some(fix) => format!("doctor: {}: {} (fix: {fix})", c.name, c.message),
             None => format!("doctor: {}: {}", c.name, c.message),

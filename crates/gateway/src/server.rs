@@ -5,22 +5,29 @@
 //! This is the only code that sees every shard, and it only starts, signals and joins them.
 
 use crate::config::Config;
+use crate::drain::{spawn_signal_thread, Drainer};
 use crate::generation::NewConfig;
 use crate::reload::{ConfigSource, Reloader, StatSlots};
 use crate::route::RouteConfig;
 use crate::shard::{Control, ShardExit, ShardSpec};
-use crate::stats::aggregate::Aggregator;
+use crate::stats::aggregate::{Aggregator, Query};
 use crate::upstream::ProviderConfig;
 use coregate_runtime::host::raise_nofile_limit;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// Runs the gateway until a signal drains it. Returns an error message for start-up
-/// failures (bad config, bad core list, port in use, executor failure).
-pub fn serve(source: ConfigSource) -> Result<(), String> {
+/// How much longer than its predecessor's drain timeout a successor waits for the
+/// addresses and admin listener that predecessor holds.
+const HANDOVER_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the gateway until a signal (or a successor, see [`crate::takeover`]) drains it.
+/// With `takeover`, it starts beside a coregate serving the same addresses and, once
+/// serving, has it drain. Returns an error message for start-up failures (bad config, bad
+/// core list, port in use, executor failure).
+pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
     let mut config = source.load()?;
     let nofile = raise_nofile_limit();
     let cores = coregate_runtime::cores::parse_core_list(
@@ -36,8 +43,11 @@ pub fn serve(source: ConfigSource) -> Result<(), String> {
         }
         false => None,
     };
-    // Held until the process exits: the kernel releases them with it.
-    let _claims = claim_listen_addresses(&config)?;
+    // Held until the process exits (or a successor takes over).
+    let (claims, held) = crate::takeover::claim(&config, takeover)?;
+    // How long a successor waits for what its predecessor holds until it drains.
+    let handover =
+        std::time::Duration::from_millis(config.server.drain_timeout_ms) + HANDOVER_MARGIN;
     crate::budget::fit_default_pools(&mut config, cores.len(), nofile);
     let max_connections = crate::budget::connection_cap(&config, cores.len(), nofile)?;
     let tls = match &config.server.tls {
@@ -75,15 +85,15 @@ pub fn serve(source: ConfigSource) -> Result<(), String> {
             Aggregator::new(provider_names, stats_interval, shard_count).run(snap_rx, query_rx)
         })
         .map_err(|e| format!("cannot start the stats thread: {e}"))?;
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    let admin_handle = Arc::new(Mutex::new(None));
     if !config.admin.listen.is_empty() {
-        let listener = crate::admin::bind(&config.admin.listen)?;
-        std::thread::Builder::new()
-            .name("coregate-admin".into())
-            .spawn(move || crate::admin::serve(listener, query_tx))
-            .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+        let wait = (!held.is_empty()).then_some(handover);
+        let shared = (admin_stop.clone(), admin_handle.clone());
+        start_admin(&config.admin.listen, wait, query_tx, shared)?;
     }
 
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let (ready_tx, ready_rx) = unbounded();
@@ -150,9 +160,12 @@ pub fn serve(source: ConfigSource) -> Result<(), String> {
         },
     ));
 
-    let draining = Arc::new(AtomicBool::new(false));
-    let drain_flag = draining.clone();
-    let mut reloader = Reloader {
+    let drainer = Drainer {
+        admin_stop,
+        admin: admin_handle,
+        ..Drainer::new(controls.clone(), drain_notice.clone())
+    };
+    let reloader = Reloader {
         source,
         running: config,
         generation: 1,
@@ -166,38 +179,23 @@ pub fn serve(source: ConfigSource) -> Result<(), String> {
         queries: drain_notice.clone(),
         resolver,
     };
-    std::thread::Builder::new()
-        .name("coregate-signals".into())
-        .spawn(move || {
-            let mut stops = 0;
-            for sig in signals.forever() {
-                if sig == SIGHUP {
-                    // Reloads stop once the drain began: the shards are on their way out.
-                    match drain_flag.load(Ordering::SeqCst) {
-                        false => reloader.reload(),
-                        true => coregate_runtime::log::warn("SIGHUP while draining: ignored"),
-                    }
-                    continue;
-                }
-                stops += 1;
-                if stops == 1 {
-                    coregate_runtime::log::info(&format!("signal {sig}: draining"));
-                    drain_flag.store(true, Ordering::SeqCst);
-                    let _ = drain_notice.send(crate::stats::aggregate::Query::Draining);
-                    stop_all(&controls);
-                } else {
-                    coregate_runtime::log::warn(
-                        "second signal: exiting without waiting for the drain",
-                    );
-                    // The operator asked twice: leave now, whatever the shards are doing.
-                    #[allow(clippy::exit)]
-                    std::process::exit(130);
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    spawn_signal_thread(signals, reloader, drainer.clone())?;
+    let successor = drainer.clone();
+    let on_drain = move || successor.start("a new coregate took over the addresses", true);
+    if !held.is_empty() {
+        let migrate = crate::doctor::migrate_req_check();
+        if migrate.level != crate::doctor::Level::Ok {
+            coregate_runtime::log::warn(&format!("takeover: {}", migrate.message));
+        }
+        let pids = crate::takeover::ask_to_drain(&held);
+        coregate_runtime::log::info(&format!(
+            "takeover: coregate {pids:?} drains now; this process serves its addresses"
+        ));
+        crate::takeover::claim_when_free(held, handover, on_drain.clone());
+    }
+    crate::takeover::serve_claims(claims, on_drain);
 
-    wait_for_shards(threads, &exit_rx, &draining)?;
+    wait_for_shards(threads, &exit_rx, &drainer.started)?;
     coregate_runtime::log::info("drained; exiting");
     Ok(())
 }
@@ -235,50 +233,38 @@ fn wait_for_shards(
     Ok(())
 }
 
-/// Claims each data-plane address for this process, so that a second coregate started on
-/// the same address by mistake fails as nginx would (EADDRINUSE) instead of silently taking
-/// half the connections: SO_REUSEPORT, which every shard needs, lets any process of the
-/// same user bind the port again. The claim is an abstract Unix socket named after the
-/// address: no file to clean up, released when the process dies, and scoped to the network
-/// namespace like the address itself.
-fn claim_listen_addresses(
-    config: &Config,
-) -> Result<Vec<std::os::unix::net::UnixListener>, String> {
-    use std::os::linux::net::SocketAddrExt;
-    let s = &config.server;
-    if s.allow_shared_listen {
-        return Ok(Vec::new());
-    }
-    let mut claims = Vec::new();
-    for (key, addr) in [
-        ("server.listen", &s.listen),
-        ("server.tls_listen", &s.tls_listen),
-    ] {
-        if addr.is_empty() {
-            continue;
-        }
-        // Keyed by the address as bound (`localhost:80` is `127.0.0.1:80`); a wildcard and
-        // a specific address on one port are different keys, as they are to bind(2).
-        let bound = crate::config::parse_addr(addr)?;
-        let name = format!("coregate-listen {bound}");
-        let claim = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| std::os::unix::net::UnixListener::bind_addr(&a));
-        match claim {
-            Ok(l) => claims.push(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(format!(
-                    "{key}: another coregate already serves {addr}; a second one would \
-                     silently take part of its connections (SO_REUSEPORT). Stop it first, \
-                     or set server.allow_shared_listen = true for a takeover"
-                ))
+/// The admin listener's thread. With `wait` (a takeover), the address may still be its
+/// predecessor's for a moment: it is bound as soon as it is free.
+fn start_admin(
+    addr: &str,
+    wait: Option<std::time::Duration>,
+    queries: Sender<Query>,
+    (stop, handle): (Arc<AtomicBool>, Arc<Mutex<Option<std::net::TcpListener>>>),
+) -> Result<(), String> {
+    let listener = match wait {
+        None => Some(crate::admin::bind(addr)?),
+        Some(_) => None,
+    };
+    let addr = addr.to_string();
+    std::thread::Builder::new()
+        .name("coregate-admin".into())
+        .spawn(move || {
+            let listener = match (listener, wait) {
+                (Some(l), _) => l,
+                (None, wait) => {
+                    match crate::admin::bind_when_free(&addr, wait.unwrap_or_default()) {
+                        Ok(l) => l,
+                        Err(e) => return coregate_runtime::log::error(&format!("takeover: {e}")),
+                    }
+                }
+            };
+            if let (Ok(mut h), Ok(dup)) = (handle.lock(), listener.try_clone()) {
+                *h = Some(dup);
             }
-            Err(e) => coregate_runtime::log::warn(&format!(
-                "cannot claim {addr} for this process ({e}); a second coregate on it would \
-                 not be refused"
-            )),
-        }
-    }
-    Ok(claims)
+            crate::admin::serve(listener, queries, stop)
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the admin thread: {e}"))
 }
 
 /// The data-plane listeners, for the start-up line.
