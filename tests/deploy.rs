@@ -18,7 +18,10 @@ fn read(path: &str) -> String {
 #[test]
 fn the_systemd_unit_reloads_with_sighup_after_a_check() {
     let unit = read("deploy/systemd/coregate.service");
-    let reloads: Vec<&str> = unit.lines().filter(|l| l.starts_with("ExecReload=")).collect();
+    let reloads: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ExecReload="))
+        .collect();
     assert_eq!(
         reloads,
         [
