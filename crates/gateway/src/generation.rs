@@ -129,6 +129,7 @@ pub fn switch(shard: &Shard, new: &NewConfig, connection_cap: usize) {
                 .providers
                 .resize_with(new.slot_count, Default::default);
         }
+        next.providers.register_endpoints(&mut stats.providers);
     }
     *shard.current.borrow_mut() = next;
 }

@@ -213,6 +213,11 @@ impl Reloader {
                  re-resolved until the next reload"
             ));
         }
+        crate::upstream::active::spawn(
+            &new.config.providers,
+            self.controls.clone(),
+            (new.number, self.resolver.clone()),
+        );
         self.running = new.config.clone();
         self.tls = new.tls.clone();
         let new = Arc::new(new);

@@ -148,6 +148,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         (1, resolver.clone()),
     )
     .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
+    crate::upstream::active::spawn(&config.providers, controls.clone(), (1, resolver.clone()));
     coregate_runtime::log::info(&format!(
         "serving on {} with {} shard(s) on cores {cores:?}, up to {max_connections} \
          connections per shard; admin on {}",

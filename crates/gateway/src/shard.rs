@@ -34,6 +34,14 @@ pub enum Control {
         endpoint: usize,
         addrs: Vec<std::net::SocketAddr>,
     },
+    /// The active health check's verdict on a provider endpoint changed (in config
+    /// generation `generation`).
+    EndpointHealth {
+        generation: u64,
+        provider: usize,
+        endpoint: usize,
+        up: bool,
+    },
     /// Re-resolving a provider's host name failed (sent to shard 0 only, to be counted).
     ResolveFailed { provider: usize },
 }
@@ -162,6 +170,9 @@ async fn shard_main(spec: ShardSpec) {
     };
     let mut stats = ShardStats::new(spec.id, spec.core, current_tid(), spec.config.slot_count);
     stats.counters.config_generation = generation.number;
+    generation
+        .providers
+        .register_endpoints(&mut stats.providers);
     let shard = Rc::new(Shard {
         id: spec.id,
         core: spec.core,
@@ -334,6 +345,17 @@ fn take_control(shard: &Shard, control: &Receiver<Control>, connection_cap: usiz
                 config.providers.set_addrs(provider, endpoint, addrs);
                 if shard.id == 0 {
                     provider_stats(shard, provider, |s| s.counters.dns_updates += 1);
+                }
+            }
+            Ok(Control::EndpointHealth {
+                generation,
+                provider,
+                endpoint,
+                up,
+            }) => {
+                let config = shard.config();
+                if config.number == generation {
+                    config.providers.set_down(provider, endpoint, !up);
                 }
             }
             Ok(Control::ResolveFailed { provider }) => {

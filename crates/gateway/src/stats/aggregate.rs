@@ -144,6 +144,7 @@ impl Aggregator {
         }
         for (pv, p) in view.providers.iter_mut().zip(s.providers) {
             pv.counters = p.counters;
+            pv.endpoints = p.endpoints;
             let _ = pv.ttfb_us.add(&p.ttfb_us);
             let _ = pv.total_us.add(&p.total_us);
             let _ = pv.handshake_us.add(&p.handshake_us);

@@ -106,11 +106,28 @@ pub struct ProviderCounters {
     pub fallbacks: u64,
 }
 
+/// One endpoint of a provider, as one shard saw it (cumulative, gauges where named so).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EndpointStats {
+    /// As the config writes it (the key: stable across reloads).
+    pub name: String,
+    /// Attempts sent to it (a retry or a failover counts again).
+    pub requests: u64,
+    /// Attempts that failed, or were answered 5xx where that counts (`eject_on_5xx`).
+    pub failures: u64,
+    pub ejections: u64,
+    /// Gauge: ejected by this shard now (1 or 0).
+    pub ejected: u64,
+    /// Gauge: down by the active health check now (1 or 0).
+    pub down: u64,
+}
+
 /// A shard's per-provider state for stats: counters and histograms of upstream time to
 /// first byte and total upstream time.
 #[derive(Debug, Clone)]
 pub struct ProviderStats {
     pub counters: ProviderCounters,
+    pub endpoints: Vec<EndpointStats>,
     pub ttfb_us: Histogram<u64>,
     pub total_us: Histogram<u64>,
     /// TLS handshake time with the provider (TCP connect not included).
@@ -121,6 +138,7 @@ impl Default for ProviderStats {
     fn default() -> Self {
         ProviderStats {
             counters: ProviderCounters::default(),
+            endpoints: Vec::new(),
             ttfb_us: new_histogram(),
             total_us: new_histogram(),
             handshake_us: new_histogram(),

@@ -2,8 +2,8 @@
 //! the figure is a shard's.
 
 use super::aggregate::{Aggregator, ProviderView, ShardView};
-use super::render::{escape, Prom, CLASSES};
-use super::{ProviderCounters, UpstreamError};
+use super::render::{add_endpoints, escape, Prom, CLASSES};
+use super::{EndpointStats, ProviderCounters, UpstreamError};
 use hdrhistogram::Histogram;
 
 pub(super) fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
@@ -167,6 +167,7 @@ pub(super) fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
             }
         }
     }
+    endpoint_metrics(p, agg);
     for (metric, help, pick) in [
         (
             "coregate_upstream_ttfb_seconds",
@@ -190,6 +191,62 @@ pub(super) fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
             for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
                 let (h, sum) = pick(pv);
                 p.histogram(metric, &labels(s, name), h, sum);
+            }
+        }
+    }
+}
+
+/// Per endpoint, summed over the shards: its traffic, ejections, and state now.
+fn endpoint_metrics(p: &mut Prom, agg: &Aggregator) {
+    let mut by_provider: Vec<Vec<EndpointStats>> = vec![Vec::new(); agg.provider_names.len()];
+    for s in agg.shards.values() {
+        for (sum, pv) in by_provider.iter_mut().zip(&s.providers) {
+            add_endpoints(sum, &pv.endpoints);
+        }
+    }
+    type Get = fn(&EndpointStats) -> u64;
+    let families: [(&str, &str, &str, Get); 5] = [
+        (
+            "coregate_upstream_endpoint_requests_total",
+            "counter",
+            "Attempts sent to the endpoint (retries and failovers count again).",
+            |e| e.requests,
+        ),
+        (
+            "coregate_upstream_endpoint_failures_total",
+            "counter",
+            "Attempts on the endpoint that failed (or were answered 5xx, with eject_on_5xx).",
+            |e| e.failures,
+        ),
+        (
+            "coregate_upstream_endpoint_ejections_total",
+            "counter",
+            "Times a shard ejected the endpoint (consecutive failures).",
+            |e| e.ejections,
+        ),
+        (
+            "coregate_upstream_endpoint_ejected_shards",
+            "gauge",
+            "Shards that eject the endpoint now.",
+            |e| e.ejected,
+        ),
+        (
+            "coregate_upstream_endpoint_up",
+            "gauge",
+            "1 unless the active health check says the endpoint is down.",
+            |e| u64::from(e.down == 0),
+        ),
+    ];
+    for (metric, kind, help, get) in families {
+        p.family(metric, kind, help);
+        for (name, endpoints) in agg.provider_names.iter().zip(&by_provider) {
+            for e in endpoints {
+                let l = format!(
+                    "provider=\"{}\",endpoint=\"{}\"",
+                    escape(name),
+                    escape(&e.name)
+                );
+                p.sample(metric, &l, get(e));
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Rendering of the aggregated view: `/stats` JSON and `/metrics` Prometheus text.
 
 use super::aggregate::{Aggregator, ProviderView, ShardView};
-use super::{new_histogram, Counters, HandshakeFailure, ProviderCounters, UpstreamError};
+use super::{
+    new_histogram, Counters, EndpointStats, HandshakeFailure, ProviderCounters, UpstreamError,
+};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use std::fmt::Write;
@@ -95,7 +97,40 @@ fn provider_json(p: &ProviderView) -> Value {
         },
         "ttfb_us": latency_json(&p.ttfb_us),
         "total_us": latency_json(&p.total_us),
+        "by_endpoint": endpoints_json(&p.endpoints),
     })
+}
+
+/// Per endpoint: requests, failures and ejections; `ejected` is how many shards eject it
+/// now (one shard's view: 0 or 1), `down` whether the active health check says so.
+fn endpoints_json(endpoints: &[EndpointStats]) -> Value {
+    let mut m = Map::new();
+    for e in endpoints {
+        m.insert(
+            e.name.clone(),
+            json!({
+                "requests": e.requests, "failures": e.failures, "ejections": e.ejections,
+                "ejected": e.ejected, "down": e.down != 0,
+            }),
+        );
+    }
+    Value::Object(m)
+}
+
+/// Adds one shard's endpoint figures to the sum, endpoint by endpoint (by name).
+pub(super) fn add_endpoints(sum: &mut Vec<EndpointStats>, shard: &[EndpointStats]) {
+    for e in shard {
+        match sum.iter_mut().find(|s| s.name == e.name) {
+            Some(s) => {
+                s.requests += e.requests;
+                s.failures += e.failures;
+                s.ejections += e.ejections;
+                s.ejected += e.ejected;
+                s.down = s.down.max(e.down);
+            }
+            None => sum.push(e.clone()),
+        }
+    }
 }
 
 fn providers_json(names: &[String], providers: &[ProviderView]) -> Value {
@@ -119,6 +154,7 @@ fn merged(agg: &Aggregator) -> (Counters, Histogram<u64>, Vec<ProviderView>) {
         }
         for (m, p) in providers.iter_mut().zip(&s.providers) {
             add_provider(&mut m.counters, &p.counters);
+            add_endpoints(&mut m.endpoints, &p.endpoints);
             let _ = m.ttfb_us.add(&p.ttfb_us);
             let _ = m.total_us.add(&p.total_us);
             let _ = m.handshake_us.add(&p.handshake_us);

@@ -18,6 +18,9 @@ pub struct Health {
     streak: Cell<u32>,
     /// A half-open probe is in flight.
     probing: Cell<bool>,
+    /// The active health check says it is down (`upstream::active`): out of rotation
+    /// until the check says it is up again, whatever the shard's own requests saw.
+    down: Cell<bool>,
 }
 
 /// Whether an endpoint may take a request now.
@@ -31,11 +34,30 @@ pub enum Availability {
 
 impl Health {
     pub fn availability(&self, now: Instant) -> Availability {
+        if self.down.get() {
+            return Availability::Ejected;
+        }
         match self.until.get() {
             None => Availability::Ready,
             Some(t) if now < t || self.probing.get() => Availability::Ejected,
             Some(_) => Availability::Probe,
         }
+    }
+
+    /// The active health check's verdict.
+    pub fn set_down(&self, down: bool) {
+        self.down.set(down);
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.get()
+    }
+
+    /// Ejected by this shard's own requests (not by the active check).
+    pub fn is_passively_ejected(&self, now: Instant) -> bool {
+        self.until
+            .get()
+            .is_some_and(|t| now < t || self.probing.get())
     }
 
     /// The request about to go to this endpoint is its half-open probe.

@@ -5,6 +5,8 @@
 //! * `endpoint` — endpoint syntax (`https://host:port`...) and (blocking) resolution.
 //! * `credentials` — presets, `api_key` sources and the redacted [`credentials::Secret`].
 //! * `connect` — TCP connect and the TLS handshake, with their failures classified.
+//! * `active` — active health checks: one thread per process probes every endpoint and
+//!   tells the shards which are down.
 //! * `pool` — a shard's idle keep-alive connections per endpoint (LIFO), caps, waiters.
 //! * `providers` — one config generation's providers on a shard: endpoint choice (P2C),
 //!   and what a reload carries over.
@@ -21,6 +23,7 @@
 //! same address, because their Host, timeouts and caps differ. A connection goes back to the
 //! pool only after its response was read to the end and both sides allowed keep-alive.
 
+pub mod active;
 pub mod connect;
 pub mod credentials;
 pub mod endpoint;
@@ -48,8 +51,15 @@ pub struct ProviderConfig {
     /// credential header; every field set here overrides it.
     pub preset: String,
     /// `host:port`, `http://host[:port]` or `https://host[:port]` (host: a DNS name or IP
-    /// literal), used round-robin per shard.
+    /// literal), balanced per shard (power of two choices, see `weights`).
     pub endpoints: Vec<String>,
+    /// Each endpoint's share of requests, in the order of `endpoints` (empty: all 1). An
+    /// endpoint of weight 0 takes requests only when no other one can.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
+    /// Active health checks of every endpoint (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<active::HealthCheck>,
     /// Host header sent upstream (and the TLS server name); empty: the endpoint's host
     /// name, or the client's Host when the endpoint is an IP literal.
     pub host: String,
@@ -115,6 +125,8 @@ impl Default for ProviderConfig {
             name: String::new(),
             preset: String::new(),
             endpoints: Vec::new(),
+            weights: Vec::new(),
+            health_check: None,
             host: String::new(),
             api_key: String::new(),
             auth_header: String::new(),
@@ -200,12 +212,38 @@ pub fn validate_providers(providers: &[ProviderConfig]) -> Result<(), (String, S
         if p.pool_max_total == 0 {
             return Err((key("pool_max_total"), "must be at least 1".into()));
         }
+        validate_weights(p).map_err(|m| (key("weights"), m))?;
+        if let Some(hc) = &p.health_check {
+            hc.validate()
+                .map_err(|(k, m)| (key(&format!("health_check.{k}")), m))?;
+        }
         if let Some(idle) = p.pool_max_idle.filter(|&i| i > p.pool_max_total) {
             return Err((
                 key("pool_max_idle"),
                 format!("{idle} exceeds pool_max_total ({})", p.pool_max_total),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Weights, when given, are one per endpoint, at most 1000, and not all 0.
+fn validate_weights(p: &ProviderConfig) -> Result<(), String> {
+    if p.weights.is_empty() {
+        return Ok(());
+    }
+    if p.weights.len() != p.endpoints.len() {
+        return Err(format!(
+            "has {} weights for {} endpoints: give one per endpoint, or none",
+            p.weights.len(),
+            p.endpoints.len()
+        ));
+    }
+    if let Some(w) = p.weights.iter().find(|&&w| w > 1000) {
+        return Err(format!("{w} is out of range (0..=1000)"));
+    }
+    if p.weights.iter().all(|&w| w == 0) {
+        return Err("are all 0: no endpoint would take a request".into());
     }
     Ok(())
 }
@@ -219,6 +257,11 @@ impl ProviderConfig {
         self.pool_max_idle
             .unwrap_or(self.pool_max_total)
             .min(self.pool_max_total)
+    }
+
+    /// Endpoint `i`'s weight.
+    pub fn weight(&self, i: usize) -> u32 {
+        self.weights.get(i).copied().unwrap_or(1)
     }
 
     /// Whether any endpoint is `https://`.

@@ -69,6 +69,11 @@ pub struct Endpoint {
     /// Its config generation was replaced and this endpoint not carried over: connections
     /// released to it close instead of going idle.
     retired: Cell<bool>,
+    /// Its share of requests (`weights`), and its smooth weighted round-robin credit.
+    pub(super) weight: u32,
+    pub(super) credit: Cell<i64>,
+    /// Its index in its provider's endpoint stats.
+    pub(super) stat: Cell<usize>,
 }
 
 /// An endpoint's pool gauges at one moment.
@@ -80,7 +85,12 @@ pub struct Gauges {
 }
 
 impl Endpoint {
-    pub(super) fn new(name: String, addrs: Vec<SocketAddr>, tls: Option<UpstreamTls>) -> Endpoint {
+    pub(super) fn new(
+        name: String,
+        addrs: Vec<SocketAddr>,
+        tls: Option<UpstreamTls>,
+        weight: u32,
+    ) -> Endpoint {
         Endpoint {
             addrs: RefCell::new(addrs),
             next_addr: Cell::new(0),
@@ -92,6 +102,9 @@ impl Endpoint {
             waiters: RefCell::new(VecDeque::new()),
             queued: Cell::new(0),
             retired: Cell::new(false),
+            weight,
+            credit: Cell::new(0),
+            stat: Cell::new(0),
         }
     }
 
@@ -169,6 +182,16 @@ pub enum Outcome {
 /// Records how an attempt on `ep` ended: a failure that says something about the endpoint
 /// counts towards its ejection (logged when it happens), a response puts it back in service.
 pub fn record_outcome(shard: &Shard, provider: &Provider, ep: &Endpoint, outcome: Outcome) {
+    let failed = match outcome {
+        Outcome::Answered(status) => status >= 500 && provider.cfg.eject_on_5xx,
+        Outcome::Failed(_) => true,
+    };
+    provider_stats(shard, provider.stat, |s| {
+        if let Some(e) = s.endpoints.get_mut(ep.stat.get()) {
+            e.requests += 1;
+            e.failures += u64::from(failed);
+        }
+    });
     let why = match outcome {
         Outcome::Answered(status) if status >= 500 && provider.cfg.eject_on_5xx => {
             format!("status {status}")
@@ -178,7 +201,12 @@ pub fn record_outcome(shard: &Shard, provider: &Provider, ep: &Endpoint, outcome
         Outcome::Failed(_) => return,
     };
     if let Some(time) = ep.health.failure(&provider.cfg, Instant::now()) {
-        provider_stats(shard, provider.stat, |s| s.counters.ejections += 1);
+        provider_stats(shard, provider.stat, |s| {
+            s.counters.ejections += 1;
+            if let Some(e) = s.endpoints.get_mut(ep.stat.get()) {
+                e.ejections += 1;
+            }
+        });
         coregate_runtime::log::warn(&format!(
             "shard {}: provider {:?}: endpoint {} ejected for {time:?} (last failure: {why})",
             shard.id, provider.name, ep.name
@@ -460,6 +488,7 @@ mod tests {
             "t".into(),
             vec![SocketAddr::from(([127, 0, 0, 1], 1))],
             None,
+            1,
         );
         ep.open.set(1);
         ep

@@ -12,7 +12,7 @@ use super::connect::UpstreamTls;
 use super::endpoint::parse_endpoint;
 use super::pool::Endpoint;
 use super::ProviderConfig;
-use crate::stats::ProviderStats;
+use crate::stats::{EndpointStats, ProviderStats};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -117,6 +117,40 @@ impl Providers {
         }
     }
 
+    /// Applies the active health check's verdict on one endpoint (a control message).
+    pub fn set_down(&self, provider: usize, endpoint: usize, down: bool) {
+        if let Some(ep) = self
+            .list
+            .get(provider)
+            .and_then(|p| p.endpoints.get(endpoint))
+        {
+            ep.health.set_down(down);
+        }
+    }
+
+    /// Gives every endpoint its entry in its provider's stats (found by name, so an
+    /// endpoint kept across a reload keeps counting where it was).
+    pub fn register_endpoints(&self, stats: &mut [ProviderStats]) {
+        for p in &self.list {
+            let Some(s) = stats.get_mut(p.stat) else {
+                continue;
+            };
+            for e in &p.endpoints {
+                let i = match s.endpoints.iter().position(|x| x.name == e.name) {
+                    Some(i) => i,
+                    None => {
+                        s.endpoints.push(EndpointStats {
+                            name: e.name.clone(),
+                            ..Default::default()
+                        });
+                        s.endpoints.len() - 1
+                    }
+                };
+                e.stat.set(i);
+            }
+        }
+    }
+
     /// Copies the pool gauges into the stats before a snapshot; the slots of providers no
     /// longer configured read zero.
     pub fn update_gauges(&self, stats: &mut [ProviderStats]) {
@@ -125,6 +159,10 @@ impl Providers {
             s.counters.connections_idle = 0;
             s.counters.queued = 0;
             s.counters.endpoints_ejected = 0;
+            for e in s.endpoints.iter_mut() {
+                e.ejected = 0;
+                e.down = 0;
+            }
         }
         let now = Instant::now();
         for p in &self.list {
@@ -137,6 +175,10 @@ impl Providers {
                 s.counters.connections_idle += g.idle;
                 s.counters.queued += g.queued;
                 s.counters.endpoints_ejected += u64::from(g.ejected);
+                if let Some(es) = s.endpoints.get_mut(e.stat.get()) {
+                    es.ejected = u64::from(e.health.is_passively_ejected(now));
+                    es.down = u64::from(e.health.is_down());
+                }
             }
         }
     }
@@ -194,7 +236,9 @@ impl Provider {
                 _ => None,
             };
             let addrs = resolved.get(j).cloned().unwrap_or_default();
-            endpoints.push(Rc::new(Endpoint::new(c.endpoints[j].clone(), addrs, tls)));
+            let weight = c.weight(j);
+            let endpoint = Endpoint::new(c.endpoints[j].clone(), addrs, tls, weight);
+            endpoints.push(Rc::new(endpoint));
         }
         let host_header = if !c.host.is_empty() {
             Some(c.host.as_bytes().to_vec())
@@ -223,25 +267,34 @@ impl Provider {
     }
 
     /// The endpoint for the next request, leaving out the endpoints whose bit is set in
-    /// `tried`: power of two choices among those in service (the first in round-robin
-    /// order, the second at random; the one with fewer requests on it wins, the first on a
-    /// tie). An ejected endpoint whose time is up takes one request as its probe. When every
-    /// endpoint is ejected, they are all used again (better a likely failure than a certain
-    /// one), round-robin.
+    /// `tried`: power of two choices among those in service. The first choice is smooth
+    /// weighted round-robin (nginx's: over time each endpoint gets its weight's share, and
+    /// with equal weights it is plain round-robin), the second a random other one; the
+    /// second wins only when it has fewer requests on it per unit of weight, so under
+    /// concurrency load evens out and sequential traffic follows the weights. An ejected
+    /// endpoint whose time is up takes one request as its probe. Weight-0 endpoints are
+    /// used only when no other is in service; when every endpoint is out, they are all used
+    /// again (better a likely failure than a certain one), round-robin.
     pub fn pick(&self, tried: u64) -> Option<(usize, Rc<Endpoint>)> {
         let n = self.endpoints.len();
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
         let now = Instant::now();
         let usable = |i: usize| untried(i) && !self.endpoints[i].health.is_ejected(now);
+        let weighted = |i: usize| usable(i) && self.endpoints[i].weight > 0;
         let start = self.next.get();
         self.next.set(start.wrapping_add(1));
         let ring = |from: usize| (0..n).map(move |k| (from + k) % n);
-        let Some(a) = ring(start).find(|&i| usable(i)) else {
+        let first = self
+            .weighted_first(&weighted)
+            .or_else(|| ring(start).find(|&i| usable(i)));
+        let Some(a) = first else {
             let i = ring(start).find(|&i| untried(i))?;
             return Some((i, self.endpoints[i].clone()));
         };
-        let chosen = match ring(a + 1 + self.random() % n.max(1)).find(|&i| i != a && usable(i)) {
-            Some(b) if self.endpoints[b].load() < self.endpoints[a].load() => b,
+        let second = ring(a + 1 + self.random() % n.max(1))
+            .find(|&i| i != a && weighted(i) == weighted(a) && usable(i));
+        let chosen = match second {
+            Some(b) if self.lighter(b, a) => b,
             _ => a,
         };
         let ep = &self.endpoints[chosen];
@@ -249,6 +302,37 @@ impl Provider {
             ep.health.start_probe();
         }
         Some((chosen, ep.clone()))
+    }
+
+    /// Smooth weighted round-robin over the endpoints `eligible` says may take a request.
+    fn weighted_first(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, e) in self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| eligible(*i))
+        {
+            let w = i64::from(e.weight);
+            total += w;
+            e.credit.set(e.credit.get() + w);
+            if best.is_none_or(|b| e.credit.get() > self.endpoints[b].credit.get()) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        let e = &self.endpoints[b];
+        e.credit.set(e.credit.get() - total);
+        Some(b)
+    }
+
+    /// Whether endpoint `b` has fewer requests on it than `a` per unit of weight.
+    fn lighter(&self, b: usize, a: usize) -> bool {
+        let (eb, ea) = (&self.endpoints[b], &self.endpoints[a]);
+        let load = |e: &Endpoint| e.load() as u64;
+        let weight = |e: &Endpoint| u64::from(e.weight.max(1));
+        load(eb) * weight(ea) < load(ea) * weight(eb)
     }
 
     /// xorshift64: a shard's own, no sharing.
