@@ -271,6 +271,10 @@ async fn pump(from: &mut Rx, to: &mut Tx, mut dir: Direction, links: Links<'_>) 
         }
         from.make_room(TUNNEL_BUF);
         match from.read_some(ends.idle).await {
+            // This side ended (EOF, or a reset) because the drain just closed the opposite
+            // direction (a provider answering our Close by closing): the other still gets its
+            // Close.
+            Ok(0) | Err(_) if ends.shard.drain_expired.get() => return going_away(to, &dir).await,
             Ok(0) => {
                 // EOF: pass the close on; the other direction may still be sending.
                 if to.stream.shutdown_write().await.is_err() {
