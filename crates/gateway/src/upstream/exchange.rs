@@ -23,6 +23,7 @@ use crate::stats::record;
 use coregate_http1::reply::{json_error, Persist, Reply};
 use coregate_http1::request::{HeaderRange, RequestHead, Version};
 use coregate_http1::Framing;
+use std::cell::Cell;
 use std::rc::Rc;
 
 /// One request on its way to a provider: what [`exchange`] and the tunnel work from.
@@ -164,11 +165,13 @@ pub async fn proxy(
 async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderRange>) -> Flow {
     let shard = session.shard().clone();
     let mut job = job;
+    let ttfb_us = Cell::new(None);
     let mut leg = Leg {
         shard: &shard,
         stat: job.provider.stat,
         req: job.req,
         limits: Limits::of(&job.provider.cfg, session),
+        ttfb_us: &ttfb_us,
     };
     let mut body = BodyState::new(job.head.framing);
     let mut sent_continue = false;
@@ -218,6 +221,9 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             Attempt::Finished(d) => {
                 match &d {
                     Download::Done { status, .. } => {
+                        if let Some(us) = ttfb_us.take() {
+                            ep.observe_latency(us, leg.limits.started);
+                        }
                         record_outcome(&shard, job.provider, &ep, Outcome::Answered(*status))
                     }
                     Download::BeforeHead(e, _) => {

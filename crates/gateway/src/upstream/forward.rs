@@ -162,6 +162,9 @@ pub(super) struct Leg<'a> {
     pub(super) stat: usize,
     pub(super) req: ClientSide,
     pub(super) limits: Limits,
+    /// Set to the time to the provider's response head, µs from the request's start, when
+    /// it comes (the endpoint's recent latency, for the balancer's tie-break).
+    pub(super) ttfb_us: &'a Cell<Option<u64>>,
 }
 
 /// What the two streams of an exchange tell each other while both run.
@@ -218,6 +221,7 @@ pub(super) async fn download(
 /// Counts the provider's first (final or 101) response head: its class and the time to it.
 pub(super) fn count_response_head(leg: Leg<'_>, resp: &ResponseHead) {
     let ttfb_us = leg.limits.started.elapsed().as_micros() as u64;
+    leg.ttfb_us.set(Some(ttfb_us));
     provider_stats(leg.shard, leg.stat, |s| {
         record(&mut s.ttfb_us, ttfb_us);
         s.counters.ttfb_sum_us += ttfb_us;

@@ -74,7 +74,14 @@ pub struct Endpoint {
     pub(super) credit: Cell<i64>,
     /// Its index in its provider's endpoint stats.
     pub(super) stat: Cell<usize>,
+    /// Recent time to a response head (µs, moving average; 0: none yet) and the start of
+    /// the request it last came from.
+    latency_us: Cell<u64>,
+    latency_at: Cell<Option<Instant>>,
 }
+
+/// How long an endpoint's recent latency counts for the balancer without a new sample.
+const LATENCY_FRESH: Duration = Duration::from_secs(10);
 
 /// An endpoint's pool gauges at one moment.
 pub struct Gauges {
@@ -105,6 +112,8 @@ impl Endpoint {
             weight,
             credit: Cell::new(0),
             stat: Cell::new(0),
+            latency_us: Cell::new(0),
+            latency_at: Cell::new(None),
         }
     }
 
@@ -116,6 +125,22 @@ impl Endpoint {
         for _ in 0..n {
             close_one(self);
         }
+    }
+
+    /// Folds in a response head that came `us` after the start (`at`) of its request: a
+    /// moving average over about the last 8.
+    pub fn observe_latency(&self, us: u64, at: Instant) {
+        let avg = self.latency_us.get();
+        let next = if avg == 0 { us } else { avg - avg / 8 + us / 8 };
+        self.latency_us.set(next.max(1));
+        self.latency_at.set(Some(at));
+    }
+
+    /// The recent latency, unless none was seen in the last [`LATENCY_FRESH`] (an endpoint
+    /// that got no traffic for a while must get a turn to show how it does now).
+    pub(super) fn recent_latency(&self, now: Instant) -> Option<u64> {
+        let at = self.latency_at.get()?;
+        (now.saturating_duration_since(at) < LATENCY_FRESH).then(|| self.latency_us.get())
     }
 
     pub(super) fn gauges(&self, now: Instant) -> Gauges {

@@ -37,6 +37,8 @@ pub struct Provider {
     pub failures: super::error::FailureLog,
     /// Per-shard random state for the second choice of power-of-two-choices.
     rng: Cell<u64>,
+    /// Every endpoint has the same weight (ties are broken by recent latency).
+    equal_weights: bool,
 }
 
 pub struct Providers {
@@ -262,6 +264,7 @@ impl Provider {
                 .collect(),
             failures: Default::default(),
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (c.name.len() as u64 + 1)),
+            equal_weights: (0..c.endpoints.len()).all(|j| c.weight(j) == c.weight(0)),
             cfg,
         })
     }
@@ -270,8 +273,9 @@ impl Provider {
     /// `tried`: power of two choices among those in service. The first choice is smooth
     /// weighted round-robin (nginx's: over time each endpoint gets its weight's share, and
     /// with equal weights it is plain round-robin), the second a random other one; the
-    /// second wins only when it has fewer requests on it per unit of weight, so under
-    /// concurrency load evens out and sequential traffic follows the weights. An ejected
+    /// second wins when it has fewer requests on it per unit of weight, so under
+    /// concurrency load evens out and sequential traffic follows the weights; with equal
+    /// weights, a tie goes to the endpoint that answered clearly faster lately. An ejected
     /// endpoint whose time is up takes one request as its probe. Weight-0 endpoints are
     /// used only when no other is in service; when every endpoint is out, they are all used
     /// again (better a likely failure than a certain one), round-robin.
@@ -295,6 +299,7 @@ impl Provider {
             .find(|&i| i != a && weighted(i) == weighted(a) && usable(i));
         let chosen = match second {
             Some(b) if self.lighter(b, a) => b,
+            Some(b) if self.equal_weights && self.faster_on_a_tie(b, a, now) => b,
             _ => a,
         };
         let ep = &self.endpoints[chosen];
@@ -327,6 +332,20 @@ impl Provider {
         Some(b)
     }
 
+    /// Whether `b` has as many requests on it as `a` and answered clearly faster lately (by
+    /// a fifth, so that noise does not flip the choice). Only with equal weights: explicit
+    /// weights say how traffic splits, and a tie-break would override them.
+    fn faster_on_a_tie(&self, b: usize, a: usize, now: Instant) -> bool {
+        let (eb, ea) = (&self.endpoints[b], &self.endpoints[a]);
+        if eb.load() != ea.load() {
+            return false;
+        }
+        match (eb.recent_latency(now), ea.recent_latency(now)) {
+            (Some(lb), Some(la)) => lb.saturating_mul(5) < la.saturating_mul(4),
+            _ => false,
+        }
+    }
+
     /// Whether endpoint `b` has fewer requests on it than `a` per unit of weight.
     fn lighter(&self, b: usize, a: usize) -> bool {
         let (eb, ea) = (&self.endpoints[b], &self.endpoints[a]);
@@ -343,5 +362,55 @@ impl Provider {
         x ^= x << 17;
         self.rng.set(x);
         x as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(weights: Vec<u32>) -> Provider {
+        let cfg = ProviderConfig {
+            name: "p".into(),
+            endpoints: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            weights,
+            ..ProviderConfig::default()
+        };
+        let addrs = vec![
+            vec!["127.0.0.1:1".parse().unwrap()],
+            vec!["127.0.0.1:2".parse().unwrap()],
+        ];
+        Provider::new(cfg, &addrs, 0).unwrap()
+    }
+
+    fn picks(p: &Provider, n: usize) -> [usize; 2] {
+        let mut seen = [0; 2];
+        for _ in 0..n {
+            seen[p.pick(0).unwrap().0] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn equal_weights_alternate_until_one_endpoint_is_clearly_faster() {
+        let p = provider(Vec::new());
+        assert_eq!(picks(&p, 20), [10, 10]);
+        let now = Instant::now();
+        p.endpoints[0].observe_latency(1_000, now);
+        p.endpoints[1].observe_latency(900, now);
+        // Within a fifth of each other: still round-robin.
+        assert_eq!(picks(&p, 20), [10, 10]);
+        p.endpoints[1].observe_latency(100, now);
+        p.endpoints[1].observe_latency(100, now);
+        assert_eq!(picks(&p, 20), [0, 20]);
+    }
+
+    #[test]
+    fn explicit_weights_are_not_overridden_by_latency() {
+        let p = provider(vec![1, 3]);
+        let now = Instant::now();
+        p.endpoints[0].observe_latency(100, now);
+        p.endpoints[1].observe_latency(10_000, now);
+        assert_eq!(picks(&p, 40), [10, 30]);
     }
 }

@@ -47,11 +47,13 @@ pub(super) async fn upgrade(
 ) -> Flow {
     let shard = session.shard().clone();
     let cfg = &job.provider.cfg;
+    let ttfb_us = Cell::new(None);
     let leg = Leg {
         shard: &shard,
         stat: job.provider.stat,
         req: job.req,
         limits: Limits::of(cfg, session),
+        ttfb_us: &ttfb_us,
     };
     let mut no_body = BodyState::Done;
     let mut tried = 0u64;
