@@ -37,6 +37,8 @@ fn a_dead_endpoint_is_failed_over_ejected_and_probed_back() {
     assert_eq!(p["endpoints"]["ejections"], 1, "{p}");
     assert_eq!(p["endpoints"]["ejected"], 1, "{p}");
     assert_eq!(p["endpoints"]["failovers"], 2, "{p}");
+    // Each move is counted with its reason.
+    assert_eq!(p["endpoints"]["retry_reasons"]["connect_refused"], 2, "{p}");
     assert_eq!(p["responses"]["5xx"], 0, "{p}");
     let log = gw.proc.log_text();
     assert!(
@@ -58,6 +60,10 @@ fn a_dead_endpoint_is_failed_over_ejected_and_probed_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let m = admin_get(gw.admin, "/metrics");
+    assert!(
+        m.contains("coregate_upstream_retries_by_reason_total{shard=\"0\",core=\"0\",provider=\"p\",reason=\"connect_refused\"} 2"),
+        "{m}"
+    );
     assert!(m.contains("coregate_upstream_failovers_total{"), "{m}");
 }
 

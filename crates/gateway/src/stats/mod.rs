@@ -98,6 +98,9 @@ pub struct ProviderCounters {
     pub dns_failures: u64,
     /// Requests that moved to another endpoint after a failure before any byte was sent.
     pub failovers: u64,
+    /// What made a request move on (to another endpoint or to the fallback provider), by
+    /// the failure's kind, indexed like [`UpstreamError::ALL`].
+    pub retry_reasons: [u64; UpstreamError::COUNT],
     /// Endpoints ejected (failures in a row), and the gauge of those ejected now.
     pub ejections: u64,
     pub endpoints_ejected: u64,

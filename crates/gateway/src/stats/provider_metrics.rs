@@ -151,6 +151,23 @@ pub(super) fn provider_metrics(p: &mut Prom, agg: &Aggregator) {
         }
     }
     p.family(
+        "coregate_upstream_retries_by_reason_total",
+        "counter",
+        "Requests moved to another endpoint or the fallback provider, by the failure's kind.",
+    );
+    for s in agg.shards.values() {
+        for (name, pv) in agg.provider_names.iter().zip(&s.providers) {
+            for e in UpstreamError::ALL
+                .iter()
+                .filter(|e| pv.counters.retry_reasons[**e as usize] > 0)
+            {
+                let l = format!("{},reason=\"{}\"", labels(s, name), e.label());
+                let v = pv.counters.retry_reasons[*e as usize];
+                p.sample("coregate_upstream_retries_by_reason_total", &l, v);
+            }
+        }
+    }
+    p.family(
         "coregate_upstream_errors_total",
         "counter",
         "Upstream errors by kind.",

@@ -73,9 +73,12 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
 
 fn provider_json(p: &ProviderView) -> Value {
     let c = &p.counters;
-    let mut errors = Map::new();
+    let (mut errors, mut retry_reasons) = (Map::new(), Map::new());
     for e in UpstreamError::ALL {
         errors.insert(e.label().into(), c.errors[e as usize].into());
+        if c.retry_reasons[e as usize] > 0 {
+            retry_reasons.insert(e.label().into(), c.retry_reasons[e as usize].into());
+        }
     }
     json!({
         "requests": c.requests,
@@ -93,6 +96,7 @@ fn provider_json(p: &ProviderView) -> Value {
         "dns": {"updates": c.dns_updates, "failures": c.dns_failures},
         "endpoints": {
             "failovers": c.failovers, "ejections": c.ejections, "ejected": c.endpoints_ejected,
+            "retry_reasons": retry_reasons,
             "fallbacks": c.fallbacks,
         },
         "ttfb_us": latency_json(&p.ttfb_us),
@@ -213,6 +217,9 @@ fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
     a.dns_updates += b.dns_updates;
     a.dns_failures += b.dns_failures;
     a.failovers += b.failovers;
+    for i in 0..a.retry_reasons.len() {
+        a.retry_reasons[i] += b.retry_reasons[i];
+    }
     a.ejections += b.ejections;
     a.endpoints_ejected += b.endpoints_ejected;
     a.fallbacks += b.fallbacks;

@@ -61,7 +61,10 @@ impl<'a> Job<'a> {
         let ((p, head), rest) = self.fallbacks.split_first()?;
         let provider = self.providers.get(*p)?;
         self.count_failure(shard, e);
-        provider_stats(shard, self.provider.stat, |s| s.counters.fallbacks += 1);
+        provider_stats(shard, self.provider.stat, |s| {
+            s.counters.fallbacks += 1;
+            s.counters.retry_reasons[e as usize] += 1;
+        });
         provider_stats(shard, provider.stat, |s| s.counters.requests += 1);
         Some(Job {
             provider,
@@ -261,7 +264,10 @@ pub(super) fn fail_over(
     if !e.nothing_sent() || (tried.count_ones() as usize) >= n {
         return false;
     }
-    provider_stats(shard, job.provider.stat, |s| s.counters.failovers += 1);
+    provider_stats(shard, job.provider.stat, |s| {
+        s.counters.failovers += 1;
+        s.counters.retry_reasons[e as usize] += 1;
+    });
     true
 }
 
