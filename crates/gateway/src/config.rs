@@ -41,6 +41,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<crate::route::RouteConfig>,
     pub mock: MockConfig,
+    pub access_log: crate::access_log::AccessLogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +268,9 @@ impl Config {
         crate::upstream::validate_providers(&self.providers).map_err(|(k, m)| err(&k, m))?;
         crate::route::validate_routes(&self.routes, &self.provider_names())
             .map_err(|(k, m)| err(&k, m))?;
+        self.access_log
+            .validate()
+            .map_err(|(k, m)| err(&format!("access_log.{k}"), m))?;
         Ok(())
     }
 

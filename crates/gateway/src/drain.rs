@@ -6,7 +6,7 @@ use crate::reload::Reloader;
 use crate::shard::Control;
 use crate::stats::aggregate::Query;
 use crossbeam_channel::Sender;
-use signal_hook::consts::SIGHUP;
+use signal_hook::consts::{SIGHUP, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -61,18 +61,25 @@ impl Drainer {
     }
 }
 
-/// Runs the signal thread: SIGHUP reloads (until a drain begins), the first SIGTERM or
-/// SIGINT drains, a second one exits at once.
+/// Runs the signal thread: SIGHUP reloads (until a drain begins), SIGUSR1 reopens the
+/// access log, the first SIGTERM or SIGINT drains, a second one exits at once.
 pub fn spawn_signal_thread(
     mut signals: Signals,
     mut reloader: Reloader,
     drainer: Drainer,
+    access_log: Option<Sender<crate::access_log::Message>>,
 ) -> Result<(), String> {
     std::thread::Builder::new()
         .name("coregate-signals".into())
         .spawn(move || {
             let mut stops = 0;
             for sig in signals.forever() {
+                if sig == SIGUSR1 {
+                    if let Some(log) = &access_log {
+                        let _ = log.send(crate::access_log::Message::Reopen);
+                    }
+                    continue;
+                }
                 if sig == SIGHUP {
                     // Reloads stop once the drain began: the shards are on their way out.
                     match drainer.started.load(Ordering::SeqCst) {

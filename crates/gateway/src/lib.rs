@@ -25,13 +25,16 @@
 //! aggregated stats; `doctor` checks a host before it serves. See docs/architecture.md.
 
 pub mod accept;
+pub mod access_log;
 pub mod admin;
 pub mod budget;
 pub mod config;
 pub mod doctor;
 pub mod drain;
+pub mod facts;
 pub mod generation;
 pub mod reload;
+pub mod request_id;
 pub mod resolver;
 pub mod route;
 pub mod server;

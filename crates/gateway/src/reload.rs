@@ -249,6 +249,7 @@ fn restart_only() -> Vec<Setting> {
         ("admin", |c| format!("{:?}", c.admin)),
         ("mock", |c| format!("{:?}", c.mock)),
         ("stats.interval_ms", |c| c.stats.interval_ms.to_string()),
+        ("access_log", |c| format!("{:?}", c.access_log)),
     ]
 }
 
@@ -279,4 +280,5 @@ fn keep_restart_only(new: &mut Config, running: &Config) {
     new.admin = running.admin.clone();
     new.mock = running.mock.clone();
     new.stats = running.stats.clone();
+    new.access_log = running.access_log.clone();
 }

@@ -14,7 +14,7 @@ use crate::stats::aggregate::{Aggregator, Query};
 use crate::upstream::ProviderConfig;
 use coregate_runtime::host::raise_nofile_limit;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,9 +93,13 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         start_admin(&config.admin.listen, wait, query_tx, shared)?;
     }
 
-    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
+    let access_log = match config.access_log.enabled() {
+        true => Some(crate::access_log::start(&config.access_log)?),
+        false => None,
+    };
     let (ready_tx, ready_rx) = unbounded();
     let (exit_tx, exit_rx) = unbounded();
     let mut controls: Vec<Sender<Control>> = Vec::new();
@@ -120,6 +124,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
             control: ctl_rx,
             ready: ready_tx.clone(),
             exited: exit_tx.clone(),
+            access_log: access_log.as_ref().map(|w| w.lines.clone()),
         };
         threads
             .push(crate::shard::spawn(spec).map_err(|e| format!("cannot start shard {id}: {e}"))?);
@@ -180,7 +185,8 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         queries: drain_notice.clone(),
         resolver,
     };
-    spawn_signal_thread(signals, reloader, drainer.clone())?;
+    let reopen = access_log.map(|w| w.control);
+    spawn_signal_thread(signals, reloader, drainer.clone(), reopen)?;
     let successor = drainer.clone();
     let on_drain = move || successor.start("a new coregate took over the addresses", true);
     if !held.is_empty() {

@@ -9,6 +9,9 @@
 //! responses to pipelined requests are batched in the write buffer and flushed when the
 //! next read would wait. Whenever framing is in doubt the connection answers, then closes.
 
+use crate::access_log::Entry;
+use crate::facts::Facts;
+use crate::request_id::RequestId;
 use crate::route::Target;
 use crate::shard::Shard;
 use crate::upstream::ClientFacts;
@@ -55,6 +58,23 @@ pub struct Session {
     started_at: Instant,
     /// Requests served on this connection so far.
     requests: u64,
+    /// What the current request learned (the provider side fills it).
+    facts: Rc<Facts>,
+    /// The current request's method, path, User-Agent and Referer, copied for its access
+    /// log line (the head leaves the buffer before the line is written); only with a log.
+    logged: LoggedHead,
+    /// Response bytes queued but not yet written when the last request's line was logged:
+    /// they were counted in that line, and are left out of the next one's.
+    logged_unflushed: u64,
+}
+
+/// See [`Session::logged`]: reused buffers, so a request allocates nothing for its line.
+#[derive(Default)]
+struct LoggedHead {
+    method: Vec<u8>,
+    path: Vec<u8>,
+    user_agent: Option<Vec<u8>>,
+    referer: Option<Vec<u8>>,
 }
 
 /// Counts a request as in flight (the drain waits for these) until dropped.
@@ -105,6 +125,9 @@ pub async fn serve(
             answered_at: None,
             started_at: Instant::now(),
             requests: 0,
+            facts: Rc::new(Facts::default()),
+            logged: LoggedHead::default(),
+            logged_unflushed: 0,
         };
         session.run().await;
         session.sync_bytes();
@@ -140,7 +163,9 @@ impl Session {
                 Ok(Some(h)) => h,
                 Ok(None) => return,
                 Err(e) => {
+                    self.facts.reset();
                     self.respond_bad_request(&e);
+                    self.log_refused(&e);
                     self.wire.close().await;
                     return;
                 }
@@ -148,6 +173,7 @@ impl Session {
             let inflight = InFlight::new(&self.shard);
             self.requests += 1;
             self.started_at = Instant::now();
+            self.begin_request(&head);
             // Boxed: the exchange's state (the provider side's nested futures, a few KiB)
             // lives only while a request is in flight, not in every idle connection's task.
             let flow = Box::pin(self.dispatch(head)).await;
@@ -157,7 +183,8 @@ impl Session {
                 let end = self.answered_at.take().unwrap_or_else(Instant::now);
                 st.latency(end.saturating_duration_since(self.started_at).as_micros() as u64);
             }
-            self.sync_bytes();
+            let (bytes_in, bytes_out) = self.sync_bytes();
+            self.log_request(bytes_in, bytes_out);
             drop(inflight);
             if flow == Flow::Close {
                 self.wire.close().await;
@@ -166,11 +193,96 @@ impl Session {
         }
     }
 
-    /// Folds the wire's byte counts into the shard's stats.
-    fn sync_bytes(&mut self) {
+    /// Folds the wire's byte counts into the shard's stats; returns them (in, out).
+    fn sync_bytes(&mut self) -> (u64, u64) {
         let mut st = self.shard.stats.borrow_mut();
-        st.counters.bytes_in += std::mem::take(&mut self.wire.rx.bytes);
-        st.counters.bytes_out += std::mem::take(&mut self.wire.tx.bytes);
+        let (bytes_in, bytes_out) = (
+            std::mem::take(&mut self.wire.rx.bytes),
+            std::mem::take(&mut self.wire.tx.bytes),
+        );
+        st.counters.bytes_in += bytes_in;
+        st.counters.bytes_out += bytes_out;
+        (bytes_in, bytes_out)
+    }
+
+    /// A new request: its id (the client's, if well formed, else a new one) and, with an
+    /// access log, a copy of what its line needs from the head.
+    fn begin_request(&mut self, head: &RequestHead) {
+        self.facts.reset();
+        let buf = self.wire.rx.buffered();
+        let field = |name: &[u8]| {
+            self.headers
+                .iter()
+                .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name))
+                .map(|h| &buf[h.value.clone()])
+        };
+        let id = field(b"x-request-id")
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(|| RequestId::generate(&self.shard.ids));
+        self.facts.request_id.set(Some(id));
+        if let Some(log) = &self.shard.access_log {
+            let copy = |dst: &mut Vec<u8>, src: &[u8]| {
+                dst.clear();
+                dst.extend_from_slice(src);
+            };
+            copy(&mut self.logged.method, head.method(buf));
+            copy(&mut self.logged.path, head.path(buf));
+            if log.combined() {
+                self.logged.user_agent = field(b"user-agent").map(<[u8]>::to_vec);
+                self.logged.referer = field(b"referer").map(<[u8]>::to_vec);
+            }
+        }
+    }
+
+    /// Writes the access log line of the request that just ended (if it is sampled).
+    /// `bytes_out` is what was written since the last line; the response's bytes still
+    /// queued (sent with the next flush) count here, not in the next line.
+    fn log_request(&mut self, bytes_in: u64, bytes_out: u64) {
+        let Some(log) = &self.shard.access_log else {
+            return;
+        };
+        let queued = self.wire.tx.buf.len() as u64;
+        let bytes_out = (bytes_out + queued).saturating_sub(self.logged_unflushed);
+        self.logged_unflushed = queued;
+        let f = &self.facts;
+        if !log.wants(f.status.get(), f.error.get().is_some()) {
+            return;
+        }
+        let id = f.request_id.get();
+        let (provider, route) = (f.provider.borrow(), f.route.borrow());
+        fn some(s: &str) -> Option<&str> {
+            (!s.is_empty()).then_some(s)
+        }
+        log.write(&Entry {
+            request_id: id.as_ref().map_or(b"-", |i| i.as_bytes()),
+            tenant: None,
+            client: self.peer_ip,
+            method: &self.logged.method,
+            path: &self.logged.path,
+            route: some(&route),
+            provider: some(&provider),
+            upstream: f.upstream.get(),
+            status: f.status.get(),
+            bytes_in,
+            bytes_out,
+            duration: self.started_at.elapsed(),
+            ttfb: f.ttfb_us.get().map(std::time::Duration::from_micros),
+            error: f.error.get(),
+            user_agent: self.logged.user_agent.as_deref(),
+            referer: self.logged.referer.as_deref(),
+        });
+    }
+
+    /// Logs a request refused before its head could be read whole (400, 408, 413...).
+    fn log_refused(&mut self, e: &HttpError) {
+        self.logged.method.clear();
+        self.logged.path.clear();
+        self.logged.method.push(b'-');
+        self.logged.path.push(b'-');
+        self.facts.error.set(Some(e.code));
+        self.started_at = Instant::now();
+        let (bytes_in, bytes_out) = self.sync_bytes();
+        self.log_request(bytes_in, bytes_out);
     }
 
     /// The bytes of the current request head (valid until the head is consumed).
@@ -212,6 +324,7 @@ impl Session {
                 self.answer_locally(&head, &reply).await
             }
             Target::Health => {
+                self.facts.error.set(Some("method_not_allowed"));
                 let body = json_error(405, "method_not_allowed", "use GET or HEAD", None);
                 let reply = Reply {
                     status: 405,
@@ -223,6 +336,7 @@ impl Session {
             }
             Target::NotFound => {
                 let path = String::from_utf8_lossy(head.path(buf)).into_owned();
+                self.facts.error.set(Some("not_found"));
                 let body = json_error(404, "not_found", &format!("no route for {path}"), None);
                 let reply = Reply {
                     status: 404,
@@ -374,13 +488,26 @@ impl Session {
     /// its status. `persist` says what the response announces about the connection.
     pub fn respond(&mut self, reply: &Reply<'_>, persist: Persist, head_only: bool) {
         let date = self.shard.date.borrow();
-        reply.write(&mut self.wire.tx.buf, date.get(), persist, head_only);
+        let mut id_line = [0u8; 96];
+        let id_line = match self.facts.request_id.get() {
+            Some(id) => request_id_line(&mut id_line, id.as_bytes()),
+            None => &[][..],
+        };
+        reply.write_with(
+            &mut self.wire.tx.buf,
+            date.get(),
+            persist,
+            head_only,
+            id_line,
+        );
+        self.facts.status.set(reply.status);
         self.shard.stats.borrow_mut().response(reply.status);
     }
 
     /// Queues an error response that closes the connection; `provider` is named in the
     /// JSON body when the error is about one.
     pub fn respond_error(&mut self, e: &HttpError, provider: Option<&str>) {
+        self.facts.error.set(Some(e.code));
         let body = json_error(e.status, e.code, &e.message, provider);
         let reply = Reply {
             status: e.status,
@@ -414,12 +541,19 @@ impl Session {
         &self.shard
     }
 
-    /// The client's address and scheme, for `X-Forwarded-For` and `X-Forwarded-Proto`.
+    /// The client's address and scheme, for `X-Forwarded-For` and `X-Forwarded-Proto`,
+    /// and the request's id.
     pub fn client_facts(&self) -> ClientFacts {
         ClientFacts {
             peer: self.peer_ip,
             https: self.wire.rx.stream.is_tls(),
+            request_id: self.facts.request_id.get(),
         }
+    }
+
+    /// What the current request learned; the provider side fills it.
+    pub fn facts(&self) -> Rc<Facts> {
+        self.facts.clone()
     }
 
     /// When the current request's head was complete.
@@ -447,4 +581,14 @@ impl Session {
     pub fn client_io(&mut self) -> (&mut Rx, &mut Tx) {
         (&mut self.wire.rx, &mut self.wire.tx)
     }
+}
+
+/// `X-Request-Id: <id>\r\n` in `buf` (an id is at most 64 bytes).
+fn request_id_line<'a>(buf: &'a mut [u8; 96], id: &[u8]) -> &'a [u8] {
+    const NAME: &[u8] = b"X-Request-Id: ";
+    let end = NAME.len() + id.len();
+    buf[..NAME.len()].copy_from_slice(NAME);
+    buf[NAME.len()..end].copy_from_slice(id);
+    buf[end..end + 2].copy_from_slice(b"\r\n");
+    &buf[..end + 2]
 }

@@ -79,6 +79,10 @@ pub struct Shard {
     pub drain_expired: Cell<bool>,
     /// Requests between parsed head and finished response.
     pub inflight: Cell<usize>,
+    /// The access log's per-shard buffer, when there is an access log.
+    pub access_log: Option<crate::access_log::ShardLog>,
+    /// Makes request ids.
+    pub ids: crate::request_id::IdGenerator,
 }
 
 impl Shard {
@@ -101,6 +105,8 @@ pub struct ShardSpec {
     pub ready: Sender<Result<(), String>>,
     /// Told when the shard's thread ends, normally or by a panic.
     pub exited: Sender<ShardExit>,
+    /// The access log writer's channel, when there is an access log.
+    pub access_log: Option<Sender<Vec<u8>>>,
 }
 
 /// A shard thread's end, as the main thread learns it.
@@ -186,6 +192,11 @@ async fn shard_main(spec: ShardSpec) {
         drain: Event::default(),
         drain_idle_until: Cell::new(None),
         drain_expired: Cell::new(false),
+        access_log: spec
+            .access_log
+            .clone()
+            .map(|tx| crate::access_log::ShardLog::new(&cfg.access_log, tx, spec.id as u64 + 1)),
+        ids: crate::request_id::IdGenerator::new(spec.id),
         inflight: Cell::new(0),
     });
     let _ = spec.ready.send(Ok(()));
@@ -220,6 +231,9 @@ async fn shard_main(spec: ShardSpec) {
             next_snapshot += interval;
             ship(&shard, &spec.snapshots);
         }
+        if let Some(log) = &shard.access_log {
+            log.flush();
+        }
         if !take_control(&shard, &spec.control, spec.max_connections) {
             break;
         }
@@ -227,6 +241,9 @@ async fn shard_main(spec: ShardSpec) {
 
     drain(&shard, accepts, &spec.snapshots).await;
     pool_sweeper.await;
+    if let Some(log) = &shard.access_log {
+        log.flush();
+    }
     ship(&shard, &spec.snapshots);
     coregate_runtime::deadline::release_wakers();
 }
@@ -408,6 +425,9 @@ fn ship(shard: &Shard, tx: &Sender<Snapshot>) {
     let snap = {
         let mut stats = shard.stats.borrow_mut();
         shard.config().providers.update_gauges(&mut stats.providers);
+        if let Some(log) = &shard.access_log {
+            stats.counters.access_log_dropped = log.dropped.get();
+        }
         stats.take_snapshot()
     };
     // Never block a shard on the aggregator; a full channel drops one interval's delta.

@@ -182,6 +182,18 @@ impl Reply<'_> {
     /// Appends the response to `out`. `head_only` omits the body (HEAD requests) but keeps
     /// Content-Length; `persist` says what the response announces about the connection.
     pub fn write(&self, out: &mut Vec<u8>, date: &[u8], persist: Persist, head_only: bool) {
+        self.write_with(out, date, persist, head_only, b"");
+    }
+
+    /// [`Reply::write`] with more header lines (each with its CRLF) after the others.
+    pub fn write_with(
+        &self,
+        out: &mut Vec<u8>,
+        date: &[u8],
+        persist: Persist,
+        head_only: bool,
+        more: &[u8],
+    ) {
         out.extend_from_slice(b"HTTP/1.1 ");
         push_u64(out, u64::from(self.status));
         out.push(b' ');
@@ -197,6 +209,7 @@ impl Reply<'_> {
             out.extend_from_slice(line.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(more);
         out.extend_from_slice(persist.field());
         out.extend_from_slice(b"\r\n");
         if !head_only {

@@ -64,6 +64,8 @@ pub struct Counters {
     pub config_generation: u64,
     /// Reloads this shard could not apply (it kept its generation).
     pub reload_failures: u64,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: u64,
 }
 
 /// Cumulative per-shard, per-provider counters.

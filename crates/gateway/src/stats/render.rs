@@ -51,6 +51,7 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
     m.insert("accept_paused".into(), c.accept_paused.into());
     m.insert("config_generation".into(), c.config_generation.into());
     m.insert("reload_failures".into(), c.reload_failures.into());
+    m.insert("access_log_dropped".into(), c.access_log_dropped.into());
     m.insert(
         "tunnels".into(),
         json!({"active": c.tunnels_active, "total": c.tunnels_total}),
@@ -189,6 +190,7 @@ fn add_counters(a: &mut Counters, b: &Counters) {
     a.tls_resumed += b.tls_resumed;
     a.config_generation = a.config_generation.max(b.config_generation);
     a.reload_failures += b.reload_failures;
+    a.access_log_dropped += b.access_log_dropped;
     for i in 0..a.tls_handshake_failures.len() {
         a.tls_handshake_failures[i] += b.tls_handshake_failures[i];
     }

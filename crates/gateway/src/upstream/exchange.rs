@@ -23,7 +23,6 @@ use crate::stats::record;
 use coregate_http1::reply::{json_error, Persist, Reply};
 use coregate_http1::request::{HeaderRange, RequestHead, Version};
 use coregate_http1::Framing;
-use std::cell::Cell;
 use std::rc::Rc;
 
 /// One request on its way to a provider: what [`exchange`] and the tunnel work from.
@@ -145,6 +144,14 @@ pub async fn proxy(
         }
     };
     provider_stats(&shard, provider.stat, |s| s.counters.requests += 1);
+    let facts = session.facts();
+    let logged = shard.access_log.is_some();
+    facts.note(
+        logged,
+        &facts.route,
+        &String::from_utf8_lossy(&route.prefix),
+    );
+    facts.note(logged, &facts.provider, &provider.name);
     session.consume_head(&head);
     let mut headers = session.take_headers();
     let job = Job {
@@ -168,13 +175,14 @@ pub async fn proxy(
 async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderRange>) -> Flow {
     let shard = session.shard().clone();
     let mut job = job;
-    let ttfb_us = Cell::new(None);
+    let facts = session.facts();
+    let logged = shard.access_log.is_some();
     let mut leg = Leg {
         shard: &shard,
         stat: job.provider.stat,
         req: job.req,
         limits: Limits::of(&job.provider.cfg, session),
-        ttfb_us: &ttfb_us,
+        facts: &facts,
     };
     let mut body = BodyState::new(job.head.framing);
     let mut sent_continue = false;
@@ -211,6 +219,8 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
         let Some(up) = lease.conn.as_mut() else {
             return Flow::Close;
         };
+        facts.upstream.set(Some(up.addr));
+        facts.note(logged, &facts.provider, &job.provider.name);
         up.tx.stream.set_write_timeout(leg.limits.idle);
         // A stale pooled connection fails on first use; only a request without a body
         // can be replayed, and only before any response byte.
@@ -224,7 +234,7 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             Attempt::Finished(d) => {
                 match &d {
                     Download::Done { status, .. } => {
-                        if let Some(us) = ttfb_us.take() {
+                        if let Some(us) = facts.ttfb_us.get() {
                             ep.observe_latency(us, leg.limits.started);
                         }
                         record_outcome(&shard, job.provider, &ep, Outcome::Answered(*status))
@@ -398,6 +408,13 @@ pub(super) async fn fail(
 ) -> Flow {
     let head = job.head;
     job.count_failure(session.shard(), e);
+    let facts = session.facts();
+    facts.error.set(Some(e.label()));
+    facts.note(
+        session.shard().access_log.is_some(),
+        &facts.provider,
+        &job.provider.name,
+    );
     let mut close = !head.keep_alive || session.shard().draining.get();
     // A body the client was told to hold back, or that cannot be discarded, forces a close.
     if !body.is_done()

@@ -12,6 +12,8 @@ use super::error::UpstreamError;
 use super::heads::{interim_head, response_head, transfer_codings, ClientFraming};
 use super::pool::provider_stats;
 use super::ProviderConfig;
+use crate::facts::Facts;
+use crate::request_id::RequestId;
 use crate::session::{BodyError, BodyState, Session};
 use crate::shard::Shard;
 use crate::stats::{class_index, record};
@@ -162,9 +164,9 @@ pub(super) struct Leg<'a> {
     pub(super) stat: usize,
     pub(super) req: ClientSide,
     pub(super) limits: Limits,
-    /// Set to the time to the provider's response head, µs from the request's start, when
-    /// it comes (the endpoint's recent latency, for the balancer's tie-break).
-    pub(super) ttfb_us: &'a Cell<Option<u64>>,
+    /// What the request learns (status, time to the response head: the endpoint's recent
+    /// latency for the balancer, and the access log's figures).
+    pub(super) facts: &'a Facts,
 }
 
 /// What the two streams of an exchange tell each other while both run.
@@ -221,7 +223,8 @@ pub(super) async fn download(
 /// Counts the provider's first (final or 101) response head: its class and the time to it.
 pub(super) fn count_response_head(leg: Leg<'_>, resp: &ResponseHead) {
     let ttfb_us = leg.limits.started.elapsed().as_micros() as u64;
-    leg.ttfb_us.set(Some(ttfb_us));
+    leg.facts.ttfb_us.set(Some(ttfb_us));
+    leg.facts.status.set(resp.status);
     provider_stats(leg.shard, leg.stat, |s| {
         record(&mut s.ttfb_us, ttfb_us);
         s.counters.ttfb_sum_us += ttfb_us;
@@ -279,6 +282,7 @@ pub(super) async fn relay_response(
         req.http10,
         Some(shard.date.borrow().get()),
         &codings,
+        leg.facts.request_id.get().as_ref().map(RequestId::as_bytes),
     );
     up.consume(resp.head_len);
     progress.head_sent.set(true);

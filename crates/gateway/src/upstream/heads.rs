@@ -6,6 +6,7 @@
 //! without `Date` gets one (RFC 9110 §7.6, §6.6.1; RFC 9112 §6).
 
 use super::providers::Provider;
+use crate::request_id::RequestId;
 use crate::route::Route;
 use coregate_http1::reply::Persist;
 use coregate_http1::request::{check_dot_segments, HeaderRange, RequestHead, Version};
@@ -131,6 +132,8 @@ pub(super) fn request_head(
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            // Replaced by the request's id (the same value when the client's was well formed).
+            || name.eq_ignore_ascii_case(b"x-request-id")
             || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
             || route
                 .remove_headers
@@ -175,6 +178,9 @@ pub(super) fn request_head(
         b"\r\nX-Forwarded-Proto: http\r\n"
     });
     push_via(&mut out, &via, head.version != Version::Http10);
+    if let Some(id) = &client.request_id {
+        push_header(&mut out, b"X-Request-Id", id.as_bytes());
+    }
     for (k, v) in route.add_headers.iter().chain(&provider.add_headers) {
         push_header(&mut out, k, v);
     }
@@ -204,12 +210,14 @@ pub(super) fn request_head(
     Ok(out)
 }
 
-/// What the provider is told about the client (`X-Forwarded-For`, `X-Forwarded-Proto`).
-#[derive(Debug, Clone, Copy)]
+/// What the provider is told about the client (`X-Forwarded-For`, `X-Forwarded-Proto`)
+/// and the request (`X-Request-Id`).
+#[derive(Clone, Copy)]
 pub struct ClientFacts {
     pub peer: Option<std::net::IpAddr>,
     /// The client connected over TLS.
     pub https: bool,
+    pub request_id: Option<RequestId>,
 }
 
 /// How the response body goes to the client.
@@ -230,12 +238,14 @@ pub(super) fn interim_head(
     headers: &[HeaderRange],
 ) {
     let none = ClientFraming::None;
-    response_head(out, buf, resp, headers, none, false, false, None, &[]);
+    response_head(out, buf, resp, headers, none, false, false, None, &[], None);
 }
 
 /// Writes the response head for the client into `out`: final, interim (1xx) or 101.
 /// `date` is added when the provider sent none (RFC 9110 §6.6.1: a recipient with a clock
-/// adds one when forwarding); interim responses pass `None`. `codings` are the transfer
+/// adds one when forwarding); interim responses pass `None`. `request_id` is returned as
+/// `X-Request-Id`; the provider's own id, if it sent one, as `X-Upstream-Request-Id`.
+/// `codings` are the transfer
 /// codings still on the body as relayed ([`transfer_codings`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn response_head(
@@ -248,6 +258,7 @@ pub(super) fn response_head(
     client_http10: bool,
     date: Option<&[u8]>,
     codings: &[&[u8]],
+    request_id: Option<&[u8]>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     coregate_http1::reply::push_u64(out, u64::from(resp.status));
@@ -282,9 +293,17 @@ pub(super) fn response_head(
         }
         if name.eq_ignore_ascii_case(b"via") {
             via.push(value);
+        } else if request_id.is_some() && name.eq_ignore_ascii_case(b"x-request-id") {
+            // The provider's own id (OpenAI, Deepgram send one): kept, for its support.
+            if request_id != Some(value) {
+                push_header(out, b"X-Upstream-Request-Id", value);
+            }
         } else {
             push_header(out, name, value);
         }
+    }
+    if let Some(id) = request_id {
+        push_header(out, b"X-Request-Id", id);
     }
     if let (false, Some(date)) = (dated, date) {
         out.extend_from_slice(b"Date: ");

@@ -47,13 +47,13 @@ pub(super) async fn upgrade(
 ) -> Flow {
     let shard = session.shard().clone();
     let cfg = &job.provider.cfg;
-    let ttfb_us = Cell::new(None);
+    let facts = session.facts();
     let leg = Leg {
         shard: &shard,
         stat: job.provider.stat,
         req: job.req,
         limits: Limits::of(cfg, session),
-        ttfb_us: &ttfb_us,
+        facts: &facts,
     };
     let mut no_body = BodyState::Done;
     let mut tried = 0u64;
@@ -67,7 +67,10 @@ pub(super) async fn upgrade(
         };
         let timeout = Duration::from_millis(job.provider.cfg.connect_timeout_ms);
         match open(&shard, job.provider, &ep, timeout).await {
-            Ok((s, _)) => break (ep, s),
+            Ok((s, addr)) => {
+                facts.upstream.set(Some(addr));
+                break (ep, s);
+            }
             Err(e) => {
                 record_outcome(&shard, job.provider, &ep, Outcome::Failed(e));
                 if fail_over(&shard, job, e, &mut tried, ei) {

@@ -1,0 +1,290 @@
+//! The access log: one line per request or tunnel, written without I/O on the request path.
+//!
+//! A finished request formats its line into its shard's buffer (a `Vec`, no lock, no
+//! syscall); the shard's housekeeping tick hands the buffer to the writer thread over a
+//! channel; that thread alone touches the file (and reopens it on SIGUSR1, for logrotate).
+//! A buffer the writer cannot take (the channel is full: the disk is slower than the
+//! traffic) is dropped and counted, never waited for.
+//!
+//! Formats: JSON lines (the default: every field named, `null` when unknown) or the
+//! combined log format with the request id, tenant, upstream and timings appended.
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// A file (appended to; reopened on SIGUSR1), `stdout`, or empty: no access log.
+    pub path: String,
+    pub format: Format,
+    /// The share of successful (below 400) requests logged, 0..=1.
+    pub sample_ok: f64,
+    /// The share of failed requests (400 and above, or a gateway error) logged, 0..=1.
+    pub sample_error: f64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            path: String::new(),
+            format: Format::Json,
+            sample_ok: 1.0,
+            sample_error: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Combined,
+}
+
+impl AccessLogConfig {
+    pub fn enabled(&self) -> bool {
+        !self.path.is_empty()
+    }
+
+    /// The error names the key under `access_log`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, v) in [
+            ("sample_ok", self.sample_ok),
+            ("sample_error", self.sample_error),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err((key, format!("{v} is out of range (0..=1)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything one line says.
+pub struct Entry<'a> {
+    pub request_id: &'a [u8],
+    pub tenant: Option<&'a str>,
+    pub client: Option<IpAddr>,
+    pub method: &'a [u8],
+    pub path: &'a [u8],
+    pub route: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub upstream: Option<SocketAddr>,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    pub ttfb: Option<Duration>,
+    /// The gateway's error code when it answered (a 4xx/5xx of its own).
+    pub error: Option<&'a str>,
+    pub user_agent: Option<&'a [u8]>,
+    pub referer: Option<&'a [u8]>,
+}
+
+/// A shard's side of the log: its settings and its buffer.
+pub struct ShardLog {
+    format: Format,
+    sample_ok: f64,
+    sample_error: f64,
+    buf: RefCell<Vec<u8>>,
+    rng: Cell<u64>,
+    writer: Sender<Vec<u8>>,
+    /// Lines dropped because the writer fell behind.
+    pub dropped: Cell<u64>,
+    lines: Cell<u64>,
+}
+
+/// Hand the buffer over before the tick when it grows past this.
+const FLUSH_BYTES: usize = 1 << 20;
+
+impl ShardLog {
+    pub fn new(cfg: &AccessLogConfig, writer: Sender<Vec<u8>>, seed: u64) -> ShardLog {
+        ShardLog {
+            format: cfg.format,
+            sample_ok: cfg.sample_ok,
+            sample_error: cfg.sample_error,
+            buf: RefCell::new(Vec::new()),
+            rng: Cell::new(seed | 1),
+            writer,
+            dropped: Cell::new(0),
+            lines: Cell::new(0),
+        }
+    }
+
+    /// Whether lines are in the combined format (which needs User-Agent and Referer).
+    pub fn combined(&self) -> bool {
+        self.format == Format::Combined
+    }
+
+    /// Whether a request that ended with `status` is logged (sampling).
+    pub fn wants(&self, status: u16, error: bool) -> bool {
+        let share = if status >= 400 || error {
+            self.sample_error
+        } else {
+            self.sample_ok
+        };
+        if share >= 1.0 {
+            return true;
+        }
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64 <= share
+    }
+
+    pub fn write(&self, e: &Entry<'_>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut buf = self.buf.borrow_mut();
+        match self.format {
+            Format::Json => json_line(&mut buf, now, e),
+            Format::Combined => combined_line(&mut buf, now, e),
+        }
+        self.lines.set(self.lines.get() + 1);
+        if buf.len() >= FLUSH_BYTES {
+            drop(buf);
+            self.flush();
+        }
+    }
+
+    /// Hands the buffered lines to the writer (the shard's tick, and the end of a drain).
+    pub fn flush(&self) {
+        let buf = std::mem::take(&mut *self.buf.borrow_mut());
+        let lines = self.lines.replace(0);
+        if !buf.is_empty() && self.writer.try_send(buf).is_err() {
+            self.dropped.set(self.dropped.get() + lines);
+        }
+    }
+}
+
+fn json_line(out: &mut Vec<u8>, now: Duration, e: &Entry<'_>) {
+    let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let line = serde_json::json!({
+        "time": coregate_runtime::log::rfc3339(now),
+        "request_id": text(e.request_id),
+        "tenant": e.tenant,
+        "client": e.client.map(|ip| ip.to_string()),
+        "method": text(e.method),
+        "path": text(e.path),
+        "route": e.route,
+        "provider": e.provider,
+        "upstream": e.upstream.map(|a| a.to_string()),
+        "status": e.status,
+        "bytes_in": e.bytes_in,
+        "bytes_out": e.bytes_out,
+        "duration_ms": ms(e.duration),
+        "ttfb_ms": e.ttfb.map(ms),
+        "error": e.error,
+    });
+    let _ = serde_json::to_writer(&mut *out, &line);
+    out.push(b'\n');
+}
+
+/// `client - tenant [time] "METHOD path HTTP/1.1" status bytes "referer" "agent"`, then
+/// `rid= route= provider= upstream= ms= ttfb_ms= error=`.
+fn combined_line(out: &mut Vec<u8>, now: Duration, e: &Entry<'_>) {
+    let quoted = |b: Option<&[u8]>| match b {
+        Some(v) => String::from_utf8_lossy(v).replace('"', "\\\""),
+        None => "-".into(),
+    };
+    let dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "{} - {} [{}] \"{} {} HTTP/1.1\" {} {} \"{}\" \"{}\" rid={} route={} provider={} \
+         upstream={} ms={:.3} ttfb_ms={} error={}",
+        dash(e.client.map(|ip| ip.to_string())),
+        e.tenant.unwrap_or("-"),
+        coregate_runtime::log::rfc3339(now),
+        String::from_utf8_lossy(e.method),
+        quoted(Some(e.path)),
+        e.status,
+        e.bytes_out,
+        quoted(e.referer),
+        quoted(e.user_agent),
+        String::from_utf8_lossy(e.request_id),
+        e.route.unwrap_or("-"),
+        e.provider.unwrap_or("-"),
+        dash(e.upstream.map(|a| a.to_string())),
+        e.duration.as_secs_f64() * 1000.0,
+        dash(e.ttfb.map(|t| format!("{:.3}", t.as_secs_f64() * 1000.0))),
+        e.error.unwrap_or("-"),
+    );
+}
+
+/// What the writer thread is told.
+pub enum Message {
+    /// Reopen the file (SIGUSR1: logrotate moved it).
+    Reopen,
+}
+
+/// The writer thread's ends: shards send buffers on `lines`, the signal thread `Reopen`.
+pub struct Writer {
+    pub lines: Sender<Vec<u8>>,
+    pub control: Sender<Message>,
+}
+
+/// Opens the log (an error names `access_log.path`) and starts the writer thread.
+pub fn start(cfg: &AccessLogConfig) -> Result<Writer, String> {
+    let path = cfg.path.clone();
+    let mut out = open(&path).map_err(|e| format!("access_log.path: cannot open {path}: {e}"))?;
+    let (lines, lines_rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
+    let (control, control_rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("coregate-access-log".into())
+        .spawn(move || run(&path, &mut out, lines_rx, control_rx))
+        .map_err(|e| format!("cannot start the access log thread: {e}"))?;
+    Ok(Writer { lines, control })
+}
+
+fn open(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    if path == "stdout" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(Box::new(f))
+}
+
+fn run(
+    path: &str,
+    out: &mut Box<dyn Write + Send>,
+    lines: Receiver<Vec<u8>>,
+    control: Receiver<Message>,
+) {
+    loop {
+        crossbeam_channel::select! {
+            recv(lines) -> buf => match buf {
+                Ok(buf) => {
+                    if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
+                        coregate_runtime::log::warn(&format!("access log: cannot write {path}: {e}"));
+                    }
+                }
+                Err(_) => return,
+            },
+            recv(control) -> msg => match msg {
+                Ok(Message::Reopen) => match open(path) {
+                    Ok(f) => {
+                        *out = f;
+                        coregate_runtime::log::info(&format!("access log: reopened {path}"));
+                    }
+                    Err(e) => coregate_runtime::log::warn(&format!(
+                        "access log: cannot reopen {path} ({e}); still writing the old file"
+                    )),
+                },
+                Err(_) => return,
+            },
+        }
+    }
+}

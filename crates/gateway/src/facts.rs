@@ -1,0 +1,46 @@
+//! What one request learned on its way, beyond its head: filled by the provider side (and
+//! by local answers), read by the session for the access log line and by the balancer.
+//! `Cell`s in an `Rc` the session lends to the exchange: no borrow of the session is held.
+
+use crate::request_id::RequestId;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+
+#[derive(Default)]
+pub struct Facts {
+    /// The final status the client got (101 for a tunnel).
+    pub status: Cell<u16>,
+    /// Time to the provider's response head, µs from the request's start.
+    pub ttfb_us: Cell<Option<u64>>,
+    /// The provider address of the last attempt.
+    pub upstream: Cell<Option<SocketAddr>>,
+    /// The gateway's error code, when it answered with an error of its own.
+    pub error: Cell<Option<&'static str>>,
+    /// The provider (the last of a fallback chain) and the route's prefix, for the log;
+    /// filled only when there is an access log.
+    pub provider: RefCell<String>,
+    pub route: RefCell<String>,
+    pub request_id: Cell<Option<RequestId>>,
+}
+
+impl Facts {
+    /// Forgets the previous request's.
+    pub fn reset(&self) {
+        self.status.set(0);
+        self.ttfb_us.set(None);
+        self.upstream.set(None);
+        self.error.set(None);
+        self.provider.borrow_mut().clear();
+        self.route.borrow_mut().clear();
+        self.request_id.set(None);
+    }
+
+    /// Sets `field` to `value` when there is an access log to read it.
+    pub fn note(&self, logged: bool, field: &RefCell<String>, value: &str) {
+        if logged {
+            let mut f = field.borrow_mut();
+            f.clear();
+            f.push_str(value);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The access log and the request id: one line per request (JSON or combined), the id
+//! taken from the client when well formed and otherwise made, sent to the provider and
+//! returned; `traceparent` passed through; sampling; SIGUSR1 reopens the file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The log's lines once it has at least `n` (shards hand them over every 100 ms).
+fn lines(path: &Path, n: usize) -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n || Instant::now() > end {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+#[test]
+fn json_lines_carry_the_request_id_the_provider_and_the_client_saw() {
+    let dir = tmpdir("access-json-files");
+    let log = dir.join("access.jsonl");
+    let gw = gateway(
+        "access-json",
+        "0",
+        &format!("[access_log]\npath = \"{}\"\n", log.display()),
+    );
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = request(
+        gw.port,
+        &format!(
+            "GET /v1/mock/headers HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-123\r\n\
+             traceparent: {trace}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let seen = r.text();
+    assert!(seen.contains("[\"X-Request-Id\",\"abc-123\"]"), "{seen}");
+    assert!(
+        seen.contains(&format!("[\"traceparent\",\"{trace}\"]")),
+        "{seen}"
+    );
+
+    // An id that could split a header or a line is replaced by a made one.
+    let r = request(
+        gw.port,
+        "GET /v1/mock/headers HTTP/1.1\r\nHost: t\r\nX-Request-Id: a\"b\r\nConnection: close\r\n\r\n",
+    );
+    let made = r.header("x-request-id").unwrap().to_string();
+    assert_eq!(made.len(), 32, "{made}");
+    assert!(r.text().contains(&format!("[\"X-Request-Id\",\"{made}\"]")));
+
+    let r = request(
+        gw.port,
+        "GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-request-id").is_some());
+
+    let lines = lines(&log, 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let first = json(&lines[0]);
+    assert_eq!(first["request_id"], "abc-123");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/v1/mock/headers");
+    assert_eq!(first["route"], "/v1/mock/");
+    assert_eq!(first["provider"], "mock");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["client"], "127.0.0.1");
+    assert!(first["upstream"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(first["ttfb_ms"].as_f64().unwrap() > 0.0, "{first}");
+    assert!(first["bytes_out"].as_u64().unwrap() > 100, "{first}");
+    assert!(first["bytes_in"].as_u64().unwrap() > 50, "{first}");
+    assert_eq!(first["error"], serde_json::Value::Null);
+    assert_eq!(json(&lines[1])["request_id"], made.as_str());
+    let missing = json(&lines[2]);
+    assert_eq!(missing["status"], 404);
+    assert_eq!(missing["error"], "not_found");
+    assert_eq!(missing["provider"], serde_json::Value::Null);
+}
+
+#[test]
+fn gateway_errors_and_refused_requests_are_logged_with_their_code() {
+    let dir = tmpdir("access-errors-files");
+    let log = dir.join("access.jsonl");
+    let dead = free_port();
+    let gw = gateway(
+        "access-errors",
+        "0",
+        &format!(
+            "[access_log]\npath = \"{}\"\n[[providers]]\nname = \"dead\"\n\
+             endpoints = [\"127.0.0.1:{dead}\"]\n[[routes]]\nprefix = \"/dead/\"\nprovider = \"dead\"\n",
+            log.display()
+        ),
+    );
+    let r = request(
+        gw.port,
+        "GET /dead/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 502);
+    let r = request(
+        gw.port,
+        "GET /x HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    let lines = lines(&log, 2);
+    let (failed, refused) = (json(&lines[0]), json(&lines[1]));
+    assert_eq!(failed["status"], 502, "{failed}");
+    assert_eq!(failed["error"], "connect_refused", "{failed}");
+    assert_eq!(failed["provider"], "dead", "{failed}");
+    assert_eq!(refused["status"], 400, "{refused}");
+    assert_eq!(refused["method"], "-", "{refused}");
+    assert!(refused["error"].is_string(), "{refused}");
+}
+
+#[test]
+fn combined_format_sampling_and_reopen_on_sigusr1() {
+    let dir = tmpdir("access-combined-files");
+    let log = dir.join("access.log");
+    let gw = gateway(
+        "access-combined",
+        "0",
+        &format!(
+            "[access_log]\npath = \"{}\"\nformat = \"combined\"\nsample_ok = 0.0\n",
+            log.display()
+        ),
+    );
+    // Successes are not sampled; errors are.
+    for _ in 0..5 {
+        let r = request(
+            gw.port,
+            "GET /v1/mock/bytes?size=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+    }
+    let r = request(
+        gw.port,
+        "GET /nope HTTP/1.1\r\nHost: t\r\nUser-Agent: probe/1.0\r\nReferer: http://r/\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    let got = lines(&log, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let line = &got[0];
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains("\"GET /nope HTTP/1.1\" 404 "), "{line}");
+    assert!(line.contains("\"http://r/\" \"probe/1.0\" rid="), "{line}");
+    assert!(line.contains(" error=not_found"), "{line}");
+
+    // logrotate: move the file, SIGUSR1, and the next lines go to a new file.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.proc.signal(libc::SIGUSR1);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !log.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = request(
+        gw.port,
+        "GET /again HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    let fresh = lines(&log, 1);
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert!(fresh[0].contains("/again"));
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        1
+    );
+}
