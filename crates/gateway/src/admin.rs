@@ -5,6 +5,7 @@
 //! connection; scrapes are rare, so simplicity wins over throughput here.
 
 use crate::stats::aggregate::Query;
+use crate::tenants::{digest, Digest};
 use crossbeam_channel::Sender;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,18 +34,23 @@ pub fn bind_when_free(addr: &str, within: Duration) -> Result<TcpListener, Strin
 
 /// Serves admin requests on the current thread until `stop` is set and the listener shut
 /// down (a takeover: the successor answers on this address now).
-pub fn serve(listener: TcpListener, queries: Sender<Query>, stop: Arc<AtomicBool>) {
+pub fn serve(
+    listener: TcpListener,
+    queries: Sender<Query>,
+    stop: Arc<AtomicBool>,
+    token: Option<Digest>,
+) {
     for stream in listener.incoming() {
         match stream {
             Ok(_) if stop.load(Ordering::SeqCst) => return,
-            Ok(s) => handle(s, &queries),
+            Ok(s) => handle(s, &queries, token.as_ref()),
             Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }
 
-fn handle(mut s: TcpStream, queries: &Sender<Query>) {
+fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let mut buf = vec![0u8; 8192];
@@ -66,6 +72,17 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>) {
                     .next()
                     .unwrap_or("")
                     .to_string();
+                // `/health` stays open: balancers probe it without credentials.
+                let health = path == "/health" || path == "/";
+                if !health && token.is_some_and(|t| !presents(req.headers, t)) {
+                    respond_error(
+                        &mut s,
+                        401,
+                        "unauthorized",
+                        "the admin API needs Authorization: Bearer TOKEN (admin.token)",
+                    );
+                    return;
+                }
                 if method != "GET" && method != "HEAD" {
                     respond_error(
                         &mut s,
@@ -160,4 +177,15 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) {
             break;
         }
     }
+}
+
+/// Whether the request's `Authorization: Bearer` token has the digest `token` (compared as
+/// digests, never as secrets).
+fn presents(headers: &[httparse::Header<'_>], token: &Digest) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("authorization")
+            && h.value.len() > 7
+            && h.value[..7].eq_ignore_ascii_case(b"bearer ")
+            && digest(coregate_http1::trim_ows(&h.value[7..])) == *token
+    })
 }

@@ -42,6 +42,9 @@ pub struct Config {
     pub routes: Vec<crate::route::RouteConfig>,
     pub mock: MockConfig,
     pub access_log: crate::access_log::AccessLogConfig,
+    pub auth: crate::tenants::AuthConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<crate::tenants::TenantConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,12 +124,21 @@ impl Default for HttpConfig {
 pub struct AdminConfig {
     /// Address of the admin listener (`/stats`, `/metrics`); empty disables it.
     pub listen: String,
+    /// `env:NAME`, `file:/path` or `sha256:HEX`: admin requests must then send
+    /// `Authorization: Bearer TOKEN` (`/health` excepted, for balancers). Empty: open.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    /// The token's digest, read at load (never serialized).
+    #[serde(skip)]
+    pub token_digest: Option<crate::tenants::Digest>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9901".into(),
+            token: String::new(),
+            token_digest: None,
         }
     }
 }
@@ -213,6 +225,16 @@ impl Config {
         crate::upstream::prepare_providers(&mut cfg.providers).map_err(keyed)?;
         cfg.validate(source)?;
         crate::upstream::load_credentials(&mut cfg.providers).map_err(keyed)?;
+        let prefixes: Vec<String> = cfg.routes.iter().map(|r| r.prefix.clone()).collect();
+        let providers: Vec<String> = cfg.providers.iter().map(|p| p.name.clone()).collect();
+        let providers: Vec<&str> = providers.iter().map(String::as_str).collect();
+        crate::tenants::prepare(&cfg.auth, &mut cfg.tenants, &prefixes, &providers)
+            .map_err(keyed)?;
+        if !cfg.admin.token.is_empty() {
+            let d = crate::tenants::load_key(&cfg.admin.token)
+                .map_err(|m| keyed(("admin.token".into(), m)))?;
+            cfg.admin.token_digest = Some(d);
+        }
         Ok(cfg)
     }
 

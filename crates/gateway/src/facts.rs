@@ -3,6 +3,7 @@
 //! `Cell`s in an `Rc` the session lends to the exchange: no borrow of the session is held.
 
 use crate::request_id::RequestId;
+use crate::tenants::Carrier;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 
@@ -21,6 +22,10 @@ pub struct Facts {
     pub provider: RefCell<String>,
     pub route: RefCell<String>,
     pub request_id: Cell<Option<RequestId>>,
+    /// The request's tenant (its index in the generation's table) and where its key was.
+    pub tenant: Cell<Option<(usize, Carrier)>>,
+    /// The tenant's name, for the log (only when there is one).
+    pub tenant_name: RefCell<String>,
 }
 
 impl Facts {
@@ -33,6 +38,8 @@ impl Facts {
         self.provider.borrow_mut().clear();
         self.route.borrow_mut().clear();
         self.request_id.set(None);
+        self.tenant.set(None);
+        self.tenant_name.borrow_mut().clear();
     }
 
     /// Sets `field` to `value` when there is an access log to read it.

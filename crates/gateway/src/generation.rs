@@ -15,6 +15,8 @@ use crate::config::Config;
 use crate::resolver::Addresses;
 use crate::route::RouteTable;
 use crate::shard::{HttpTimeouts, Shard};
+use crate::tenants::limits::ShardLimits;
+use crate::tenants::TenantTable;
 use crate::upstream::providers::{ProviderInputs, Providers};
 use coregate_http1::request::Limits;
 use coregate_runtime::tls::ServerCerts;
@@ -30,6 +32,8 @@ pub struct Generation {
     pub providers: Providers,
     /// The TLS listener's server config (its certificates), when there is one.
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Who may use which route, and their limits.
+    pub tenants: TenantTable,
 }
 
 /// A config ready for the shards, built on the main thread.
@@ -71,11 +75,17 @@ impl NewConfig {
             Some(certs) => Some(certs.shard_config()?),
             None => None,
         };
+        let routes: Vec<(String, String)> = cfg
+            .routes
+            .iter()
+            .map(|r| (r.prefix.clone(), r.provider.clone()))
+            .collect();
         Ok(Generation {
             number: self.number,
             routes: RouteTable::new(&cfg.routes, &cfg.provider_names()),
             providers,
             server_tls,
+            tenants: TenantTable::new(&cfg.auth, &cfg.tenants, &routes),
         })
     }
 
@@ -131,5 +141,9 @@ pub fn switch(shard: &Shard, new: &NewConfig, connection_cap: usize) {
         }
         next.providers.register_endpoints(&mut stats.providers);
     }
+    *shard.tenant_limits.borrow_mut() = Rc::new(ShardLimits::new(
+        next.tenants.names.len(),
+        shard.shard_count,
+    ));
     *shard.current.borrow_mut() = next;
 }

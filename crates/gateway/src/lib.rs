@@ -42,5 +42,6 @@ pub mod session;
 pub mod shard;
 pub mod stats;
 pub mod takeover;
+pub mod tenants;
 pub mod tls;
 pub mod upstream;

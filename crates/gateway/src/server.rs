@@ -90,7 +90,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
     if !config.admin.listen.is_empty() {
         let wait = (!held.is_empty()).then_some(handover);
         let shared = (admin_stop.clone(), admin_handle.clone());
-        start_admin(&config.admin.listen, wait, query_tx, shared)?;
+        start_admin(&config.admin, wait, query_tx, shared)?;
     }
 
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
@@ -125,6 +125,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
             ready: ready_tx.clone(),
             exited: exit_tx.clone(),
             access_log: access_log.as_ref().map(|w| w.lines.clone()),
+            shard_count: cores.len(),
         };
         threads
             .push(crate::shard::spawn(spec).map_err(|e| format!("cannot start shard {id}: {e}"))?);
@@ -145,6 +146,10 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
             }
         }
     }
+    let _ = drain_notice.send(Query::ShardControls(controls.clone()));
+    let _ = drain_notice.send(Query::TenantNames(
+        config.tenants.iter().map(|t| t.name.clone()).collect(),
+    ));
     let resolver = Arc::new(AtomicU64::new(1));
     crate::resolver::spawn(
         &config.providers,
@@ -243,16 +248,17 @@ fn wait_for_shards(
 /// The admin listener's thread. With `wait` (a takeover), the address may still be its
 /// predecessor's for a moment: it is bound as soon as it is free.
 fn start_admin(
-    addr: &str,
+    admin: &crate::config::AdminConfig,
     wait: Option<std::time::Duration>,
     queries: Sender<Query>,
     (stop, handle): (Arc<AtomicBool>, Arc<Mutex<Option<std::net::TcpListener>>>),
 ) -> Result<(), String> {
     let listener = match wait {
-        None => Some(crate::admin::bind(addr)?),
+        None => Some(crate::admin::bind(&admin.listen)?),
         Some(_) => None,
     };
-    let addr = addr.to_string();
+    let addr = admin.listen.clone();
+    let token = admin.token_digest;
     std::thread::Builder::new()
         .name("coregate-admin".into())
         .spawn(move || {
@@ -268,7 +274,7 @@ fn start_admin(
             if let (Ok(mut h), Ok(dup)) = (handle.lock(), listener.try_clone()) {
                 *h = Some(dup);
             }
-            crate::admin::serve(listener, queries, stop)
+            crate::admin::serve(listener, queries, stop, token)
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the admin thread: {e}"))

@@ -255,7 +255,7 @@ impl Session {
         }
         log.write(&Entry {
             request_id: id.as_ref().map_or(b"-", |i| i.as_bytes()),
-            tenant: None,
+            tenant: some(&self.facts.tenant_name.borrow()),
             client: self.peer_ip,
             method: &self.logged.method,
             path: &self.logged.path,
@@ -313,7 +313,36 @@ impl Session {
             .lookup(&buf[head.host.clone()], head.path(buf));
         let method = head.method(buf);
         match target {
-            Target::Route(i) => crate::upstream::exchange::proxy(self, head, config, i).await,
+            Target::Route(i) => {
+                let tenant = match config.tenants.authenticate(buf, &head, &self.headers, i) {
+                    Ok(t) => t,
+                    Err(r) => {
+                        let refused = (r.status(), r.code(), r.message());
+                        return self.refuse(&head, refused, None).await;
+                    }
+                };
+                // Held until the exchange (or the tunnel) ends: the tenant's place in its
+                // concurrency and session counts.
+                let limiter = self.shard.tenant_limits.borrow().clone();
+                let _admission = match tenant {
+                    Some((t, carrier)) => {
+                        self.facts.tenant.set(Some((t, carrier)));
+                        let name = &config.tenants.names[t];
+                        let logged = self.shard.access_log.is_some();
+                        self.facts.note(logged, &self.facts.tenant_name, name);
+                        let limits = &config.tenants.limits[t];
+                        match limiter.admit(t, limits, head.upgrade, self.started_at) {
+                            Ok(a) => Some(a),
+                            Err(l) => {
+                                let refused = (429, l.code(), l.message());
+                                return self.refuse(&head, refused, Some(l.retry_after_s())).await;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                crate::upstream::exchange::proxy(self, head, config, i).await
+            }
             Target::Health if method == b"GET" || method == b"HEAD" => {
                 let reply = Reply {
                     status: 200,
@@ -347,6 +376,28 @@ impl Session {
                 self.answer_locally(&head, &reply).await
             }
         }
+    }
+
+    /// Refuses a request before it reaches a provider: 401/403 (tenants) or 429 (limits,
+    /// with `Retry-After`), with the JSON error body.
+    async fn refuse(
+        &mut self,
+        head: &RequestHead,
+        (status, code, message): (u16, &'static str, &str),
+        retry_after_s: Option<u64>,
+    ) -> Flow {
+        self.facts.error.set(Some(code));
+        self.shard.stats.borrow_mut().counters.refused[refusal_index(status)] += 1;
+        let body = json_error(status, code, message, None);
+        let retry = retry_after_s.map(|s| format!("Retry-After: {s}"));
+        let extra: Vec<&str> = retry.iter().map(String::as_str).collect();
+        let reply = Reply {
+            status,
+            content_type: "application/json",
+            body: &body,
+            extra: &extra,
+        };
+        self.answer_locally(head, &reply).await
     }
 
     /// Answers a request without a provider: reads and discards a small body so the
@@ -548,6 +599,7 @@ impl Session {
             peer: self.peer_ip,
             https: self.wire.rx.stream.is_tls(),
             request_id: self.facts.request_id.get(),
+            key_carrier: self.facts.tenant.get().map(|(_, c)| c),
         }
     }
 
@@ -591,4 +643,13 @@ fn request_id_line<'a>(buf: &'a mut [u8; 96], id: &[u8]) -> &'a [u8] {
     buf[NAME.len()..end].copy_from_slice(id);
     buf[end..end + 2].copy_from_slice(b"\r\n");
     &buf[..end + 2]
+}
+
+/// The index of a refusal's status in `Counters::refused`: 401, 403, 429.
+fn refusal_index(status: u16) -> usize {
+    match status {
+        401 => 0,
+        403 => 1,
+        _ => 2,
+    }
 }

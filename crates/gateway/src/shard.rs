@@ -42,6 +42,9 @@ pub enum Control {
         endpoint: usize,
         up: bool,
     },
+    /// This shard's shares of each tenant's limits (from the aggregator), for the tenants
+    /// of config generation `generation`.
+    TenantShares { generation: u64, shares: Vec<f64> },
     /// Re-resolving a provider's host name failed (sent to shard 0 only, to be counted).
     ResolveFailed { provider: usize },
 }
@@ -83,6 +86,10 @@ pub struct Shard {
     pub access_log: Option<crate::access_log::ShardLog>,
     /// Makes request ids.
     pub ids: crate::request_id::IdGenerator,
+    /// This shard's share of every tenant's limits (replaced with the config generation).
+    pub tenant_limits: RefCell<Rc<crate::tenants::limits::ShardLimits>>,
+    /// How many shards the process runs (a tenant's first share is 1 / this).
+    pub shard_count: usize,
 }
 
 impl Shard {
@@ -107,6 +114,7 @@ pub struct ShardSpec {
     pub exited: Sender<ShardExit>,
     /// The access log writer's channel, when there is an access log.
     pub access_log: Option<Sender<Vec<u8>>>,
+    pub shard_count: usize,
 }
 
 /// A shard thread's end, as the main thread learns it.
@@ -179,6 +187,7 @@ async fn shard_main(spec: ShardSpec) {
     generation
         .providers
         .register_endpoints(&mut stats.providers);
+    let tenant_count = generation.tenants.names.len();
     let shard = Rc::new(Shard {
         id: spec.id,
         core: spec.core,
@@ -197,6 +206,11 @@ async fn shard_main(spec: ShardSpec) {
             .clone()
             .map(|tx| crate::access_log::ShardLog::new(&cfg.access_log, tx, spec.id as u64 + 1)),
         ids: crate::request_id::IdGenerator::new(spec.id),
+        tenant_limits: RefCell::new(Rc::new(crate::tenants::limits::ShardLimits::new(
+            tenant_count,
+            spec.shard_count,
+        ))),
+        shard_count: spec.shard_count,
         inflight: Cell::new(0),
     });
     let _ = spec.ready.send(Ok(()));
@@ -375,6 +389,11 @@ fn take_control(shard: &Shard, control: &Receiver<Control>, connection_cap: usiz
                     config.providers.set_down(provider, endpoint, !up);
                 }
             }
+            Ok(Control::TenantShares { generation, shares }) => {
+                if shard.config().number == generation {
+                    shard.tenant_limits.borrow().set_shares(&shares);
+                }
+            }
             Ok(Control::ResolveFailed { provider }) => {
                 provider_stats(shard, provider, |s| s.counters.dns_failures += 1);
             }
@@ -428,7 +447,19 @@ fn ship(shard: &Shard, tx: &Sender<Snapshot>) {
         if let Some(log) = &shard.access_log {
             stats.counters.access_log_dropped = log.dropped.get();
         }
-        stats.take_snapshot()
+        let mut snap = stats.take_snapshot();
+        snap.tenants = shard
+            .tenant_limits
+            .borrow()
+            .states
+            .iter()
+            .map(|s| crate::stats::tenants::TenantCounters {
+                attempts: s.attempts.get(),
+                admitted: s.admitted.get(),
+                limited: s.limited.get(),
+            })
+            .collect();
+        snap
     };
     // Never block a shard on the aggregator; a full channel drops one interval's delta.
     let _ = tx.try_send(snap);

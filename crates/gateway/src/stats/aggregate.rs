@@ -23,6 +23,10 @@ pub enum Query {
     Reloaded(ReloadEvent),
     /// The provider names of the stats slots, after a reload added providers.
     ProviderNames(Vec<String>),
+    /// The tenants of the config the shards (now) serve.
+    TenantNames(Vec<String>),
+    /// The shards' control channels, for the tenants' shares.
+    ShardControls(Vec<crossbeam_channel::Sender<crate::shard::Control>>),
 }
 
 pub use super::config_status::ReloadEvent;
@@ -56,6 +60,9 @@ pub struct Aggregator {
     /// How many shards were started (one that never shipped a snapshot is stale too).
     expected: usize,
     pub config: super::config_status::ConfigStatus,
+    pub tenants: super::tenants::TenantBalance,
+    /// The shards' snapshot interval: tenants' shares are rebalanced as often.
+    interval: Duration,
 }
 
 impl Aggregator {
@@ -71,6 +78,8 @@ impl Aggregator {
             draining: false,
             expected: shards,
             config: Default::default(),
+            tenants: Default::default(),
+            interval,
         }
     }
 
@@ -142,6 +151,8 @@ impl Aggregator {
             view.providers
                 .resize_with(s.providers.len(), ProviderView::default);
         }
+        let generation = s.counters.config_generation;
+        self.tenants.record(s.shard, generation, s.tenants);
         for (pv, p) in view.providers.iter_mut().zip(s.providers) {
             pv.counters = p.counters;
             pv.endpoints = p.endpoints;
@@ -157,6 +168,7 @@ impl Aggregator {
         let never = crossbeam_channel::never();
         let mut shards_open = true;
         let tick = crossbeam_channel::tick(Duration::from_secs(1));
+        let rebalance = crossbeam_channel::tick(self.interval);
         loop {
             let snaps = if shards_open { &snapshots } else { &never };
             select! {
@@ -173,6 +185,7 @@ impl Aggregator {
                         self.watch();
                     }
                 }
+                recv(rebalance) -> _ => self.tenants.rebalance(),
             }
         }
     }
@@ -186,6 +199,8 @@ impl Aggregator {
             Query::Draining => self.draining = true,
             Query::Reloaded(event) => self.config.record(event),
             Query::ProviderNames(names) => self.provider_names = names,
+            Query::TenantNames(names) => self.tenants.names = names,
+            Query::ShardControls(c) => self.tenants.controls = c,
         }
     }
 }

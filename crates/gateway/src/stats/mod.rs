@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod config_status;
 mod provider_metrics;
 pub mod render;
+pub mod tenants;
 
 pub use crate::upstream::error::UpstreamError;
 pub use coregate_runtime::histogram::{histogram, record};
@@ -66,6 +67,9 @@ pub struct Counters {
     pub reload_failures: u64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: u64,
+    /// Requests refused for their tenant: 401 (no or unknown key), 403 (route not
+    /// allowed), 429 (a limit).
+    pub refused: [u64; 3],
 }
 
 /// Cumulative per-shard, per-provider counters.
@@ -187,6 +191,8 @@ pub struct Snapshot {
     pub latency_delta: Histogram<u64>,
     /// Per provider: its counters and the histograms recorded since the last snapshot.
     pub providers: Vec<ProviderStats>,
+    /// Per tenant of the shard's config generation (`counters.config_generation`).
+    pub tenants: Vec<tenants::TenantCounters>,
 }
 
 impl ShardStats {
@@ -232,6 +238,7 @@ impl ShardStats {
             counters: self.counters,
             latency_delta,
             providers,
+            tenants: Vec::new(),
         }
     }
 }

@@ -53,6 +53,10 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
     m.insert("reload_failures".into(), c.reload_failures.into());
     m.insert("access_log_dropped".into(), c.access_log_dropped.into());
     m.insert(
+        "refused".into(),
+        json!({"unauthorized": c.refused[0], "forbidden": c.refused[1], "limited": c.refused[2]}),
+    );
+    m.insert(
         "tunnels".into(),
         json!({"active": c.tunnels_active, "total": c.tunnels_total}),
     );
@@ -191,6 +195,9 @@ fn add_counters(a: &mut Counters, b: &Counters) {
     a.config_generation = a.config_generation.max(b.config_generation);
     a.reload_failures += b.reload_failures;
     a.access_log_dropped += b.access_log_dropped;
+    for i in 0..a.refused.len() {
+        a.refused[i] += b.refused[i];
+    }
     for i in 0..a.tls_handshake_failures.len() {
         a.tls_handshake_failures[i] += b.tls_handshake_failures[i];
     }
@@ -255,6 +262,7 @@ pub fn stats_json(agg: &Aggregator) -> Value {
     json!({
         "uptime_s": agg.started.elapsed().as_secs(),
         "config": agg.config.json(&agg.shard_generations()),
+        "tenants": agg.tenants.json(),
         "shards": shards,
         "total": total,
     })
@@ -445,6 +453,7 @@ pub fn prometheus(agg: &Aggregator) -> String {
     }
     super::provider_metrics::provider_metrics(&mut p, agg);
     agg.config.metrics(&mut p);
+    agg.tenants.metrics(&mut p);
     p.out
 }
 

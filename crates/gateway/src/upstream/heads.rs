@@ -8,6 +8,7 @@
 use super::providers::Provider;
 use crate::request_id::RequestId;
 use crate::route::Route;
+use crate::tenants::{Carrier, WS_KEY_PREFIX};
 use coregate_http1::reply::Persist;
 use coregate_http1::request::{check_dot_segments, HeaderRange, RequestHead, Version};
 use coregate_http1::response::ResponseHead;
@@ -93,6 +94,15 @@ pub(super) fn request_head(
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
     let path = head.path(buf);
+    // A gateway key in the query is the gateway's, not the provider's.
+    let unkeyed;
+    let path = match client.key_carrier {
+        Some(Carrier::Query) => {
+            unkeyed = without_query_key(path);
+            &unkeyed[..]
+        }
+        _ => path,
+    };
     match &route.replace_prefix {
         Some(rep) => {
             let rest = path.get(route.prefix.len()..).unwrap_or(b"");
@@ -150,6 +160,12 @@ pub(super) fn request_head(
                 .as_ref()
                 .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
         {
+            continue;
+        }
+        if is_key_carrier(name, client.key_carrier) {
+            if client.key_carrier == Some(Carrier::WebSocketProtocol) {
+                push_protocols_without_key(&mut out, name, value);
+            }
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -210,6 +226,43 @@ pub(super) fn request_head(
     Ok(out)
 }
 
+/// Whether `name` is the header that carried the request's gateway key.
+fn is_key_carrier(name: &[u8], carrier: Option<Carrier>) -> bool {
+    match carrier {
+        Some(Carrier::Authorization) => name.eq_ignore_ascii_case(b"authorization"),
+        Some(Carrier::ApiKeyHeader) => name.eq_ignore_ascii_case(b"x-api-key"),
+        Some(Carrier::WebSocketProtocol) => name.eq_ignore_ascii_case(b"sec-websocket-protocol"),
+        Some(Carrier::Query) | None => false,
+    }
+}
+
+/// `Sec-WebSocket-Protocol` without its key entries (left out when nothing remains).
+fn push_protocols_without_key(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let kept: Vec<&[u8]> = coregate_http1::list_elements(value)
+        .filter(|p| !p.starts_with(WS_KEY_PREFIX))
+        .collect();
+    if !kept.is_empty() {
+        push_header(out, name, &kept.join(&b", "[..]));
+    }
+}
+
+/// The request target without its `access_token` query parameter.
+fn without_query_key(target: &[u8]) -> Vec<u8> {
+    let Some(q) = target.iter().position(|&b| b == b'?') else {
+        return target.to_vec();
+    };
+    let kept: Vec<&[u8]> = target[q + 1..]
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.starts_with(b"access_token="))
+        .collect();
+    let mut out = target[..q].to_vec();
+    if !kept.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(&kept.join(&b"&"[..]));
+    }
+    out
+}
+
 /// What the provider is told about the client (`X-Forwarded-For`, `X-Forwarded-Proto`)
 /// and the request (`X-Request-Id`).
 #[derive(Clone, Copy)]
@@ -218,6 +271,8 @@ pub struct ClientFacts {
     /// The client connected over TLS.
     pub https: bool,
     pub request_id: Option<RequestId>,
+    /// Where the gateway key came from: it is removed before the request goes on.
+    pub key_carrier: Option<Carrier>,
 }
 
 /// How the response body goes to the client.

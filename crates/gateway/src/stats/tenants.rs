@@ -1,0 +1,122 @@
+//! Tenants as the aggregator sees them: their counts from every shard, and the shares of
+//! their limits it hands back to the shards (see `tenants::limits`).
+
+use super::render::{escape, Prom};
+use crate::shard::Control;
+use crate::tenants::limits::shares_for;
+use crossbeam_channel::Sender;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// One tenant on one shard, cumulative.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TenantCounters {
+    /// Requests that presented the tenant's key for a route it may use.
+    pub attempts: u64,
+    pub admitted: u64,
+    /// Held back by a limit (429).
+    pub limited: u64,
+}
+
+#[derive(Default)]
+pub struct TenantBalance {
+    /// The current generation's tenants, in table order.
+    pub names: Vec<String>,
+    /// Per shard: the config generation its counts belong to, and the counts.
+    shards: BTreeMap<usize, (u64, Vec<TenantCounters>)>,
+    /// Per shard: the attempts at the last rebalance.
+    seen: BTreeMap<usize, Vec<u64>>,
+    /// Where shares go (set once the shards run).
+    pub controls: Vec<Sender<Control>>,
+}
+
+impl TenantBalance {
+    pub fn record(&mut self, shard: usize, generation: u64, counts: Vec<TenantCounters>) {
+        self.shards.insert(shard, (generation, counts));
+    }
+
+    /// Gives every shard a share of each tenant's limits in proportion to its demand
+    /// since the last rebalance. Skipped while shards disagree on the config generation
+    /// (a reload is under way: the tenants may have moved).
+    pub fn rebalance(&mut self) {
+        let n = self.controls.len();
+        let generations: Vec<u64> = self.shards.values().map(|(g, _)| *g).collect();
+        let Some(&generation) = generations.first() else {
+            return;
+        };
+        if self.shards.len() != n || generations.iter().any(|g| *g != generation) {
+            return;
+        }
+        let tenants = self
+            .shards
+            .values()
+            .map(|(_, c)| c.len())
+            .min()
+            .unwrap_or(0);
+        let mut shares = vec![vec![f64::NAN; tenants]; n];
+        for t in 0..tenants {
+            let demand: Vec<u64> = (0..n)
+                .map(|s| {
+                    let now = self.shards.get(&s).map_or(0, |(_, c)| c[t].attempts);
+                    let before = self
+                        .seen
+                        .get(&s)
+                        .and_then(|v| v.get(t))
+                        .copied()
+                        .unwrap_or(0);
+                    now.saturating_sub(before)
+                })
+                .collect();
+            if let Some(split) = shares_for(&demand) {
+                for (s, share) in split.into_iter().enumerate() {
+                    shares[s][t] = share;
+                }
+            }
+        }
+        for (s, (_, counts)) in &self.shards {
+            self.seen
+                .insert(*s, counts.iter().map(|c| c.attempts).collect());
+        }
+        for (s, c) in self.controls.iter().enumerate() {
+            let shares = std::mem::take(&mut shares[s]);
+            let _ = c.try_send(Control::TenantShares { generation, shares });
+        }
+    }
+
+    fn totals(&self) -> Vec<TenantCounters> {
+        let mut sum = vec![TenantCounters::default(); self.names.len()];
+        for (_, counts) in self.shards.values() {
+            for (a, b) in sum.iter_mut().zip(counts) {
+                a.attempts += b.attempts;
+                a.admitted += b.admitted;
+                a.limited += b.limited;
+            }
+        }
+        sum
+    }
+
+    pub fn json(&self) -> Value {
+        let mut m = Map::new();
+        for (name, c) in self.names.iter().zip(self.totals()) {
+            m.insert(
+                name.clone(),
+                json!({"requests": c.attempts, "admitted": c.admitted, "limited": c.limited}),
+            );
+        }
+        Value::Object(m)
+    }
+
+    pub(super) fn metrics(&self, p: &mut Prom) {
+        p.family(
+            "coregate_tenant_requests_total",
+            "counter",
+            "Requests of a tenant (its key, a route it may use), by whether a limit held them back.",
+        );
+        for (name, c) in self.names.iter().zip(self.totals()) {
+            let l = |result: &str| format!("tenant=\"{}\",result=\"{result}\"", escape(name));
+            p.sample("coregate_tenant_requests_total", &l("admitted"), c.admitted);
+            p.sample("coregate_tenant_requests_total", &l("limited"), c.limited);
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Per-tenant limits that hold without shared state on the request path.
+//!
+//! Each shard enforces a *share* of every tenant's limits with state of its own (a token
+//! bucket, in-flight and session counts: `Cell`s, no atomics). SO_REUSEPORT spreads
+//! connections by hash, not by tenant, so a tenant's traffic can sit on one shard; equal
+//! fixed shares would then admit a fraction of its limit. Instead every shard reports each
+//! tenant's demand (requests attempted) with its stats, and the aggregator gives each shard
+//! a share proportional to its demand over the last interval (a floor keeps a little
+//! everywhere, so traffic that moves is not refused outright), sent back as a control
+//! message. The request path only reads its shard's share.
+//!
+//! Accuracy: the rate holds to within the floor's slack once shares follow the demand
+//! (one stats interval after it moves); concurrency and session caps are rounded up per
+//! shard, so a tenant can exceed them by at most one per shard.
+
+use super::TenantConfig;
+use std::cell::Cell;
+use std::time::Instant;
+
+/// One tenant's configured limits (0: none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TenantLimits {
+    pub rate_per_s: f64,
+    pub burst: f64,
+    pub max_concurrent: u32,
+    pub max_sessions: u32,
+}
+
+impl TenantLimits {
+    pub fn of(t: &TenantConfig) -> TenantLimits {
+        TenantLimits {
+            rate_per_s: t.rate_per_s,
+            // An unset burst is one second's worth.
+            burst: match t.burst {
+                0 => t.rate_per_s.max(1.0),
+                b => f64::from(b),
+            },
+            max_concurrent: t.max_concurrent,
+            max_sessions: t.max_sessions,
+        }
+    }
+}
+
+pub fn validate(t: &TenantConfig) -> Result<(), (&'static str, String)> {
+    if !t.rate_per_s.is_finite() || !(0.0..=1e7).contains(&t.rate_per_s) {
+        return Err((
+            "rate_per_s",
+            format!("{} is out of range (0..=10000000)", t.rate_per_s),
+        ));
+    }
+    if t.burst > 0 && t.rate_per_s == 0.0 {
+        return Err(("burst", "needs rate_per_s".into()));
+    }
+    Ok(())
+}
+
+/// Why a request was held back (429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Over the request rate; a token comes back in about this many seconds.
+    Rate {
+        retry_after_s: u64,
+    },
+    Concurrency,
+    Sessions,
+}
+
+impl Limited {
+    pub fn code(self) -> &'static str {
+        match self {
+            Limited::Rate { .. } => "rate_limited",
+            Limited::Concurrency => "too_many_concurrent_requests",
+            Limited::Sessions => "too_many_sessions",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Limited::Rate { .. } => "the tenant's request rate is used up",
+            Limited::Concurrency => "the tenant has as many requests in flight as it may",
+            Limited::Sessions => "the tenant has as many WebSocket sessions open as it may",
+        }
+    }
+
+    pub fn retry_after_s(self) -> u64 {
+        match self {
+            Limited::Rate { retry_after_s } => retry_after_s,
+            _ => 1,
+        }
+    }
+}
+
+/// One tenant on one shard.
+pub struct TenantState {
+    tokens: Cell<f64>,
+    refilled: Cell<Option<Instant>>,
+    /// This shard's share of the tenant's limits (from the aggregator).
+    share: Cell<f64>,
+    inflight: Cell<u32>,
+    sessions: Cell<u32>,
+    /// Requests that asked, were let through, and were held back (cumulative).
+    pub attempts: Cell<u64>,
+    pub admitted: Cell<u64>,
+    pub limited: Cell<u64>,
+}
+
+impl TenantState {
+    fn new(share: f64) -> TenantState {
+        TenantState {
+            tokens: Cell::new(f64::NAN),
+            refilled: Cell::new(None),
+            share: Cell::new(share),
+            inflight: Cell::new(0),
+            sessions: Cell::new(0),
+            attempts: Cell::new(0),
+            admitted: Cell::new(0),
+            limited: Cell::new(0),
+        }
+    }
+
+    /// Takes a token from the shard's share of the bucket.
+    fn take_token(&self, l: &TenantLimits, now: Instant) -> Result<(), Limited> {
+        if l.rate_per_s <= 0.0 {
+            return Ok(());
+        }
+        let share = self.share.get();
+        let (rate, burst) = (l.rate_per_s * share, (l.burst * share).max(1.0));
+        let mut tokens = self.tokens.get();
+        if tokens.is_nan() {
+            tokens = burst;
+        }
+        if let Some(at) = self.refilled.get() {
+            tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(burst);
+        }
+        self.refilled.set(Some(now));
+        if tokens >= 1.0 {
+            self.tokens.set(tokens - 1.0);
+            return Ok(());
+        }
+        self.tokens.set(tokens);
+        let wait = if rate > 0.0 {
+            (1.0 - tokens) / rate
+        } else {
+            1.0
+        };
+        Err(Limited::Rate {
+            retry_after_s: wait.ceil().max(1.0) as u64,
+        })
+    }
+}
+
+/// A shard's limiter: one state per tenant of the current config generation.
+pub struct ShardLimits {
+    pub states: Vec<TenantState>,
+}
+
+impl ShardLimits {
+    /// Every tenant starts with an equal share of `shards`.
+    pub fn new(tenants: usize, shards: usize) -> ShardLimits {
+        let share = 1.0 / shards.max(1) as f64;
+        ShardLimits {
+            states: (0..tenants).map(|_| TenantState::new(share)).collect(),
+        }
+    }
+
+    /// Applies the aggregator's shares (one per tenant, in table order).
+    pub fn set_shares(&self, shares: &[f64]) {
+        for (s, share) in self.states.iter().zip(shares) {
+            if share.is_finite() && *share > 0.0 {
+                s.share.set(share.min(1.0));
+            }
+        }
+    }
+
+    /// Lets a request of `tenant` through, or says why not. The returned guard holds its
+    /// place in the concurrency (and, for a WebSocket, session) count until dropped.
+    pub fn admit<'a>(
+        &'a self,
+        tenant: usize,
+        limits: &TenantLimits,
+        websocket: bool,
+        now: Instant,
+    ) -> Result<Admission<'a>, Limited> {
+        let Some(s) = self.states.get(tenant) else {
+            return Ok(Admission {
+                state: None,
+                websocket,
+            });
+        };
+        s.attempts.set(s.attempts.get() + 1);
+        let result = Self::check(s, limits, websocket, now);
+        match result {
+            Ok(()) => {
+                s.admitted.set(s.admitted.get() + 1);
+                s.inflight.set(s.inflight.get() + 1);
+                if websocket {
+                    s.sessions.set(s.sessions.get() + 1);
+                }
+                Ok(Admission {
+                    state: Some(s),
+                    websocket,
+                })
+            }
+            Err(e) => {
+                s.limited.set(s.limited.get() + 1);
+                Err(e)
+            }
+        }
+    }
+
+    fn check(
+        s: &TenantState,
+        l: &TenantLimits,
+        websocket: bool,
+        now: Instant,
+    ) -> Result<(), Limited> {
+        let cap = |max: u32| (f64::from(max) * s.share.get()).ceil().max(1.0) as u32;
+        if l.max_concurrent > 0 && s.inflight.get() >= cap(l.max_concurrent) {
+            return Err(Limited::Concurrency);
+        }
+        if websocket && l.max_sessions > 0 && s.sessions.get() >= cap(l.max_sessions) {
+            return Err(Limited::Sessions);
+        }
+        s.take_token(l, now)
+    }
+}
+
+/// A request's place in its tenant's counts, given back when it ends.
+pub struct Admission<'a> {
+    state: Option<&'a TenantState>,
+    websocket: bool,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.state {
+            s.inflight.set(s.inflight.get().saturating_sub(1));
+            if self.websocket {
+                s.sessions.set(s.sessions.get().saturating_sub(1));
+            }
+        }
+    }
+}
+
+/// The shares the aggregator gives: each shard's part of a tenant's demand over the last
+/// interval (`demand[shard]`), with a floor of 5 % divided among the shards; `None` when
+/// nobody asked (the shares stay as they are).
+pub fn shares_for(demand: &[u64]) -> Option<Vec<f64>> {
+    let total: u64 = demand.iter().sum();
+    if total == 0 || demand.is_empty() {
+        return None;
+    }
+    let n = demand.len() as f64;
+    let floor = 0.05 / n;
+    let rest = 1.0 - floor * n;
+    Some(
+        demand
+            .iter()
+            .map(|&d| floor + rest * d as f64 / total as f64)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits(rate: f64, burst: f64) -> TenantLimits {
+        TenantLimits {
+            rate_per_s: rate,
+            burst,
+            max_concurrent: 2,
+            max_sessions: 1,
+        }
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_shard_share_of_the_rate() {
+        let l = ShardLimits::new(1, 2);
+        let t0 = Instant::now();
+        let lim = limits(10.0, 4.0);
+        // Half of a 4-token burst.
+        let a = l.admit(0, &lim, false, t0).unwrap();
+        drop(a);
+        let b = l.admit(0, &lim, false, t0).unwrap();
+        drop(b);
+        assert!(matches!(
+            l.admit(0, &lim, false, t0),
+            Err(Limited::Rate { .. })
+        ));
+        // Half of 10/s: one token per 200 ms.
+        assert!(l
+            .admit(0, &lim, false, t0 + Duration::from_millis(210))
+            .is_ok());
+    }
+
+    #[test]
+    fn concurrency_and_sessions_are_held_until_the_guard_drops() {
+        let l = ShardLimits::new(1, 1);
+        let lim = limits(0.0, 0.0);
+        let now = Instant::now();
+        let ws = l.admit(0, &lim, true, now).unwrap();
+        assert_eq!(l.admit(0, &lim, true, now).err(), Some(Limited::Sessions));
+        let plain = l.admit(0, &lim, false, now).unwrap();
+        assert_eq!(
+            l.admit(0, &lim, false, now).err(),
+            Some(Limited::Concurrency)
+        );
+        drop((ws, plain));
+        assert!(l.admit(0, &lim, true, now).is_ok());
+    }
+
+    #[test]
+    fn shares_follow_the_demand_with_a_floor() {
+        let s = shares_for(&[90, 10]).unwrap();
+        assert!(
+            (s[0] - 0.88).abs() < 1e-9 && (s[1] - 0.12).abs() < 1e-9,
+            "{s:?}"
+        );
+        let s = shares_for(&[100, 0]).unwrap();
+        assert!((s[1] - 0.025).abs() < 1e-9, "{s:?}");
+        assert_eq!(shares_for(&[0, 0]), None);
+    }
+}

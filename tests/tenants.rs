@@ -1,0 +1,248 @@
+//! Tenants: gateway keys in every carrier (removed before forwarding), 401/403, the
+//! request rate, concurrency and session limits (429), shares that follow a skewed load
+//! across shards, and the admin token.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A key file holding `key`, for `keys = ["file:..."]`.
+fn key_file(dir: &Path, name: &str, key: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    format!("file:{}", path.display())
+}
+
+/// Two tenants over a mock provider: `acme` (every route) and `lim` (only `/v1/mock/`, with
+/// `limits`), routes `/v1/mock/` and `/other/` to the same mock, and an admin token.
+fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
+    let dir = tmpdir(name);
+    let acme = key_file(&dir, "acme.key", "sk-acme-1");
+    let lim = key_file(&dir, "lim.key", "sk-lim-1");
+    let admin_key = key_file(&dir, "admin.key", "admin-secret");
+    let (port, admin, mock) = (free_port(), free_port(), free_port());
+    let mock_proc = mock_provider(name, mock);
+    wait_port(mock, Duration::from_secs(10));
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"{cores}\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{admin_key}\"\n\
+         [stats]\ninterval_ms = 100\n[auth]\nmode = \"keys\"\n\
+         [[providers]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:{mock}\"]\n\
+         [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
+         [[routes]]\nprefix = \"/other/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
+         [[tenants]]\nname = \"acme\"\nkeys = [\"{acme}\"]\n\
+         [[tenants]]\nname = \"lim\"\nkeys = [\"{lim}\"]\nroutes = [\"/v1/mock/\"]\n{limits}\n"
+    );
+    let path = dir.join("coregate.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let proc = spawn(
+        &["serve", "--config", path.to_str().unwrap()],
+        dir.join("gateway.log"),
+    );
+    wait_port(port, Duration::from_secs(10));
+    wait_port(admin, Duration::from_secs(10));
+    (
+        Gateway {
+            proc,
+            port,
+            admin,
+            dir,
+        },
+        mock_proc,
+    )
+}
+
+/// `/stats` with the admin token.
+fn stats(gw: &Gateway) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
+    write!(
+        s,
+        "GET /stats HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer admin-secret\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn get(port: u16, path: &str, headers: &str) -> Response {
+    request(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn keys_in_every_carrier_reach_no_provider() {
+    let (gw, _mock) = tenants_gateway("tenants-carriers", "0", "");
+    let seen = |path: &str, headers: &str| {
+        let r = get(gw.port, path, headers);
+        assert_eq!(r.status, 200, "{path} {headers}: {}", r.text());
+        r.text()
+    };
+    let body = seen("/v1/mock/headers", "Authorization: Bearer sk-acme-1\r\n");
+    assert!(
+        !body.contains("sk-acme-1") && !body.contains("Authorization"),
+        "{body}"
+    );
+    let body = seen("/v1/mock/headers", "x-api-key: sk-acme-1\r\n");
+    assert!(!body.contains("sk-acme-1"), "{body}");
+    let body = seen(
+        "/v1/mock/headers",
+        "Sec-WebSocket-Protocol: realtime, coregate-key.sk-acme-1\r\n",
+    );
+    assert!(!body.contains("sk-acme-1"), "{body}");
+    assert!(
+        body.contains("[\"Sec-WebSocket-Protocol\",\"realtime\"]"),
+        "{body}"
+    );
+    let body = seen("/v1/mock/headers?a=1&access_token=sk-acme-1&b=2", "");
+    assert!(!body.contains("sk-acme-1"), "{body}");
+    assert!(body.contains("\"target\":\"/headers?a=1&b=2\""), "{body}");
+}
+
+#[test]
+fn missing_unknown_and_forbidden_are_401_401_403_and_counted() {
+    let (gw, _mock) = tenants_gateway("tenants-refusals", "0", "");
+    let r = get(gw.port, "/v1/mock/headers", "");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "missing_key");
+    let r = get(
+        gw.port,
+        "/v1/mock/headers",
+        "Authorization: Bearer sk-nobody\r\n",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "unknown_key");
+    let r = get(gw.port, "/other/headers", "x-api-key: sk-lim-1\r\n");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "forbidden_route");
+    // acme may use every route; /health needs no key.
+    assert_eq!(
+        get(gw.port, "/other/headers", "x-api-key: sk-acme-1\r\n").status,
+        200
+    );
+    assert_eq!(get(gw.port, "/health", "").status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = stats(&gw);
+    let refused = &s["total"]["refused"];
+    assert_eq!(refused["unauthorized"], 2, "{refused}");
+    assert_eq!(refused["forbidden"], 1, "{refused}");
+}
+
+#[test]
+fn the_admin_api_needs_its_token_except_health() {
+    let (gw, _mock) = tenants_gateway("tenants-admin", "0", "");
+    let body = admin_get(gw.admin, "/stats");
+    assert!(body.contains("\"unauthorized\""), "{body}");
+    assert!(admin_get(gw.admin, "/health").contains("\"ok\""));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /stats HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer admin-secret\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"tenants\""), "{out}");
+}
+
+#[test]
+fn the_rate_limit_answers_429_with_retry_after() {
+    let (gw, _mock) = tenants_gateway("tenants-rate", "0", "rate_per_s = 2\nburst = 3\n");
+    let codes: Vec<u16> = (0..6)
+        .map(|_| get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n").status)
+        .collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 3, "{codes:?}");
+    let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Another tenant is not affected.
+    assert_eq!(
+        get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-acme-1\r\n").status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n").status,
+        200
+    );
+}
+
+#[test]
+fn concurrency_and_session_caps_answer_429() {
+    let (gw, _mock) = tenants_gateway(
+        "tenants-caps",
+        "0",
+        "max_concurrent = 2\nmax_sessions = 1\n",
+    );
+    let port = gw.port;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                get(
+                    port,
+                    "/v1/mock/bytes?size=1&latency_ms=800",
+                    "x-api-key: sk-lim-1\r\n",
+                )
+                .status
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = get(port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "too_many_concurrent_requests");
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let ws = "GET /v1/mock/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              x-api-key: sk-lim-1\r\n\r\n";
+    let mut first = Reader::new(gw.connect());
+    first.send(ws.as_bytes());
+    assert_eq!(first.response(false).unwrap().status, 101);
+    let mut second = Reader::new(gw.connect());
+    second.send(ws.as_bytes());
+    let r = second.response(false).unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "too_many_sessions");
+}
+
+#[test]
+fn shares_follow_a_skewed_load_and_the_limit_holds_within_ten_percent() {
+    let (rate, burst, secs) = (100.0, 10.0, 4.0);
+    let (gw, _mock) = tenants_gateway(
+        "tenants-skew",
+        "0-1",
+        &format!("rate_per_s = {rate}\nburst = {burst}\n"),
+    );
+    let port = gw.port;
+    let run = move |pause: Duration| {
+        let mut r = Reader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+        let (mut ok, end) = (0u64, Instant::now() + Duration::from_secs_f64(secs));
+        while Instant::now() < end {
+            r.send(b"GET /v1/mock/bytes?size=1 HTTP/1.1\r\nHost: t\r\nx-api-key: sk-lim-1\r\n\r\n");
+            ok += u64::from(r.response(false).unwrap().status == 200);
+            std::thread::sleep(pause);
+        }
+        ok
+    };
+    // One connection (so one shard) asks as fast as it can, another at about 20/s.
+    let heavy = std::thread::spawn(move || run(Duration::ZERO));
+    let light = std::thread::spawn(move || run(Duration::from_millis(50)));
+    let admitted = heavy.join().unwrap() + light.join().unwrap();
+    let expected = rate * secs + burst;
+    let error = (admitted as f64 - expected).abs() / expected;
+    assert!(
+        error <= 0.10,
+        "admitted {admitted}, expected {expected} (off by {error:.3})"
+    );
+}
