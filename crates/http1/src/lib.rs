@@ -1,7 +1,8 @@
 //! HTTP/1.1 wire handling shared by the gateway, the mock provider and the load generator:
 //! request-head parsing and framing ([`request`]), response-head parsing ([`response`]),
 //! chunked transfer coding ([`chunked`]), writing of locally generated responses ([`reply`]),
-//! and the WebSocket handshake key ([`websocket`]).
+//! and WebSocket handshake keys, frame tracking and Close frames ([`websocket`]).
+//! [`fuzzing`] holds the fuzz targets' bodies, which tests replay the corpus through.
 //!
 //! Nothing here does I/O, owns a socket or reads a clock's state beyond formatting a date:
 //! functions over bytes, so that they can be fuzzed and benchmarked alone. The gateway's
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chunked;
+pub mod fuzzing;
 pub mod reply;
 pub mod request;
 pub mod response;

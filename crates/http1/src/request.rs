@@ -27,14 +27,14 @@ pub enum TargetForm {
 }
 
 /// One header field as ranges into the request buffer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderRange {
     pub name: Range<usize>,
     pub value: Range<usize>,
 }
 
 /// A parsed request head. Ranges index the buffer passed to [`parse_head`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     pub method: Range<usize>,
     pub version: Version,

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 const MAX_RESPONSE_HEADERS: usize = 128;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
     pub status: u16,
     pub reason: Range<usize>,
