@@ -16,7 +16,8 @@ fn key_file(dir: &Path, name: &str, key: &str) -> String {
 }
 
 /// Two tenants over a mock provider: `acme` (every route) and `lim` (only `/v1/mock/`, with
-/// `limits`), routes `/v1/mock/` and `/other/` to the same mock, and an admin token.
+/// `limits`), routes `/other/` and `/v1/mock/` to the same mock (in this order, which is
+/// not the route table's: longest prefix first), and an admin token.
 fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
     let dir = tmpdir(name);
     let acme = key_file(&dir, "acme.key", "sk-acme-1");
@@ -30,8 +31,8 @@ fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
          [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{admin_key}\"\n\
          [stats]\ninterval_ms = 100\n[auth]\nmode = \"keys\"\n\
          [[providers]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:{mock}\"]\n\
-         [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
          [[routes]]\nprefix = \"/other/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
+         [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
          [[tenants]]\nname = \"acme\"\nkeys = [\"{acme}\"]\n\
          [[tenants]]\nname = \"lim\"\nkeys = [\"{lim}\"]\nroutes = [\"/v1/mock/\"]\n{limits}\n"
     );

@@ -75,14 +75,19 @@ impl NewConfig {
             Some(certs) => Some(certs.shard_config()?),
             None => None,
         };
-        let routes: Vec<(String, String)> = cfg
-            .routes
-            .iter()
-            .map(|r| (r.prefix.clone(), r.provider.clone()))
+        let table = RouteTable::new(&cfg.routes, &cfg.provider_names());
+        // In the route table's order (longest prefix first), which is how requests name
+        // their route.
+        let routes: Vec<(String, String)> = (0..)
+            .map_while(|i| table.get(i))
+            .map(|r| {
+                let provider = cfg.providers.get(r.provider).map(|p| p.name.clone());
+                (r.name.to_string(), provider.unwrap_or_default())
+            })
             .collect();
         Ok(Generation {
             number: self.number,
-            routes: RouteTable::new(&cfg.routes, &cfg.provider_names()),
+            routes: table,
             providers,
             server_tls,
             tenants: TenantTable::new(&cfg.auth, &cfg.tenants, &routes),

@@ -183,6 +183,8 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub prefix: Vec<u8>,
+    /// The prefix as the config writes it (for tenants' allow-lists, usage and logs).
+    pub name: std::rc::Rc<str>,
     pub host: Vec<u8>,
     pub provider: usize,
     /// What replaces the prefix in the forwarded path (`None` = keep the path as is).
@@ -236,6 +238,7 @@ impl RouteTable {
                 remove_headers.extend(add_headers.iter().map(|(k, _)| k.to_ascii_lowercase()));
                 Some(Route {
                     prefix: r.prefix.as_bytes().to_vec(),
+                    name: r.prefix.as_str().into(),
                     host: r.host.to_ascii_lowercase().into_bytes(),
                     provider,
                     replace_prefix,
