@@ -55,19 +55,23 @@ fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
     )
 }
 
-/// `/stats` with the admin token.
-fn stats(gw: &Gateway) -> serde_json::Value {
+/// An admin document with the admin token.
+fn admin_json(gw: &Gateway, path: &str) -> serde_json::Value {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
     write!(
         s,
-        "GET /stats HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer admin-secret\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer admin-secret\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn stats(gw: &Gateway) -> serde_json::Value {
+    admin_json(gw, "/stats")
 }
 
 fn get(port: u16, path: &str, headers: &str) -> Response {
@@ -246,4 +250,75 @@ fn shares_follow_a_skewed_load_and_the_limit_holds_within_ten_percent() {
         error <= 0.10,
         "admitted {admitted}, expected {expected} (off by {error:.3})"
     );
+}
+
+#[test]
+fn usage_is_metered_per_tenant_provider_and_route_and_resets() {
+    let (gw, _mock) = tenants_gateway("tenants-usage", "0-1", "");
+    for _ in 0..3 {
+        let r = get(
+            gw.port,
+            "/v1/mock/bytes?size=100",
+            "x-api-key: sk-acme-1\r\n",
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        get(gw.port, "/v1/mock/bytes?size=10", "x-api-key: sk-lim-1\r\n").status,
+        200
+    );
+    // A WebSocket session: two masked text messages "hi", each echoed.
+    let mut ws = Reader::new(gw.connect());
+    ws.send(
+        b"GET /v1/mock/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Protocol: coregate-key.sk-acme-1\r\n\r\n",
+    );
+    assert_eq!(ws.response(false).unwrap().status, 101);
+    for _ in 0..2 {
+        ws.send(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(&mut ws.stream, &mut got).unwrap();
+        assert_eq!(got, [0x81, 2, b'h', b'i']);
+    }
+    ws.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(ws.closed_within(Duration::from_secs(5)));
+
+    let end = Instant::now() + Duration::from_secs(5);
+    let usage = loop {
+        let u = admin_json(&gw, "/usage");
+        if u["tenants"]["acme"]["requests"] == 4 || Instant::now() > end {
+            break u;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let acme = &usage["tenants"]["acme"];
+    assert_eq!(acme["requests"], 4, "{usage}");
+    let route = &acme["by_provider"]["mock"]["by_route"]["/v1/mock/"];
+    assert_eq!(route["responses"]["2xx"], 3, "{route}");
+    assert_eq!(route["responses"]["1xx"], 1, "{route}");
+    assert!(route["bytes_down"].as_u64().unwrap() > 300, "{route}");
+    let ws = &route["websocket"];
+    assert_eq!(ws["sessions"], 1, "{ws}");
+    assert_eq!(ws["messages_up"], 2, "{ws}");
+    assert_eq!(ws["messages_down"], 2, "{ws}");
+    assert_eq!(ws["payload_bytes_up"], 4, "{ws}");
+    assert_eq!(usage["tenants"]["lim"]["requests"], 1, "{usage}");
+
+    // A new window: what was counted is gone from /usage, and /metrics keeps the totals.
+    admin_json(&gw, "/usage?reset=1");
+    let after = admin_json(&gw, "/usage");
+    assert_eq!(after["tenants"]["acme"]["requests"], 0, "{after}");
+    assert_eq!(
+        get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-acme-1\r\n").status,
+        200
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while admin_json(&gw, "/usage")["tenants"]["acme"]["requests"] != 1 {
+        assert!(
+            Instant::now() < end,
+            "the new window never counted the request"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

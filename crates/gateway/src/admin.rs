@@ -55,7 +55,7 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
-    let path = loop {
+    let (path, query) = loop {
         match s.read(&mut buf[len..]) {
             Ok(0) | Err(_) => return,
             Ok(n) => len += n,
@@ -65,13 +65,12 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
                 let method = req.method.unwrap_or("");
-                let path = req
+                let (path, query) = req
                     .path
                     .unwrap_or("")
-                    .split('?')
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
+                    .split_once('?')
+                    .unwrap_or((req.path.unwrap_or(""), ""));
+                let (path, query) = (path.to_string(), query.to_string());
                 // `/health` stays open: balancers probe it without credentials.
                 let health = path == "/health" || path == "/";
                 if !health && token.is_some_and(|t| !presents(req.headers, t)) {
@@ -92,7 +91,7 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
                     );
                     return;
                 }
-                break path;
+                break (path, query);
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => {
@@ -105,6 +104,13 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
     let (query, ctype) = match path.as_str() {
         "/stats" => (Query::Stats(tx), "application/json"),
         "/metrics" => (Query::Metrics(tx), "text/plain; version=0.0.4"),
+        // `?reset=1` answers, then starts a new window (for a billing period's export).
+        "/usage" => {
+            let reset = query
+                .split('&')
+                .any(|p| p == "reset=1" || p == "reset=true");
+            (Query::Usage { reset, reply: tx }, "application/json")
+        }
         "/health" | "/" => {
             // 503 while draining or with a stale shard, so that a balancer stops sending.
             let (tx, rx) = crossbeam_channel::bounded(1);
@@ -124,7 +130,7 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
                 &mut s,
                 404,
                 "not_found",
-                "no such admin path (try /stats, /metrics or /health)",
+                "no such admin path (try /stats, /metrics, /usage or /health)",
             );
             return;
         }

@@ -3,6 +3,7 @@
 //! `Cell`s in an `Rc` the session lends to the exchange: no borrow of the session is held.
 
 use crate::request_id::RequestId;
+use crate::stats::usage::UsageKey;
 use crate::tenants::Carrier;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -26,6 +27,19 @@ pub struct Facts {
     pub tenant: Cell<Option<(usize, Carrier)>>,
     /// The tenant's name, for the log (only when there is one).
     pub tenant_name: RefCell<String>,
+    /// Whose usage this request is (tenant, provider slot, route), once it has a route.
+    pub usage_key: RefCell<Option<UsageKey>>,
+    /// What a WebSocket tunnel carried, when the request became one.
+    pub ws: Cell<Option<WsUsage>>,
+}
+
+/// A tunnel's WebSocket traffic: data messages and their payload bytes each way.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WsUsage {
+    pub messages_up: u64,
+    pub messages_down: u64,
+    pub payload_up: u64,
+    pub payload_down: u64,
 }
 
 impl Facts {
@@ -40,6 +54,8 @@ impl Facts {
         self.request_id.set(None);
         self.tenant.set(None);
         self.tenant_name.borrow_mut().clear();
+        self.usage_key.borrow_mut().take();
+        self.ws.set(None);
     }
 
     /// Sets `field` to `value` when there is an access log to read it.

@@ -184,7 +184,7 @@ impl Session {
                 st.latency(end.saturating_duration_since(self.started_at).as_micros() as u64);
             }
             let (bytes_in, bytes_out) = self.sync_bytes();
-            self.log_request(bytes_in, bytes_out);
+            self.end_request(bytes_in, bytes_out);
             drop(inflight);
             if flow == Flow::Close {
                 self.wire.close().await;
@@ -234,16 +234,49 @@ impl Session {
         }
     }
 
-    /// Writes the access log line of the request that just ended (if it is sampled).
-    /// `bytes_out` is what was written since the last line; the response's bytes still
-    /// queued (sent with the next flush) count here, not in the next line.
-    fn log_request(&mut self, bytes_in: u64, bytes_out: u64) {
-        let Some(log) = &self.shard.access_log else {
-            return;
-        };
+    /// Meters the request that just ended and writes its access log line. `bytes_out` is
+    /// what was written since the last request ended; the response's bytes still queued
+    /// (sent with the next flush) count here, not for the next request.
+    fn end_request(&mut self, bytes_in: u64, bytes_out: u64) {
         let queued = self.wire.tx.buf.len() as u64;
         let bytes_out = (bytes_out + queued).saturating_sub(self.logged_unflushed);
         self.logged_unflushed = queued;
+        self.meter(bytes_in, bytes_out);
+        self.log_request(bytes_in, bytes_out);
+    }
+
+    /// Counts the request in its tenant's usage of its provider and route.
+    fn meter(&self, bytes_in: u64, bytes_out: u64) {
+        let key = self.facts.usage_key.borrow();
+        let Some(key) = key.as_ref() else {
+            return;
+        };
+        let f = &self.facts;
+        let mut usage = self.shard.usage.borrow_mut();
+        let c = usage.entry(key);
+        c.requests += 1;
+        c.responses[crate::stats::class_index(f.status.get())] += 1;
+        c.bytes_up += bytes_in;
+        c.bytes_down += bytes_out;
+        if let Some(us) = f.ttfb_us.get() {
+            c.ttfb_sum_us += us;
+            c.ttfb_count += 1;
+        }
+        if let Some(ws) = f.ws.get() {
+            c.ws_sessions += 1;
+            c.ws_duration_ms += self.started_at.elapsed().as_millis() as u64;
+            c.ws_messages_up += ws.messages_up;
+            c.ws_messages_down += ws.messages_down;
+            c.ws_payload_up += ws.payload_up;
+            c.ws_payload_down += ws.payload_down;
+        }
+    }
+
+    /// Writes the access log line of the request that just ended (if it is sampled).
+    fn log_request(&self, bytes_in: u64, bytes_out: u64) {
+        let Some(log) = &self.shard.access_log else {
+            return;
+        };
         let f = &self.facts;
         if !log.wants(f.status.get(), f.error.get().is_some()) {
             return;
@@ -282,7 +315,7 @@ impl Session {
         self.facts.error.set(Some(e.code));
         self.started_at = Instant::now();
         let (bytes_in, bytes_out) = self.sync_bytes();
-        self.log_request(bytes_in, bytes_out);
+        self.end_request(bytes_in, bytes_out);
     }
 
     /// The bytes of the current request head (valid until the head is consumed).

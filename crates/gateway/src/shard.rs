@@ -90,6 +90,8 @@ pub struct Shard {
     pub tenant_limits: RefCell<Rc<crate::tenants::limits::ShardLimits>>,
     /// How many shards the process runs (a tenant's first share is 1 / this).
     pub shard_count: usize,
+    /// Usage per tenant × provider × route.
+    pub usage: RefCell<crate::stats::usage::ShardUsage>,
 }
 
 impl Shard {
@@ -211,6 +213,7 @@ async fn shard_main(spec: ShardSpec) {
             spec.shard_count,
         ))),
         shard_count: spec.shard_count,
+        usage: RefCell::new(Default::default()),
         inflight: Cell::new(0),
     });
     let _ = spec.ready.send(Ok(()));
@@ -448,6 +451,7 @@ fn ship(shard: &Shard, tx: &Sender<Snapshot>) {
             stats.counters.access_log_dropped = log.dropped.get();
         }
         let mut snap = stats.take_snapshot();
+        snap.usage = shard.usage.borrow().rows();
         snap.tenants = shard
             .tenant_limits
             .borrow()

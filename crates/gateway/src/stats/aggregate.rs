@@ -25,6 +25,11 @@ pub enum Query {
     ProviderNames(Vec<String>),
     /// The tenants of the config the shards (now) serve.
     TenantNames(Vec<String>),
+    /// `/usage`, and whether to start a new window after answering.
+    Usage {
+        reset: bool,
+        reply: Sender<String>,
+    },
     /// The shards' control channels, for the tenants' shares.
     ShardControls(Vec<crossbeam_channel::Sender<crate::shard::Control>>),
 }
@@ -61,6 +66,7 @@ pub struct Aggregator {
     expected: usize,
     pub config: super::config_status::ConfigStatus,
     pub tenants: super::tenants::TenantBalance,
+    pub usage: super::usage::UsageView,
     /// The shards' snapshot interval: tenants' shares are rebalanced as often.
     interval: Duration,
 }
@@ -79,6 +85,7 @@ impl Aggregator {
             expected: shards,
             config: Default::default(),
             tenants: Default::default(),
+            usage: Default::default(),
             interval,
         }
     }
@@ -153,6 +160,7 @@ impl Aggregator {
         }
         let generation = s.counters.config_generation;
         self.tenants.record(s.shard, generation, s.tenants);
+        self.usage.record(s.shard, s.usage);
         for (pv, p) in view.providers.iter_mut().zip(s.providers) {
             pv.counters = p.counters;
             pv.endpoints = p.endpoints;
@@ -200,6 +208,10 @@ impl Aggregator {
             Query::Reloaded(event) => self.config.record(event),
             Query::ProviderNames(names) => self.provider_names = names,
             Query::TenantNames(names) => self.tenants.names = names,
+            Query::Usage { reset, reply } => {
+                let doc = self.usage.json(&self.provider_names, reset);
+                drop(reply.send(doc.to_string()))
+            }
             Query::ShardControls(c) => self.tenants.controls = c,
         }
     }

@@ -11,6 +11,7 @@ pub mod config_status;
 mod provider_metrics;
 pub mod render;
 pub mod tenants;
+pub mod usage;
 
 pub use crate::upstream::error::UpstreamError;
 pub use coregate_runtime::histogram::{histogram, record};
@@ -193,6 +194,8 @@ pub struct Snapshot {
     pub providers: Vec<ProviderStats>,
     /// Per tenant of the shard's config generation (`counters.config_generation`).
     pub tenants: Vec<tenants::TenantCounters>,
+    /// Usage per tenant × provider slot × route (cumulative).
+    pub usage: Vec<usage::UsageRow>,
 }
 
 impl ShardStats {
@@ -239,6 +242,7 @@ impl ShardStats {
             latency_delta,
             providers,
             tenants: Vec::new(),
+            usage: Vec::new(),
         }
     }
 }

@@ -454,6 +454,7 @@ pub fn prometheus(agg: &Aggregator) -> String {
     super::provider_metrics::provider_metrics(&mut p, agg);
     agg.config.metrics(&mut p);
     agg.tenants.metrics(&mut p);
+    agg.usage.metrics(&mut p, &agg.provider_names);
     p.out
 }
 

@@ -194,12 +194,14 @@ pub fn query_key(target: &[u8]) -> Option<&[u8]> {
 
 /// The tenants of one config generation, as a shard looks them up.
 pub struct TenantTable {
-    pub names: Vec<String>,
+    pub names: Vec<std::rc::Rc<str>>,
     by_digest: HashMap<Digest, usize>,
     /// `allowed[tenant][route]`: the tenant may use the route (and its provider).
     allowed: Vec<Vec<bool>>,
     pub limits: Vec<limits::TenantLimits>,
     pub mode: AuthMode,
+    /// The name usage is counted under when keys are off: `-`.
+    pub anonymous: std::rc::Rc<str>,
 }
 
 /// Why a request was refused before it reached a provider.
@@ -267,11 +269,12 @@ impl TenantTable {
             })
             .collect();
         TenantTable {
-            names: tenants.iter().map(|t| t.name.clone()).collect(),
+            names: tenants.iter().map(|t| t.name.as_str().into()).collect(),
             by_digest,
             allowed,
             limits: tenants.iter().map(limits::TenantLimits::of).collect(),
             mode: auth.mode,
+            anonymous: "-".into(),
         }
     }
 

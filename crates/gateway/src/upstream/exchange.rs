@@ -146,11 +146,13 @@ pub async fn proxy(
     provider_stats(&shard, provider.stat, |s| s.counters.requests += 1);
     let facts = session.facts();
     let logged = shard.access_log.is_some();
-    facts.note(
-        logged,
-        &facts.route,
-        &String::from_utf8_lossy(&route.prefix),
-    );
+    let tenant = match facts.tenant.get() {
+        Some((t, _)) => config.tenants.names.get(t).cloned(),
+        None => None,
+    };
+    let tenant = tenant.unwrap_or_else(|| config.tenants.anonymous.clone());
+    *facts.usage_key.borrow_mut() = Some((tenant, provider.stat, route.name.clone()));
+    facts.note(logged, &facts.route, &route.name);
     facts.note(logged, &facts.provider, &provider.name);
     session.consume_head(&head);
     let mut headers = session.take_headers();

@@ -25,6 +25,7 @@ use super::forward::{
 };
 use super::heads::{interim_head, switched_to_offered};
 use super::pool::{provider_stats, record_outcome, Outcome};
+use crate::facts::WsUsage;
 use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
 use coregate_http1::request::HeaderRange;
@@ -162,7 +163,8 @@ pub(super) async fn upgrade(
         idle,
         websocket,
     };
-    relay(client_rx, client_tx, &mut up, ends).await;
+    let carried = relay(client_rx, client_tx, &mut up, ends).await;
+    facts.ws.set(carried);
     Flow::Close
 }
 
@@ -203,8 +205,14 @@ struct Direction {
 }
 
 /// Copies bytes both ways until both directions ended (or one failed, or the tunnel sat
-/// idle, or the drain timeout passed).
-async fn relay(client_rx: &mut Rx, client_tx: &mut Tx, up: &mut Wire, ends: Ends<'_>) {
+/// idle, or the drain timeout passed); returns what a WebSocket carried each way (`None`
+/// for another protocol, or when its framing was lost).
+async fn relay(
+    client_rx: &mut Rx,
+    client_tx: &mut Tx,
+    up: &mut Wire,
+    ends: Ends<'_>,
+) -> Option<WsUsage> {
     let last = Cell::new(Instant::now());
     let failed = Cell::new(false);
     let (client_fd, up_fd) = (client_rx.stream.clone(), up.rx.stream.clone());
@@ -226,9 +234,17 @@ async fn relay(client_rx: &mut Rx, client_tx: &mut Tx, up: &mut Wire, ends: Ends
         abort: &abort,
         ends,
     };
-    let to_up = pump(client_rx, &mut up.tx, direction(true), links);
-    let to_client = pump(&mut up.rx, client_tx, direction(false), links);
+    let (mut upward, mut downward) = (direction(true), direction(false));
+    let to_up = pump(client_rx, &mut up.tx, &mut upward, links);
+    let to_client = pump(&mut up.rx, client_tx, &mut downward, links);
     futures_lite::future::zip(to_up, to_client).await;
+    let (up_frames, down_frames) = (upward.frames?, downward.frames?);
+    Some(WsUsage {
+        messages_up: up_frames.messages(),
+        messages_down: down_frames.messages(),
+        payload_up: up_frames.payload_bytes(),
+        payload_down: down_frames.payload_bytes(),
+    })
 }
 
 /// What the two directions of a tunnel share.
@@ -243,7 +259,7 @@ struct Links<'a> {
 
 /// One direction of a tunnel: whatever is buffered, then read → write until EOF, which is
 /// passed on as a half-close.
-async fn pump(from: &mut Rx, to: &mut Tx, mut dir: Direction, links: Links<'_>) {
+async fn pump(from: &mut Rx, to: &mut Tx, dir: &mut Direction, links: Links<'_>) {
     let Links {
         last,
         failed,
@@ -272,14 +288,14 @@ async fn pump(from: &mut Rx, to: &mut Tx, mut dir: Direction, links: Links<'_>) 
             return;
         }
         if ends.shard.drain_expired.get() {
-            return going_away(to, &dir).await;
+            return going_away(to, dir).await;
         }
         from.make_room(TUNNEL_BUF);
         match from.read_some(ends.idle).await {
             // This side ended (EOF, or a reset) because the drain just closed the opposite
             // direction (a provider answering our Close by closing): the other still gets its
             // Close.
-            Ok(0) | Err(_) if ends.shard.drain_expired.get() => return going_away(to, &dir).await,
+            Ok(0) | Err(_) if ends.shard.drain_expired.get() => return going_away(to, dir).await,
             Ok(0) => {
                 // EOF: pass the close on; the other direction may still be sending.
                 if to.stream.shutdown_write().await.is_err() {
@@ -290,7 +306,7 @@ async fn pump(from: &mut Rx, to: &mut Tx, mut dir: Direction, links: Links<'_>) 
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 if ends.shard.drain_expired.get() {
-                    return going_away(to, &dir).await;
+                    return going_away(to, dir).await;
                 }
                 // Quiet in this direction; the tunnel is idle only if the other one is too.
                 if last.get().elapsed() >= ends.idle {

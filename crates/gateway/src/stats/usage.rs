@@ -1,0 +1,233 @@
+//! Usage metering per tenant × provider × route: counted on the shard as each request or
+//! tunnel ends, shipped with the stats, merged by the aggregator for `/usage` and
+//! `/metrics`.
+
+use super::render::{escape, Prom};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// What one tenant used of one provider through one route (cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct UsageCounters {
+    pub requests: u64,
+    /// Responses by class, 1xx..5xx (the gateway's own errors included).
+    pub responses: [u64; 5],
+    /// Bytes from the client (request heads and bodies, WebSocket frames up) and to it.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub ttfb_sum_us: u64,
+    pub ttfb_count: u64,
+    /// WebSocket sessions that ended, their time, and their data messages and payload
+    /// bytes each way (read from frame headers as the tunnel relays them).
+    pub ws_sessions: u64,
+    pub ws_duration_ms: u64,
+    pub ws_messages_up: u64,
+    pub ws_messages_down: u64,
+    pub ws_payload_up: u64,
+    pub ws_payload_down: u64,
+}
+
+impl UsageCounters {
+    fn add(&mut self, o: &UsageCounters) {
+        self.requests += o.requests;
+        for i in 0..5 {
+            self.responses[i] += o.responses[i];
+        }
+        self.bytes_up += o.bytes_up;
+        self.bytes_down += o.bytes_down;
+        self.ttfb_sum_us += o.ttfb_sum_us;
+        self.ttfb_count += o.ttfb_count;
+        self.ws_sessions += o.ws_sessions;
+        self.ws_duration_ms += o.ws_duration_ms;
+        self.ws_messages_up += o.ws_messages_up;
+        self.ws_messages_down += o.ws_messages_down;
+        self.ws_payload_up += o.ws_payload_up;
+        self.ws_payload_down += o.ws_payload_down;
+    }
+
+    fn minus(&self, o: &UsageCounters) -> UsageCounters {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        let mut r = *self;
+        r.requests = d(self.requests, o.requests);
+        for i in 0..5 {
+            r.responses[i] = d(self.responses[i], o.responses[i]);
+        }
+        r.bytes_up = d(self.bytes_up, o.bytes_up);
+        r.bytes_down = d(self.bytes_down, o.bytes_down);
+        r.ttfb_sum_us = d(self.ttfb_sum_us, o.ttfb_sum_us);
+        r.ttfb_count = d(self.ttfb_count, o.ttfb_count);
+        r.ws_sessions = d(self.ws_sessions, o.ws_sessions);
+        r.ws_duration_ms = d(self.ws_duration_ms, o.ws_duration_ms);
+        r.ws_messages_up = d(self.ws_messages_up, o.ws_messages_up);
+        r.ws_messages_down = d(self.ws_messages_down, o.ws_messages_down);
+        r.ws_payload_up = d(self.ws_payload_up, o.ws_payload_up);
+        r.ws_payload_down = d(self.ws_payload_down, o.ws_payload_down);
+        r
+    }
+}
+
+/// Who used what: the tenant (`-` without keys), the provider's stats slot, the route.
+pub type UsageKey = (Rc<str>, usize, Rc<str>);
+
+/// One shipped row: names resolved on the shard.
+#[derive(Debug, Clone)]
+pub struct UsageRow {
+    pub tenant: String,
+    pub provider_slot: usize,
+    pub route: String,
+    pub counters: UsageCounters,
+}
+
+/// A shard's meter.
+#[derive(Default)]
+pub struct ShardUsage {
+    rows: HashMap<UsageKey, UsageCounters>,
+}
+
+impl ShardUsage {
+    pub fn entry(&mut self, key: &UsageKey) -> &mut UsageCounters {
+        self.rows.entry(key.clone()).or_default()
+    }
+
+    pub fn rows(&self) -> Vec<UsageRow> {
+        self.rows
+            .iter()
+            .map(|((t, p, r), c)| UsageRow {
+                tenant: t.to_string(),
+                provider_slot: *p,
+                route: r.to_string(),
+                counters: *c,
+            })
+            .collect()
+    }
+}
+
+type Merged = BTreeMap<(String, String, String), UsageCounters>;
+
+/// The aggregator's side: each shard's latest rows, and the baseline of the last reset.
+#[derive(Default)]
+pub struct UsageView {
+    shards: BTreeMap<usize, Vec<UsageRow>>,
+    baseline: Merged,
+}
+
+impl UsageView {
+    pub fn record(&mut self, shard: usize, rows: Vec<UsageRow>) {
+        self.shards.insert(shard, rows);
+    }
+
+    /// Totals since start, by (tenant, provider name, route).
+    fn merged(&self, providers: &[String]) -> Merged {
+        let mut m = Merged::new();
+        for rows in self.shards.values() {
+            for r in rows {
+                let provider = providers.get(r.provider_slot).cloned().unwrap_or_default();
+                let key = (r.tenant.clone(), provider, r.route.clone());
+                m.entry(key).or_default().add(&r.counters);
+            }
+        }
+        m
+    }
+
+    /// Totals since the last reset.
+    fn window(&self, providers: &[String]) -> Merged {
+        let mut m = self.merged(providers);
+        for (k, v) in m.iter_mut() {
+            if let Some(b) = self.baseline.get(k) {
+                *v = v.minus(b);
+            }
+        }
+        m
+    }
+
+    /// The `/usage` document; `reset` starts a new window after it.
+    pub fn json(&mut self, providers: &[String], reset: bool) -> Value {
+        let window = self.window(providers);
+        let mut tenants = Map::new();
+        for ((tenant, provider, route), c) in &window {
+            let t = tenants
+                .entry(tenant.clone())
+                .or_insert_with(|| json!({"requests": 0, "by_provider": {}}));
+            t["requests"] = json!(t["requests"].as_u64().unwrap_or(0) + c.requests);
+            let by_provider = &mut t["by_provider"];
+            let p = by_provider.as_object_mut().map(|m| {
+                m.entry(provider.clone())
+                    .or_insert_with(|| json!({"by_route": {}}))
+            });
+            if let Some(p) = p {
+                p["by_route"][route.as_str()] = usage_json(c);
+            }
+        }
+        if reset {
+            self.baseline = self.merged(providers);
+        }
+        json!({"tenants": tenants})
+    }
+
+    pub(super) fn metrics(&self, p: &mut Prom, providers: &[String]) {
+        type Get = fn(&UsageCounters) -> u64;
+        let families: [(&str, &str, Get); 6] = [
+            (
+                "coregate_usage_requests_total",
+                "Requests, per tenant, provider and route.",
+                |c| c.requests,
+            ),
+            (
+                "coregate_usage_bytes_up_total",
+                "Bytes from the client.",
+                |c| c.bytes_up,
+            ),
+            (
+                "coregate_usage_bytes_down_total",
+                "Bytes to the client.",
+                |c| c.bytes_down,
+            ),
+            (
+                "coregate_usage_ws_sessions_total",
+                "WebSocket sessions ended.",
+                |c| c.ws_sessions,
+            ),
+            (
+                "coregate_usage_ws_messages_up_total",
+                "WebSocket data messages from the client.",
+                |c| c.ws_messages_up,
+            ),
+            (
+                "coregate_usage_ws_messages_down_total",
+                "WebSocket data messages to the client.",
+                |c| c.ws_messages_down,
+            ),
+        ];
+        let merged = self.merged(providers);
+        for (metric, help, get) in families {
+            p.family(metric, "counter", help);
+            for ((t, prov, route), c) in &merged {
+                let l = format!(
+                    "tenant=\"{}\",provider=\"{}\",route=\"{}\"",
+                    escape(t),
+                    escape(prov),
+                    escape(route)
+                );
+                p.sample(metric, &l, get(c));
+            }
+        }
+    }
+}
+
+fn usage_json(c: &UsageCounters) -> Value {
+    json!({
+        "requests": c.requests,
+        "responses": {"1xx": c.responses[0], "2xx": c.responses[1], "3xx": c.responses[2],
+                      "4xx": c.responses[3], "5xx": c.responses[4]},
+        "bytes_up": c.bytes_up,
+        "bytes_down": c.bytes_down,
+        "ttfb_ms_mean": if c.ttfb_count > 0 { c.ttfb_sum_us as f64 / c.ttfb_count as f64 / 1000.0 } else { 0.0 },
+        "websocket": {
+            "sessions": c.ws_sessions, "seconds": c.ws_duration_ms as f64 / 1000.0,
+            "messages_up": c.ws_messages_up, "messages_down": c.ws_messages_down,
+            "payload_bytes_up": c.ws_payload_up, "payload_bytes_down": c.ws_payload_down,
+        },
+    })
+}
