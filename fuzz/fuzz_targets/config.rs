@@ -3,6 +3,7 @@
 //! tests/fuzz_corpus.rs replays the corpus through the same two calls.
 #![no_main]
 
+use coregate_fuzz as _; // the allocation cap (fuzz/src/lib.rs)
 use coregate_gateway::config::Config;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
