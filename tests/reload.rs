@@ -7,7 +7,6 @@
 mod common;
 use common::certs::{Leaf, TestCa};
 use common::*;
-use std::io::Read;
 use std::time::Duration;
 
 /// The gateway's config file with `extra` in place of the `extra_toml` it started with.
@@ -46,17 +45,6 @@ fn get(r: &mut Reader, path: &str) -> Response {
     r.response(false).expect("a response")
 }
 
-const WS: &str = "GET /a/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// Sends a masked text frame `hi` and reads its echo.
-fn ws_echo(r: &mut Reader) {
-    r.send(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
-    let mut got = [0u8; 4];
-    r.stream.read_exact(&mut got).expect("echo");
-    assert_eq!(got, [0x81, 2, b'h', b'i']);
-}
-
 #[test]
 fn sighup_applies_new_routes_while_connections_and_tunnels_carry_on() {
     let (pa, pb) = (free_port(), free_port());
@@ -70,7 +58,7 @@ fn sighup_applies_new_routes_while_connections_and_tunnels_carry_on() {
     assert_eq!(get(&mut kept, "/a/bytes?size=10").status, 200);
     assert_eq!(get(&mut kept, "/b/bytes?size=10").status, 404);
     let mut tunnel = Reader::new(gw.connect());
-    tunnel.send(WS.as_bytes());
+    tunnel.send(ws_handshake("/a/ws", "").as_bytes());
     assert_eq!(tunnel.response(false).expect("101").status, 101);
     ws_echo(&mut tunnel);
 

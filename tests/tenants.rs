@@ -36,23 +36,7 @@ fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
          [[tenants]]\nname = \"acme\"\nkeys = [\"{acme}\"]\n\
          [[tenants]]\nname = \"lim\"\nkeys = [\"{lim}\"]\nroutes = [\"/v1/mock/\"]\n{limits}\n"
     );
-    let path = dir.join("coregate.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let proc = spawn(
-        &["serve", "--config", path.to_str().unwrap()],
-        dir.join("gateway.log"),
-    );
-    wait_port(port, Duration::from_secs(10));
-    wait_port(admin, Duration::from_secs(10));
-    (
-        Gateway {
-            proc,
-            port,
-            admin,
-            dir,
-        },
-        mock_proc,
-    )
+    (gateway_from_config(dir, port, admin, &cfg), mock_proc)
 }
 
 /// An admin document with the admin token.
@@ -208,9 +192,7 @@ fn concurrency_and_session_caps_answer_429() {
     for t in slow {
         assert_eq!(t.join().unwrap(), 200);
     }
-    let ws = "GET /v1/mock/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-              x-api-key: sk-lim-1\r\n\r\n";
+    let ws = ws_handshake("/v1/mock/ws", "x-api-key: sk-lim-1\r\n");
     let mut first = Reader::new(gw.connect());
     first.send(ws.as_bytes());
     assert_eq!(first.response(false).unwrap().status, 101);
@@ -270,16 +252,15 @@ fn usage_is_metered_per_tenant_provider_and_route_and_resets() {
     // A WebSocket session: two masked text messages "hi", each echoed.
     let mut ws = Reader::new(gw.connect());
     ws.send(
-        b"GET /v1/mock/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-          Sec-WebSocket-Protocol: coregate-key.sk-acme-1\r\n\r\n",
+        ws_handshake(
+            "/v1/mock/ws",
+            "Sec-WebSocket-Protocol: coregate-key.sk-acme-1\r\n",
+        )
+        .as_bytes(),
     );
     assert_eq!(ws.response(false).unwrap().status, 101);
     for _ in 0..2 {
-        ws.send(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
-        let mut got = [0u8; 4];
-        std::io::Read::read_exact(&mut ws.stream, &mut got).unwrap();
-        assert_eq!(got, [0x81, 2, b'h', b'i']);
+        ws_echo(&mut ws);
     }
     ws.stream.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(ws.closed_within(Duration::from_secs(5)));

@@ -37,16 +37,6 @@ fn private_network() -> bool {
     true
 }
 
-const WS: &str = "GET /m/ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-fn ws_echo(r: &mut Reader) {
-    r.send(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
-    let mut got = [0u8; 4];
-    r.stream.read_exact(&mut got).expect("echo");
-    assert_eq!(got, [0x81, 2, b'h', b'i']);
-}
-
 #[test]
 fn takeover_fails_no_request_and_ends_tunnels_with_1001() {
     let done = std::thread::spawn(|| {
@@ -69,7 +59,7 @@ fn upgrade_under_load() {
     let mut old = gateway("upgrade", "0-1", &provider);
     let config = old.dir.join("coregate.toml");
     let mut tunnel = Reader::new(old.connect());
-    tunnel.send(WS.as_bytes());
+    tunnel.send(ws_handshake("/m/ws", "").as_bytes());
     assert_eq!(tunnel.response(false).expect("101").status, 101);
     ws_echo(&mut tunnel);
 
@@ -146,7 +136,7 @@ fn upgrade_under_load() {
     let health = admin_get(old.admin, "/health");
     assert!(health.contains("\"ok\""), "{health}");
     let mut again = Reader::new(old.connect());
-    again.send(WS.as_bytes());
+    again.send(ws_handshake("/m/ws", "").as_bytes());
     assert_eq!(again.response(false).expect("101").status, 101);
     ws_echo(&mut again);
     drop(new);

@@ -9,13 +9,6 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-fn handshake(path: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-}
-
 #[test]
 fn a_real_websocket_client_through_the_gateway() {
     // A Python that has the `websockets` package (.ci/run installs it).
@@ -50,7 +43,7 @@ fn a_real_websocket_client_through_the_gateway() {
 fn the_handshake_is_forwarded_and_the_101_relayed() {
     let gw = gateway("ws-raw", "0", "");
     let mut r = Reader::new(gw.connect());
-    r.send(handshake("/v1/mock/ws").as_bytes());
+    r.send(ws_handshake("/v1/mock/ws", "").as_bytes());
     let resp = r.response(false).expect("101");
     assert_eq!(resp.status, 101);
     assert_eq!(resp.header("upgrade"), Some("websocket"));
@@ -81,7 +74,7 @@ fn the_handshake_is_forwarded_and_the_101_relayed() {
 fn an_upgrade_the_provider_declines_is_an_ordinary_response() {
     let gw = gateway("ws-declined", "0", "");
     let mut r = Reader::new(gw.connect());
-    r.send(handshake("/v1/mock/bytes?size=7").as_bytes());
+    r.send(ws_handshake("/v1/mock/bytes?size=7", "").as_bytes());
     let resp = r.response(false).expect("200");
     assert_eq!((resp.status, resp.body.len()), (200, 7));
     assert!(resp.header("upgrade").is_none());
@@ -156,7 +149,7 @@ fn an_idle_tunnel_is_closed() {
         ),
     );
     let mut r = Reader::new(gw.connect());
-    r.send(handshake("/p/ws").as_bytes());
+    r.send(ws_handshake("/p/ws", "").as_bytes());
     assert_eq!(r.response(false).expect("101").status, 101);
     // Traffic keeps it open past the timeout...
     for _ in 0..4 {

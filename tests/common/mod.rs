@@ -283,6 +283,12 @@ pub fn gateway_with_server(
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n[stats]\ninterval_ms = 100\n\
          [mock]\nlisten = \"127.0.0.1:{mock}\"\n{extra_toml}\n"
     );
+    gateway_from_config(dir, port, admin, &cfg)
+}
+
+/// Starts `coregate serve` with `cfg` written to `dir/coregate.toml`; waits for its data
+/// and admin ports.
+pub fn gateway_from_config(dir: PathBuf, port: u16, admin: u16, cfg: &str) -> Gateway {
     let path = dir.join("coregate.toml");
     std::fs::write(&path, cfg).expect("write config");
     let proc = spawn(
@@ -502,4 +508,21 @@ pub fn rss_kib(pid: i32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A WebSocket handshake for `path` (RFC 6455 §1.3's example key), with `extra` header
+/// lines (each ending in CRLF).
+pub fn ws_handshake(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Sends a masked text frame `hi` on an open tunnel to the mock's `/ws` and reads its echo.
+pub fn ws_echo(r: &mut Reader) {
+    r.send(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    let mut got = [0u8; 4];
+    r.stream.read_exact(&mut got).expect("echo");
+    assert_eq!(got, [0x81, 2, b'h', b'i']);
 }
