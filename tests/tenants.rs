@@ -303,3 +303,69 @@ fn usage_is_metered_per_tenant_provider_and_route_and_resets() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A WAV file of `data` bytes of 16-bit mono audio at `rate` Hz.
+fn wav(rate: u32, data: usize) -> Vec<u8> {
+    let mut b = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0".to_vec();
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * 2).to_le_bytes());
+    b.extend_from_slice(b"\x02\0\x10\0data");
+    b.extend_from_slice(&(data as u32).to_le_bytes());
+    b.extend(std::iter::repeat_n(0u8, data));
+    b
+}
+
+fn post(port: u16, path: &str, ct: &str, body: &[u8]) -> Response {
+    let mut r = Reader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    r.send(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nx-api-key: sk-acme-1\r\nContent-Type: {ct}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    r.send(body);
+    r.response(false).unwrap()
+}
+
+#[test]
+fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
+    let (gw, _mock) = tenants_gateway("tenants-voice", "0", "");
+    // 1.5 s of 8 kHz audio to the STT endpoint, 5 characters to the TTS one.
+    assert_eq!(
+        post(gw.port, "/v1/mock/stt", "audio/wav", &wav(8000, 24_000)).status,
+        200
+    );
+    let tts = r#"{"model":"m","input":"héllo","voice":"v"}"#;
+    assert_eq!(
+        post(gw.port, "/v1/mock/tts", "application/json", tts.as_bytes()).status,
+        200
+    );
+    // A Deepgram-style stream: 1,600 payload bytes of linear16 at 8 kHz is 0.1 s.
+    let mut ws = Reader::new(gw.connect());
+    let path = "/v1/mock/ws?encoding=linear16&sample_rate=8000";
+    ws.send(ws_handshake(path, "x-api-key: sk-acme-1\r\n").as_bytes());
+    assert_eq!(ws.response(false).unwrap().status, 101);
+    let mut frame = vec![0x82, 0xFE, 0x06, 0x40, 0, 0, 0, 0];
+    frame.extend(std::iter::repeat_n(0u8, 1600));
+    ws.send(&frame);
+    let mut echo = vec![0u8; 4 + 1600];
+    std::io::Read::read_exact(&mut ws.stream, &mut echo).unwrap();
+    ws.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(ws.closed_within(Duration::from_secs(5)));
+
+    let end = Instant::now() + Duration::from_secs(5);
+    let route = loop {
+        let u = admin_json(&gw, "/usage");
+        let route = u["tenants"]["acme"]["by_provider"]["mock"]["by_route"]["/v1/mock/"].clone();
+        if route["requests"] == 3 || Instant::now() > end {
+            break route;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(route["audio_seconds"], 1.6, "{route}");
+    assert_eq!(route["tts_characters"], 5, "{route}");
+    assert_eq!(route["unmetered_bytes"], 0, "{route}");
+    assert_eq!(route["websocket"]["payload_bytes_up"], 1600, "{route}");
+}

@@ -2,6 +2,7 @@
 //! by local answers), read by the session for the access log line and by the balancer.
 //! `Cell`s in an `Rc` the session lends to the exchange: no borrow of the session is held.
 
+use crate::meter::BodyMeter;
 use crate::request_id::RequestId;
 use crate::stats::usage::UsageKey;
 use crate::tenants::Carrier;
@@ -31,6 +32,10 @@ pub struct Facts {
     pub usage_key: RefCell<Option<UsageKey>>,
     /// What a WebSocket tunnel carried, when the request became one.
     pub ws: Cell<Option<WsUsage>>,
+    /// Voice units of the request body, read as it streams up.
+    pub meter: RefCell<Option<BodyMeter>>,
+    /// A WebSocket's audio byte rate, when its query names it (Deepgram-style streaming).
+    pub ws_audio_rate: Cell<Option<u64>>,
 }
 
 /// A tunnel's WebSocket traffic: data messages and their payload bytes each way.
@@ -56,6 +61,8 @@ impl Facts {
         self.tenant_name.borrow_mut().clear();
         self.usage_key.borrow_mut().take();
         self.ws.set(None);
+        self.meter.borrow_mut().take();
+        self.ws_audio_rate.set(None);
     }
 
     /// Sets `field` to `value` when there is an access log to read it.

@@ -33,6 +33,7 @@ pub mod doctor;
 pub mod drain;
 pub mod facts;
 pub mod generation;
+pub mod meter;
 pub mod reload;
 pub mod request_id;
 pub mod resolver;

@@ -262,7 +262,16 @@ impl Session {
             c.ttfb_sum_us += us;
             c.ttfb_count += 1;
         }
+        if let Some(m) = f.meter.borrow().as_ref() {
+            let m = m.finish();
+            c.audio_ms += m.audio_ms;
+            c.tts_chars += m.chars;
+            c.unmetered_bytes += m.unmetered_bytes;
+        }
         if let Some(ws) = f.ws.get() {
+            if let Some(rate) = f.ws_audio_rate.get() {
+                c.audio_ms += ws.payload_up.saturating_mul(1000) / rate.max(1);
+            }
             c.ws_sessions += 1;
             c.ws_duration_ms += self.started_at.elapsed().as_millis() as u64;
             c.ws_messages_up += ws.messages_up;

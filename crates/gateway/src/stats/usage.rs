@@ -27,6 +27,11 @@ pub struct UsageCounters {
     pub ws_messages_down: u64,
     pub ws_payload_up: u64,
     pub ws_payload_down: u64,
+    /// Voice units: audio sent for speech-to-text (ms), characters sent for text-to-speech,
+    /// and body bytes in no format the meter reads (`meter`).
+    pub audio_ms: u64,
+    pub tts_chars: u64,
+    pub unmetered_bytes: u64,
 }
 
 impl UsageCounters {
@@ -45,6 +50,9 @@ impl UsageCounters {
         self.ws_messages_down += o.ws_messages_down;
         self.ws_payload_up += o.ws_payload_up;
         self.ws_payload_down += o.ws_payload_down;
+        self.audio_ms += o.audio_ms;
+        self.tts_chars += o.tts_chars;
+        self.unmetered_bytes += o.unmetered_bytes;
     }
 
     fn minus(&self, o: &UsageCounters) -> UsageCounters {
@@ -64,6 +72,9 @@ impl UsageCounters {
         r.ws_messages_down = d(self.ws_messages_down, o.ws_messages_down);
         r.ws_payload_up = d(self.ws_payload_up, o.ws_payload_up);
         r.ws_payload_down = d(self.ws_payload_down, o.ws_payload_down);
+        r.audio_ms = d(self.audio_ms, o.audio_ms);
+        r.tts_chars = d(self.tts_chars, o.tts_chars);
+        r.unmetered_bytes = d(self.unmetered_bytes, o.unmetered_bytes);
         r
     }
 }
@@ -168,7 +179,17 @@ impl UsageView {
 
     pub(super) fn metrics(&self, p: &mut Prom, providers: &[String]) {
         type Get = fn(&UsageCounters) -> u64;
-        let families: [(&str, &str, Get); 6] = [
+        let families: [(&str, &str, Get); 8] = [
+            (
+                "coregate_usage_audio_milliseconds_total",
+                "Audio sent for speech-to-text (WAV header or query).",
+                |c| c.audio_ms,
+            ),
+            (
+                "coregate_usage_tts_characters_total",
+                "Characters of text sent for text-to-speech.",
+                |c| c.tts_chars,
+            ),
             (
                 "coregate_usage_requests_total",
                 "Requests, per tenant, provider and route.",
@@ -223,6 +244,9 @@ fn usage_json(c: &UsageCounters) -> Value {
                       "4xx": c.responses[3], "5xx": c.responses[4]},
         "bytes_up": c.bytes_up,
         "bytes_down": c.bytes_down,
+        "audio_seconds": c.audio_ms as f64 / 1000.0,
+        "tts_characters": c.tts_chars,
+        "unmetered_bytes": c.unmetered_bytes,
         "ttfb_ms_mean": if c.ttfb_count > 0 { c.ttfb_sum_us as f64 / c.ttfb_count as f64 / 1000.0 } else { 0.0 },
         "websocket": {
             "sessions": c.ws_sessions, "seconds": c.ws_duration_ms as f64 / 1000.0,

@@ -17,6 +17,7 @@ use super::heads::{offered_upgrades, request_head};
 use super::pool::{acquire, provider_stats, record_outcome, Lease, Outcome, UpConn};
 use super::providers::Provider;
 use crate::generation::Generation;
+use crate::meter::BodyMeter;
 use crate::session::{BodyError, BodyState, Flow, Session};
 use crate::shard::Shard;
 use crate::stats::record;
@@ -152,6 +153,18 @@ pub async fn proxy(
     };
     let tenant = tenant.unwrap_or_else(|| config.tenants.anonymous.clone());
     *facts.usage_key.borrow_mut() = Some((tenant, provider.stat, route.name.clone()));
+    // Voice units: read from the body as it streams up, or a WebSocket's audio frames.
+    let target = head.path(buf);
+    if head.upgrade {
+        facts.ws_audio_rate.set(BodyMeter::query_rate(target));
+    } else if head.has_body {
+        let ct = session
+            .headers()
+            .iter()
+            .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"content-type"))
+            .map_or(&b""[..], |h| &buf[h.value.clone()]);
+        *facts.meter.borrow_mut() = Some(BodyMeter::for_request(ct, target));
+    }
     facts.note(logged, &facts.route, &route.name);
     facts.note(logged, &facts.provider, &provider.name);
     session.consume_head(&head);
@@ -331,7 +344,11 @@ async fn duplex(
     } = up;
     let (client_rx, client_tx) = session.client_io();
     let up_side = async {
-        match upload(client_rx, up_tx, body, chunked, leg.limits, &progress).await {
+        match upload(
+            client_rx, up_tx, body, chunked, leg.limits, &progress, leg.facts,
+        )
+        .await
+        {
             // A finished upload waits for the response.
             Ok(()) => futures_lite::future::pending().await,
             Err(e) => DuplexEnd::ClientBody(e),

@@ -377,10 +377,14 @@ pub(super) async fn upload(
     chunked: bool,
     t: Limits,
     progress: &Progress,
+    facts: &Facts,
 ) -> Result<(), BodyError> {
     let mut frame = Vec::new();
     while let Some(r) = client.body_chunk(body, t.client_body).await? {
         let data = client.slice(r);
+        if let Some(m) = facts.meter.borrow_mut().as_mut() {
+            m.feed(data);
+        }
         let res = if chunked {
             frame.clear();
             encode_chunk(&mut frame, data);
