@@ -383,6 +383,46 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bodies_in_arbitrary_pieces_never_panic() {
+        // Request bodies are the client's: a deterministic stream of random and mangled
+        // inputs, each fed whole and in random pieces, must only ever be counted.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 3] = [
+            &wav(8000, 1, 16, 64),
+            br#"{"input":"a\u00e9\"","text":1}"#,
+            b"RIFF",
+        ];
+        for i in 0..3000 {
+            let mut body = seeds[i % 3].to_vec();
+            for _ in 0..(next() % 8) {
+                let at = (next() as usize) % (body.len() + 1);
+                match next() % 3 {
+                    0 => body.insert(at, next() as u8),
+                    1 if at < body.len() => body[at] = next() as u8,
+                    _ => body.truncate(at),
+                }
+            }
+            for ct in [&b"audio/wav"[..], b"application/json", b"text/plain"] {
+                let piece = 1 + (next() as usize) % 9;
+                let whole = measure(
+                    ct,
+                    b"/?encoding=linear16&sample_rate=8000",
+                    &body,
+                    body.len(),
+                );
+                let split = measure(ct, b"/?encoding=linear16&sample_rate=8000", &body, piece);
+                assert_eq!(whole, split, "{body:?} in pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
     fn json_text_fields_count_characters_as_they_stream() {
         let body =
             r#"{"model":"tts-1","voice":{"text":"no"},"input":"h\u00e9llo \"w\u00f6rld\"","n":1}"#;
