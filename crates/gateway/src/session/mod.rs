@@ -9,9 +9,7 @@
 //! responses to pipelined requests are batched in the write buffer and flushed when the
 //! next read would wait. Whenever framing is in doubt the connection answers, then closes.
 
-use crate::access_log::Entry;
 use crate::facts::Facts;
-use crate::request_id::RequestId;
 use crate::route::Target;
 use crate::shard::Shard;
 use crate::upstream::ClientFacts;
@@ -21,6 +19,8 @@ use coregate_http1::HttpError;
 use coregate_runtime::deadline::WaitClass;
 use coregate_runtime::tls::HandshakeFailure;
 pub use coregate_runtime::wire::{BodyError, BodyState};
+
+mod record;
 use coregate_runtime::wire::{Rx, Stream, Tx, Wire};
 use glommio::net::TcpStream;
 use std::io;
@@ -205,128 +205,6 @@ impl Session {
         (bytes_in, bytes_out)
     }
 
-    /// A new request: its id (the client's, if well formed, else a new one) and, with an
-    /// access log, a copy of what its line needs from the head.
-    fn begin_request(&mut self, head: &RequestHead) {
-        self.facts.reset();
-        let buf = self.wire.rx.buffered();
-        let field = |name: &[u8]| {
-            self.headers
-                .iter()
-                .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name))
-                .map(|h| &buf[h.value.clone()])
-        };
-        let id = field(b"x-request-id")
-            .and_then(RequestId::from_client)
-            .unwrap_or_else(|| RequestId::generate(&self.shard.ids));
-        self.facts.request_id.set(Some(id));
-        if let Some(log) = &self.shard.access_log {
-            let copy = |dst: &mut Vec<u8>, src: &[u8]| {
-                dst.clear();
-                dst.extend_from_slice(src);
-            };
-            copy(&mut self.logged.method, head.method(buf));
-            copy(&mut self.logged.path, head.path(buf));
-            if log.combined() {
-                self.logged.user_agent = field(b"user-agent").map(<[u8]>::to_vec);
-                self.logged.referer = field(b"referer").map(<[u8]>::to_vec);
-            }
-        }
-    }
-
-    /// Meters the request that just ended and writes its access log line. `bytes_out` is
-    /// what was written since the last request ended; the response's bytes still queued
-    /// (sent with the next flush) count here, not for the next request.
-    fn end_request(&mut self, bytes_in: u64, bytes_out: u64) {
-        let queued = self.wire.tx.buf.len() as u64;
-        let bytes_out = (bytes_out + queued).saturating_sub(self.logged_unflushed);
-        self.logged_unflushed = queued;
-        self.meter(bytes_in, bytes_out);
-        self.log_request(bytes_in, bytes_out);
-    }
-
-    /// Counts the request in its tenant's usage of its provider and route.
-    fn meter(&self, bytes_in: u64, bytes_out: u64) {
-        let key = self.facts.usage_key.borrow();
-        let Some(key) = key.as_ref() else {
-            return;
-        };
-        let f = &self.facts;
-        let mut usage = self.shard.usage.borrow_mut();
-        let c = usage.entry(key);
-        c.requests += 1;
-        c.responses[crate::stats::class_index(f.status.get())] += 1;
-        c.bytes_up += bytes_in;
-        c.bytes_down += bytes_out;
-        if let Some(us) = f.ttfb_us.get() {
-            c.ttfb_sum_us += us;
-            c.ttfb_count += 1;
-        }
-        if let Some(m) = f.meter.borrow().as_ref() {
-            let m = m.finish();
-            c.audio_ms += m.audio_ms;
-            c.tts_chars += m.chars;
-            c.unmetered_bytes += m.unmetered_bytes;
-        }
-        if let Some(ws) = f.ws.get() {
-            if let Some(rate) = f.ws_audio_rate.get() {
-                c.audio_ms += ws.payload_up.saturating_mul(1000) / rate.max(1);
-            }
-            c.ws_sessions += 1;
-            c.ws_duration_ms += self.started_at.elapsed().as_millis() as u64;
-            c.ws_messages_up += ws.messages_up;
-            c.ws_messages_down += ws.messages_down;
-            c.ws_payload_up += ws.payload_up;
-            c.ws_payload_down += ws.payload_down;
-        }
-    }
-
-    /// Writes the access log line of the request that just ended (if it is sampled).
-    fn log_request(&self, bytes_in: u64, bytes_out: u64) {
-        let Some(log) = &self.shard.access_log else {
-            return;
-        };
-        let f = &self.facts;
-        if !log.wants(f.status.get(), f.error.get().is_some()) {
-            return;
-        }
-        let id = f.request_id.get();
-        let (provider, route) = (f.provider.borrow(), f.route.borrow());
-        fn some(s: &str) -> Option<&str> {
-            (!s.is_empty()).then_some(s)
-        }
-        log.write(&Entry {
-            request_id: id.as_ref().map_or(b"-", |i| i.as_bytes()),
-            tenant: some(&self.facts.tenant_name.borrow()),
-            client: self.peer_ip,
-            method: &self.logged.method,
-            path: &self.logged.path,
-            route: some(&route),
-            provider: some(&provider),
-            upstream: f.upstream.get(),
-            status: f.status.get(),
-            bytes_in,
-            bytes_out,
-            duration: self.started_at.elapsed(),
-            ttfb: f.ttfb_us.get().map(std::time::Duration::from_micros),
-            error: f.error.get(),
-            user_agent: self.logged.user_agent.as_deref(),
-            referer: self.logged.referer.as_deref(),
-        });
-    }
-
-    /// Logs a request refused before its head could be read whole (400, 408, 413...).
-    fn log_refused(&mut self, e: &HttpError) {
-        self.logged.method.clear();
-        self.logged.path.clear();
-        self.logged.method.push(b'-');
-        self.logged.path.push(b'-');
-        self.facts.error.set(Some(e.code));
-        self.started_at = Instant::now();
-        let (bytes_in, bytes_out) = self.sync_bytes();
-        self.end_request(bytes_in, bytes_out);
-    }
-
     /// The bytes of the current request head (valid until the head is consumed).
     pub fn head_bytes(&self) -> &[u8] {
         self.wire.rx.buffered()
@@ -418,28 +296,6 @@ impl Session {
                 self.answer_locally(&head, &reply).await
             }
         }
-    }
-
-    /// Refuses a request before it reaches a provider: 401/403 (tenants) or 429 (limits,
-    /// with `Retry-After`), with the JSON error body.
-    async fn refuse(
-        &mut self,
-        head: &RequestHead,
-        (status, code, message): (u16, &'static str, &str),
-        retry_after_s: Option<u64>,
-    ) -> Flow {
-        self.facts.error.set(Some(code));
-        self.shard.stats.borrow_mut().counters.refused[refusal_index(status)] += 1;
-        let body = json_error(status, code, message, None);
-        let retry = retry_after_s.map(|s| format!("Retry-After: {s}"));
-        let extra: Vec<&str> = retry.iter().map(String::as_str).collect();
-        let reply = Reply {
-            status,
-            content_type: "application/json",
-            body: &body,
-            extra: &extra,
-        };
-        self.answer_locally(head, &reply).await
     }
 
     /// Answers a request without a provider: reads and discards a small body so the
@@ -583,7 +439,7 @@ impl Session {
         let date = self.shard.date.borrow();
         let mut id_line = [0u8; 96];
         let id_line = match self.facts.request_id.get() {
-            Some(id) => request_id_line(&mut id_line, id.as_bytes()),
+            Some(id) => record::request_id_line(&mut id_line, id.as_bytes()),
             None => &[][..],
         };
         reply.write_with(
@@ -674,24 +530,5 @@ impl Session {
     /// the request body upstream while the response comes down, and tunnels.
     pub fn client_io(&mut self) -> (&mut Rx, &mut Tx) {
         (&mut self.wire.rx, &mut self.wire.tx)
-    }
-}
-
-/// `X-Request-Id: <id>\r\n` in `buf` (an id is at most 64 bytes).
-fn request_id_line<'a>(buf: &'a mut [u8; 96], id: &[u8]) -> &'a [u8] {
-    const NAME: &[u8] = b"X-Request-Id: ";
-    let end = NAME.len() + id.len();
-    buf[..NAME.len()].copy_from_slice(NAME);
-    buf[NAME.len()..end].copy_from_slice(id);
-    buf[end..end + 2].copy_from_slice(b"\r\n");
-    &buf[..end + 2]
-}
-
-/// The index of a refusal's status in `Counters::refused`: 401, 403, 429.
-fn refusal_index(status: u16) -> usize {
-    match status {
-        401 => 0,
-        403 => 1,
-        _ => 2,
     }
 }
