@@ -24,12 +24,14 @@ fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
     let lim = key_file(&dir, "lim.key", "sk-lim-1");
     let admin_key = key_file(&dir, "admin.key", "admin-secret");
     let (port, admin, mock) = (free_port(), free_port(), free_port());
+    let export = dir.join("usage.jsonl").display().to_string();
     let mock_proc = mock_provider(name, mock);
     wait_port(mock, Duration::from_secs(10));
     let cfg = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"{cores}\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{admin_key}\"\n\
          [stats]\ninterval_ms = 100\n[auth]\nmode = \"keys\"\n\
+         [usage]\nexport = \"{export}\"\n\
          [[providers]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:{mock}\"]\n\
          [[routes]]\nprefix = \"/other/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
          [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
@@ -368,4 +370,28 @@ fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
     assert_eq!(route["tts_characters"], 5, "{route}");
     assert_eq!(route["unmetered_bytes"], 0, "{route}");
     assert_eq!(route["websocket"]["payload_bytes_up"], 1600, "{route}");
+
+    // The export has one line per request or session, with the same figures.
+    let end = Instant::now() + Duration::from_secs(5);
+    let export = loop {
+        let text = std::fs::read_to_string(gw.dir.join("usage.jsonl")).unwrap_or_default();
+        if text.lines().count() >= 3 || Instant::now() > end {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{export}");
+    assert_eq!(lines[0]["audio_seconds"], 1.5, "{export}");
+    assert_eq!(lines[0]["tenant"], "acme");
+    assert_eq!(lines[0]["provider"], "mock");
+    assert_eq!(lines[0]["route"], "/v1/mock/");
+    assert_eq!(lines[1]["tts_characters"], 5, "{export}");
+    assert_eq!(lines[2]["status"], 101, "{export}");
+    assert_eq!(lines[2]["audio_seconds"], 0.1, "{export}");
+    assert_eq!(lines[2]["ws_payload_bytes_up"], 1600, "{export}");
+    assert_eq!(lines[2]["request_id"].as_str().unwrap().len(), 32);
 }

@@ -142,14 +142,20 @@ impl ShardLog {
     }
 
     pub fn write(&self, e: &Entry<'_>) {
+        let format = self.format;
+        self.write_with(|buf, now| match format {
+            Format::Json => json_line(buf, now, e),
+            Format::Combined => combined_line(buf, now, e),
+        });
+    }
+
+    /// Appends one line that `line` formats (given the time since the epoch).
+    pub fn write_with(&self, line: impl FnOnce(&mut Vec<u8>, Duration)) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let mut buf = self.buf.borrow_mut();
-        match self.format {
-            Format::Json => json_line(&mut buf, now, e),
-            Format::Combined => combined_line(&mut buf, now, e),
-        }
+        line(&mut buf, now);
         self.lines.set(self.lines.get() + 1);
         if buf.len() >= FLUSH_BYTES {
             drop(buf);
@@ -208,7 +214,7 @@ fn json_line(out: &mut Vec<u8>, now: Duration, e: &Entry<'_>) {
 }
 
 /// A JSON string (escaped as RFC 8259 requires; invalid UTF-8 becomes U+FFFD), or `null`.
-fn push_str(out: &mut Vec<u8>, s: Option<&[u8]>) {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: Option<&[u8]>) {
     let Some(s) = s else {
         out.extend_from_slice(b"null");
         return;
@@ -284,7 +290,7 @@ impl Address for SocketAddr {
 }
 
 /// Milliseconds with microsecond precision: `12.345`.
-fn push_ms(out: &mut Vec<u8>, d: Duration) {
+pub(crate) fn push_ms(out: &mut Vec<u8>, d: Duration) {
     let us = d.as_micros() as u64;
     push_u64(out, us / 1000);
     out.push(b'.');
@@ -295,7 +301,7 @@ fn push_ms(out: &mut Vec<u8>, d: Duration) {
 }
 
 /// RFC 3339 UTC with milliseconds (`2026-12-02T16:55:44.524Z`), without allocating.
-fn push_time(out: &mut Vec<u8>, since_epoch: Duration) {
+pub(crate) fn push_time(out: &mut Vec<u8>, since_epoch: Duration) {
     let secs = since_epoch.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = coregate_http1::reply::civil_from_days(days as i64);
@@ -364,10 +370,10 @@ pub struct Writer {
     pub control: Sender<Message>,
 }
 
-/// Opens the log (an error names `access_log.path`) and starts the writer thread.
-pub fn start(cfg: &AccessLogConfig) -> Result<Writer, String> {
-    let path = cfg.path.clone();
-    let mut out = open(&path).map_err(|e| format!("access_log.path: cannot open {path}: {e}"))?;
+/// Opens `path` (an error names `key`, the config key) and starts its writer thread.
+pub fn start(path: &str, key: &str) -> Result<Writer, String> {
+    let path = path.to_string();
+    let mut out = open(&path).map_err(|e| format!("{key}: cannot open {path}: {e}"))?;
     let (lines, lines_rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
     let (control, control_rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()

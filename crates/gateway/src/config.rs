@@ -43,8 +43,18 @@ pub struct Config {
     pub mock: MockConfig,
     pub access_log: crate::access_log::AccessLogConfig,
     pub auth: crate::tenants::AuthConfig,
+    pub usage: UsageConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<crate::tenants::TenantConfig>,
+}
+
+/// `[usage]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// One JSON line per finished request or WebSocket session, for billing: a file
+    /// (appended; reopened on SIGUSR1), `stdout`, or empty for none.
+    pub export: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

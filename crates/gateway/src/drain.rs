@@ -62,12 +62,12 @@ impl Drainer {
 }
 
 /// Runs the signal thread: SIGHUP reloads (until a drain begins), SIGUSR1 reopens the
-/// access log, the first SIGTERM or SIGINT drains, a second one exits at once.
+/// access log and the usage export, the first SIGTERM or SIGINT drains, a second one exits at once.
 pub fn spawn_signal_thread(
     mut signals: Signals,
     mut reloader: Reloader,
     drainer: Drainer,
-    access_log: Option<Sender<crate::access_log::Message>>,
+    logs: Vec<Sender<crate::access_log::Message>>,
 ) -> Result<(), String> {
     std::thread::Builder::new()
         .name("coregate-signals".into())
@@ -75,7 +75,7 @@ pub fn spawn_signal_thread(
             let mut stops = 0;
             for sig in signals.forever() {
                 if sig == SIGUSR1 {
-                    if let Some(log) = &access_log {
+                    for log in &logs {
                         let _ = log.send(crate::access_log::Message::Reopen);
                     }
                     continue;

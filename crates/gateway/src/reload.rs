@@ -252,6 +252,7 @@ fn restart_only() -> Vec<Setting> {
         ("mock", |c| format!("{:?}", c.mock)),
         ("stats.interval_ms", |c| c.stats.interval_ms.to_string()),
         ("access_log", |c| format!("{:?}", c.access_log)),
+        ("usage.export", |c| c.usage.export.clone()),
     ]
 }
 
@@ -283,4 +284,5 @@ fn keep_restart_only(new: &mut Config, running: &Config) {
     new.mock = running.mock.clone();
     new.stats = running.stats.clone();
     new.access_log = running.access_log.clone();
+    new.usage = running.usage.clone();
 }

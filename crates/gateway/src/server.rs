@@ -97,8 +97,18 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let access_log = match config.access_log.enabled() {
-        true => Some(crate::access_log::start(&config.access_log)?),
+        true => Some(crate::access_log::start(
+            &config.access_log.path,
+            "access_log.path",
+        )?),
         false => None,
+    };
+    let usage_export = match config.usage.export.is_empty() {
+        false => Some(crate::access_log::start(
+            &config.usage.export,
+            "usage.export",
+        )?),
+        true => None,
     };
     let (ready_tx, ready_rx) = unbounded();
     let (exit_tx, exit_rx) = unbounded();
@@ -125,6 +135,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
             ready: ready_tx.clone(),
             exited: exit_tx.clone(),
             access_log: access_log.as_ref().map(|w| w.lines.clone()),
+            usage_export: usage_export.as_ref().map(|w| w.lines.clone()),
             shard_count: cores.len(),
         };
         threads
@@ -190,7 +201,11 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         queries: drain_notice.clone(),
         resolver,
     };
-    let reopen = access_log.map(|w| w.control);
+    let reopen: Vec<_> = access_log
+        .into_iter()
+        .chain(usage_export)
+        .map(|w| w.control)
+        .collect();
     spawn_signal_thread(signals, reloader, drainer.clone(), reopen)?;
     let successor = drainer.clone();
     let on_drain = move || successor.start("a new coregate took over the addresses", true);

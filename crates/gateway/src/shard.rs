@@ -84,6 +84,8 @@ pub struct Shard {
     pub inflight: Cell<usize>,
     /// The access log's per-shard buffer, when there is an access log.
     pub access_log: Option<crate::access_log::ShardLog>,
+    /// The usage export's per-shard buffer (one JSON line per request or session).
+    pub usage_export: Option<crate::access_log::ShardLog>,
     /// Makes request ids.
     pub ids: crate::request_id::IdGenerator,
     /// This shard's share of every tenant's limits (replaced with the config generation).
@@ -95,6 +97,19 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Hands the access log's and the usage export's buffered lines to their writers.
+    fn flush_logs(&self) {
+        for log in self.access_log.iter().chain(&self.usage_export) {
+            log.flush();
+        }
+    }
+
+    /// Whether requests must note their route, provider and tenant names (for a log line
+    /// or an export line).
+    pub fn records_names(&self) -> bool {
+        self.access_log.is_some() || self.usage_export.is_some()
+    }
+
     /// The config generation for a new request; the request holds it to its end.
     pub fn config(&self) -> Rc<Generation> {
         self.current.borrow().clone()
@@ -116,6 +131,8 @@ pub struct ShardSpec {
     pub exited: Sender<ShardExit>,
     /// The access log writer's channel, when there is an access log.
     pub access_log: Option<Sender<Vec<u8>>>,
+    /// The usage export writer's channel, when there is one.
+    pub usage_export: Option<Sender<Vec<u8>>>,
     pub shard_count: usize,
 }
 
@@ -207,6 +224,9 @@ async fn shard_main(spec: ShardSpec) {
             .access_log
             .clone()
             .map(|tx| crate::access_log::ShardLog::new(&cfg.access_log, tx, spec.id as u64 + 1)),
+        usage_export: spec.usage_export.clone().map(|tx| {
+            crate::access_log::ShardLog::new(&Default::default(), tx, spec.id as u64 + 1)
+        }),
         ids: crate::request_id::IdGenerator::new(spec.id),
         tenant_limits: RefCell::new(Rc::new(crate::tenants::limits::ShardLimits::new(
             tenant_count,
@@ -248,9 +268,7 @@ async fn shard_main(spec: ShardSpec) {
             next_snapshot += interval;
             ship(&shard, &spec.snapshots);
         }
-        if let Some(log) = &shard.access_log {
-            log.flush();
-        }
+        shard.flush_logs();
         if !take_control(&shard, &spec.control, spec.max_connections) {
             break;
         }
@@ -258,9 +276,7 @@ async fn shard_main(spec: ShardSpec) {
 
     drain(&shard, accepts, &spec.snapshots).await;
     pool_sweeper.await;
-    if let Some(log) = &shard.access_log {
-        log.flush();
-    }
+    shard.flush_logs();
     ship(&shard, &spec.snapshots);
     coregate_runtime::deadline::release_wakers();
 }

@@ -248,7 +248,7 @@ impl Session {
                     Some((t, carrier)) => {
                         self.facts.tenant.set(Some((t, carrier)));
                         let name = &config.tenants.names[t];
-                        let logged = self.shard.access_log.is_some();
+                        let logged = self.shard.records_names();
                         self.facts.note(logged, &self.facts.tenant_name, name);
                         let limits = &config.tenants.limits[t];
                         match limiter.admit(t, limits, head.upgrade, self.started_at) {

@@ -4,6 +4,7 @@
 use super::{Flow, Session};
 use crate::access_log::Entry;
 use crate::request_id::RequestId;
+use crate::stats::usage::{ExportLine, UsageCounters};
 use coregate_http1::reply::{json_error, Reply};
 use coregate_http1::request::RequestHead;
 use coregate_http1::HttpError;
@@ -56,34 +57,56 @@ impl Session {
         let Some(key) = key.as_ref() else {
             return;
         };
+        let one = self.usage_of_request(bytes_in, bytes_out);
+        self.shard.usage.borrow_mut().entry(key).add(&one);
+        if let Some(export) = &self.shard.usage_export {
+            let f = &self.facts;
+            let id = f.request_id.get();
+            let line = ExportLine {
+                request_id: id.as_ref().map_or(b"-", |i| i.as_bytes()),
+                tenant: &key.0,
+                provider: &f.provider.borrow(),
+                route: &key.2,
+                status: f.status.get(),
+                duration: self.started_at.elapsed(),
+                usage: &one,
+            };
+            export.write_with(|out, now| line.write(out, now));
+        }
+    }
+
+    /// What the request that just ended used, as one row's worth of counters.
+    fn usage_of_request(&self, bytes_in: u64, bytes_out: u64) -> UsageCounters {
         let f = &self.facts;
-        let mut usage = self.shard.usage.borrow_mut();
-        let c = usage.entry(key);
-        c.requests += 1;
-        c.responses[crate::stats::class_index(f.status.get())] += 1;
-        c.bytes_up += bytes_in;
-        c.bytes_down += bytes_out;
+        let mut c = UsageCounters {
+            requests: 1,
+            bytes_up: bytes_in,
+            bytes_down: bytes_out,
+            ..UsageCounters::default()
+        };
+        c.responses[crate::stats::class_index(f.status.get())] = 1;
         if let Some(us) = f.ttfb_us.get() {
-            c.ttfb_sum_us += us;
-            c.ttfb_count += 1;
+            c.ttfb_sum_us = us;
+            c.ttfb_count = 1;
         }
         if let Some(m) = f.meter.borrow().as_ref() {
             let m = m.finish();
-            c.audio_ms += m.audio_ms;
-            c.tts_chars += m.chars;
-            c.unmetered_bytes += m.unmetered_bytes;
+            c.audio_ms = m.audio_ms;
+            c.tts_chars = m.chars;
+            c.unmetered_bytes = m.unmetered_bytes;
         }
         if let Some(ws) = f.ws.get() {
             if let Some(rate) = f.ws_audio_rate.get() {
                 c.audio_ms += ws.payload_up.saturating_mul(1000) / rate.max(1);
             }
-            c.ws_sessions += 1;
-            c.ws_duration_ms += self.started_at.elapsed().as_millis() as u64;
-            c.ws_messages_up += ws.messages_up;
-            c.ws_messages_down += ws.messages_down;
-            c.ws_payload_up += ws.payload_up;
-            c.ws_payload_down += ws.payload_down;
+            c.ws_sessions = 1;
+            c.ws_duration_ms = self.started_at.elapsed().as_millis() as u64;
+            c.ws_messages_up = ws.messages_up;
+            c.ws_messages_down = ws.messages_down;
+            c.ws_payload_up = ws.payload_up;
+            c.ws_payload_down = ws.payload_down;
         }
+        c
     }
 
     /// Writes the access log line of the request that just ended (if it is sampled).

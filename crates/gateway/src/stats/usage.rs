@@ -35,7 +35,7 @@ pub struct UsageCounters {
 }
 
 impl UsageCounters {
-    fn add(&mut self, o: &UsageCounters) {
+    pub fn add(&mut self, o: &UsageCounters) {
         self.requests += o.requests;
         for i in 0..5 {
             self.responses[i] += o.responses[i];
@@ -76,6 +76,57 @@ impl UsageCounters {
         r.tts_chars = d(self.tts_chars, o.tts_chars);
         r.unmetered_bytes = d(self.unmetered_bytes, o.unmetered_bytes);
         r
+    }
+}
+
+/// One line of the usage export (`[usage] export`): a finished request or session.
+pub struct ExportLine<'a> {
+    pub request_id: &'a [u8],
+    pub tenant: &'a str,
+    pub provider: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub duration: std::time::Duration,
+    pub usage: &'a UsageCounters,
+}
+
+impl ExportLine<'_> {
+    /// The line as JSON, written straight into `out` (as the access log's lines are).
+    pub fn write(&self, out: &mut Vec<u8>, now: std::time::Duration) {
+        use crate::access_log::{push_ms, push_str, push_time};
+        let u = self.usage;
+        out.extend_from_slice(b"{\"time\":\"");
+        push_time(out, now);
+        out.extend_from_slice(b"\",\"request_id\":");
+        push_str(out, Some(self.request_id));
+        for (key, v) in [
+            ("tenant", self.tenant),
+            ("provider", self.provider),
+            ("route", self.route),
+        ] {
+            out.extend_from_slice(format!(",\"{key}\":").as_bytes());
+            push_str(out, Some(v.as_bytes()));
+        }
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_ms(out, self.duration);
+        out.extend_from_slice(b",\"audio_seconds\":");
+        // Milliseconds written as seconds with three decimals (push_ms reads µs as ms).
+        push_ms(out, std::time::Duration::from_micros(u.audio_ms));
+        let numbers = [
+            ("status", u64::from(self.status)),
+            ("bytes_up", u.bytes_up),
+            ("bytes_down", u.bytes_down),
+            ("tts_characters", u.tts_chars),
+            ("unmetered_bytes", u.unmetered_bytes),
+            ("ws_messages_up", u.ws_messages_up),
+            ("ws_messages_down", u.ws_messages_down),
+            ("ws_payload_bytes_up", u.ws_payload_up),
+            ("ws_payload_bytes_down", u.ws_payload_down),
+        ];
+        for (key, v) in numbers {
+            out.extend_from_slice(format!(",\"{key}\":{v}").as_bytes());
+        }
+        out.extend_from_slice(b"}\n");
     }
 }
 

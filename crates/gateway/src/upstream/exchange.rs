@@ -146,7 +146,7 @@ pub async fn proxy(
     };
     provider_stats(&shard, provider.stat, |s| s.counters.requests += 1);
     let facts = session.facts();
-    let logged = shard.access_log.is_some();
+    let logged = shard.records_names();
     let tenant = match facts.tenant.get() {
         Some((t, _)) => config.tenants.names.get(t).cloned(),
         None => None,
@@ -191,7 +191,7 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
     let shard = session.shard().clone();
     let mut job = job;
     let facts = session.facts();
-    let logged = shard.access_log.is_some();
+    let logged = shard.records_names();
     let mut leg = Leg {
         shard: &shard,
         stat: job.provider.stat,
@@ -430,7 +430,7 @@ pub(super) async fn fail(
     let facts = session.facts();
     facts.error.set(Some(e.label()));
     facts.note(
-        session.shard().access_log.is_some(),
+        session.shard().records_names(),
         &facts.provider,
         &job.provider.name,
     );
