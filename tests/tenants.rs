@@ -395,3 +395,44 @@ fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
     assert_eq!(lines[2]["ws_payload_bytes_up"], 1600, "{export}");
     assert_eq!(lines[2]["request_id"].as_str().unwrap().len(), 32);
 }
+
+#[test]
+fn realtime_usage_is_read_from_response_done_events() {
+    let (gw, _mock) = tenants_gateway("tenants-realtime", "0", "");
+    let mut ws = Reader::new(gw.connect());
+    ws.send(ws_handshake("/v1/mock/ws", "x-api-key: sk-acme-1\r\n").as_bytes());
+    assert_eq!(ws.response(false).unwrap().status, 101);
+    // A masked `response.create`; the mock answers with an audio delta and response.done.
+    let event = br#"{"type":"response.create","response":{"modalities":["audio"]}}"#;
+    let key = [7u8, 1, 9, 4];
+    let mut frame = vec![0x81, 0x80 | event.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(event.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    ws.send(&frame);
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"response.done\"") {
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(&mut ws.stream, &mut buf).unwrap();
+        assert!(n > 0, "closed before response.done");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    ws.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(ws.closed_within(Duration::from_secs(5)));
+
+    let end = Instant::now() + Duration::from_secs(5);
+    let realtime = loop {
+        let u = admin_json(&gw, "/usage");
+        let r = u["tenants"]["acme"]["by_provider"]["mock"]["by_route"]["/v1/mock/"]["websocket"]
+            ["realtime"]
+            .clone();
+        if r["responses"] == 1 || Instant::now() > end {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(realtime["responses"], 1, "{realtime}");
+    assert_eq!(realtime["input_tokens"], 100, "{realtime}");
+    assert_eq!(realtime["output_tokens"], 50, "{realtime}");
+    assert_eq!(realtime["input_audio_tokens"], 60, "{realtime}");
+    assert_eq!(realtime["output_audio_tokens"], 40, "{realtime}");
+}

@@ -45,6 +45,8 @@ pub struct WsUsage {
     pub messages_down: u64,
     pub payload_up: u64,
     pub payload_down: u64,
+    /// What the provider's `response.done` events reported (realtime APIs).
+    pub realtime: crate::upstream::realtime::RealtimeTotals,
 }
 
 impl Facts {

@@ -64,6 +64,22 @@ pub struct FrameTracker {
     payload_bytes: u64,
     /// Errors stick: after one, the stream cannot be framed again.
     error: Option<&'static str>,
+    /// The data message in progress is text (its first frame's opcode).
+    text_message: bool,
+    /// No payload of the data message in progress has passed yet.
+    message_fresh: bool,
+}
+
+/// A run of a data message's payload, as [`FrameTracker::feed_seeing`] passes it on: as it
+/// was on the wire (a client's frames are masked).
+#[derive(Debug)]
+pub struct Payload<'a> {
+    pub text: bool,
+    /// The first bytes of the message.
+    pub first: bool,
+    /// The message ends with these bytes.
+    pub last: bool,
+    pub bytes: &'a [u8],
 }
 
 impl FrameTracker {
@@ -75,6 +91,16 @@ impl FrameTracker {
     /// anywhere across calls. A 16- or 64-bit length that would have fit a shorter form is
     /// accepted: §5.2 asks for the minimal form, but refusing it gains a relay nothing.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
+        self.feed_seeing(bytes, &mut |_| {})
+    }
+
+    /// [`FrameTracker::feed`], passing each run of data-message payload to `seen` (for a
+    /// relay that reads some messages, e.g. a provider's usage events).
+    pub fn feed_seeing(
+        &mut self,
+        bytes: &[u8],
+        seen: &mut dyn FnMut(Payload<'_>),
+    ) -> Result<(), FrameError> {
         if let Some(e) = self.error {
             return Err(FrameError(e));
         }
@@ -82,6 +108,14 @@ impl FrameTracker {
         while !rest.is_empty() {
             if self.remaining > 0 {
                 let n = usize::try_from(self.remaining).map_or(rest.len(), |r| r.min(rest.len()));
+                if self.data_frame {
+                    seen(Payload {
+                        text: self.text_message,
+                        first: std::mem::replace(&mut self.message_fresh, false),
+                        last: self.ends_message && n as u64 == self.remaining,
+                        bytes: &rest[..n],
+                    });
+                }
                 self.skip_payload(n);
                 rest = &rest[n..];
                 continue;
@@ -211,6 +245,8 @@ impl FrameTracker {
                     return Err("new data frame while a fragmented message is in progress");
                 }
                 self.fragmented = !fin;
+                self.text_message = opcode == OP_TEXT;
+                self.message_fresh = true;
             }
             OP_CLOSE | OP_PING | OP_PONG => {
                 if !fin {

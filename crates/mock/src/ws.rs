@@ -13,6 +13,7 @@ const MAX_PAYLOAD: u64 = 1 << 20;
 /// A session with no frame for this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
 
+const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -93,6 +94,25 @@ fn push_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// An OpenAI-realtime-style `{"type":"response.create"}` client event.
+fn is_response_create(payload: &[u8]) -> bool {
+    payload
+        .windows(b"\"response.create\"".len())
+        .any(|w| w == b"\"response.create\"")
+}
+
+/// What a realtime provider answers `response.create` with, in short: an audio delta and
+/// `response.done` with its usage (fixed figures the tests check).
+fn realtime_response() -> [String; 2] {
+    [
+        format!(
+            r#"{{"type":"response.audio.delta","event_id":"evt_1","delta":"{}"}}"#,
+            "UklGRg".repeat(50)
+        ),
+        r#"{"type":"response.done","event_id":"evt_2","response":{"id":"resp_1","status":"completed","usage":{"total_tokens":150,"input_tokens":100,"output_tokens":50,"input_token_details":{"cached_tokens":0,"text_tokens":40,"audio_tokens":60},"output_token_details":{"text_tokens":10,"audio_tokens":40}}}}"#.to_string(),
+    ]
+}
+
 /// Completes the handshake for `key` and serves the session until it closes.
 pub async fn session(wire: &mut Wire, key: &str) -> io::Result<()> {
     let head = format!(
@@ -115,6 +135,11 @@ pub async fn session(wire: &mut Wire, key: &str) -> io::Result<()> {
                     }
                     OP_PING => push_frame(&mut wire.tx.buf, true, OP_PONG, &f.payload),
                     OP_PONG => {}
+                    OP_TEXT if f.fin && is_response_create(&f.payload) => {
+                        for event in realtime_response() {
+                            push_frame(&mut wire.tx.buf, true, OP_TEXT, event.as_bytes());
+                        }
+                    }
                     op => push_frame(&mut wire.tx.buf, f.fin, op, &f.payload),
                 }
                 continue;

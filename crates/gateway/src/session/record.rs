@@ -105,6 +105,11 @@ impl Session {
             c.ws_messages_down = ws.messages_down;
             c.ws_payload_up = ws.payload_up;
             c.ws_payload_down = ws.payload_down;
+            c.rt_responses = ws.realtime.responses;
+            c.rt_input_tokens = ws.realtime.input_tokens;
+            c.rt_output_tokens = ws.realtime.output_tokens;
+            c.rt_input_audio_tokens = ws.realtime.input_audio_tokens;
+            c.rt_output_audio_tokens = ws.realtime.output_audio_tokens;
         }
         c
     }

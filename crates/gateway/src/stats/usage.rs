@@ -32,6 +32,12 @@ pub struct UsageCounters {
     pub audio_ms: u64,
     pub tts_chars: u64,
     pub unmetered_bytes: u64,
+    /// Realtime sessions: `response.done` events and the tokens they reported.
+    pub rt_responses: u64,
+    pub rt_input_tokens: u64,
+    pub rt_output_tokens: u64,
+    pub rt_input_audio_tokens: u64,
+    pub rt_output_audio_tokens: u64,
 }
 
 impl UsageCounters {
@@ -53,6 +59,11 @@ impl UsageCounters {
         self.audio_ms += o.audio_ms;
         self.tts_chars += o.tts_chars;
         self.unmetered_bytes += o.unmetered_bytes;
+        self.rt_responses += o.rt_responses;
+        self.rt_input_tokens += o.rt_input_tokens;
+        self.rt_output_tokens += o.rt_output_tokens;
+        self.rt_input_audio_tokens += o.rt_input_audio_tokens;
+        self.rt_output_audio_tokens += o.rt_output_audio_tokens;
     }
 
     fn minus(&self, o: &UsageCounters) -> UsageCounters {
@@ -75,6 +86,11 @@ impl UsageCounters {
         r.audio_ms = d(self.audio_ms, o.audio_ms);
         r.tts_chars = d(self.tts_chars, o.tts_chars);
         r.unmetered_bytes = d(self.unmetered_bytes, o.unmetered_bytes);
+        r.rt_responses = d(self.rt_responses, o.rt_responses);
+        r.rt_input_tokens = d(self.rt_input_tokens, o.rt_input_tokens);
+        r.rt_output_tokens = d(self.rt_output_tokens, o.rt_output_tokens);
+        r.rt_input_audio_tokens = d(self.rt_input_audio_tokens, o.rt_input_audio_tokens);
+        r.rt_output_audio_tokens = d(self.rt_output_audio_tokens, o.rt_output_audio_tokens);
         r
     }
 }
@@ -122,6 +138,11 @@ impl ExportLine<'_> {
             ("ws_messages_down", u.ws_messages_down),
             ("ws_payload_bytes_up", u.ws_payload_up),
             ("ws_payload_bytes_down", u.ws_payload_down),
+            ("realtime_responses", u.rt_responses),
+            ("realtime_input_tokens", u.rt_input_tokens),
+            ("realtime_output_tokens", u.rt_output_tokens),
+            ("realtime_input_audio_tokens", u.rt_input_audio_tokens),
+            ("realtime_output_audio_tokens", u.rt_output_audio_tokens),
         ];
         for (key, v) in numbers {
             out.extend_from_slice(format!(",\"{key}\":{v}").as_bytes());
@@ -230,7 +251,17 @@ impl UsageView {
 
     pub(super) fn metrics(&self, p: &mut Prom, providers: &[String]) {
         type Get = fn(&UsageCounters) -> u64;
-        let families: [(&str, &str, Get); 8] = [
+        let families: [(&str, &str, Get); 10] = [
+            (
+                "coregate_usage_realtime_input_tokens_total",
+                "Input tokens reported by realtime response.done events.",
+                |c| c.rt_input_tokens,
+            ),
+            (
+                "coregate_usage_realtime_output_tokens_total",
+                "Output tokens reported by realtime response.done events.",
+                |c| c.rt_output_tokens,
+            ),
             (
                 "coregate_usage_audio_milliseconds_total",
                 "Audio sent for speech-to-text (WAV header or query).",
@@ -303,6 +334,11 @@ fn usage_json(c: &UsageCounters) -> Value {
             "sessions": c.ws_sessions, "seconds": c.ws_duration_ms as f64 / 1000.0,
             "messages_up": c.ws_messages_up, "messages_down": c.ws_messages_down,
             "payload_bytes_up": c.ws_payload_up, "payload_bytes_down": c.ws_payload_down,
+            "realtime": {
+                "responses": c.rt_responses, "input_tokens": c.rt_input_tokens,
+                "output_tokens": c.rt_output_tokens, "input_audio_tokens": c.rt_input_audio_tokens,
+                "output_audio_tokens": c.rt_output_audio_tokens,
+            },
         },
     })
 }

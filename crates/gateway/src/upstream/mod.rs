@@ -35,6 +35,7 @@ pub mod health;
 pub use heads::ClientFacts;
 pub mod pool;
 pub mod providers;
+pub mod realtime;
 pub mod tunnel;
 
 use credentials::Secret;

@@ -25,6 +25,7 @@ use super::forward::{
 };
 use super::heads::{interim_head, switched_to_offered};
 use super::pool::{provider_stats, record_outcome, Outcome};
+use super::realtime::RealtimeUsage;
 use crate::facts::WsUsage;
 use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
@@ -202,6 +203,22 @@ struct Direction {
     frames: Option<FrameTracker>,
     /// Frames this way must be masked (client to provider, RFC 6455 §5.3).
     masked: bool,
+    /// The provider's `response.done` usage (provider to client only).
+    realtime: Option<RealtimeUsage>,
+}
+
+impl Direction {
+    /// Follows the relayed `bytes`; false when they are not WebSocket framing after all.
+    fn follow(&mut self, bytes: &[u8]) -> bool {
+        let Some(frames) = self.frames.as_mut() else {
+            return true;
+        };
+        let followed = match self.realtime.as_mut() {
+            Some(r) => frames.feed_seeing(bytes, &mut |p| r.see(p)),
+            None => frames.feed(bytes),
+        };
+        followed.is_ok()
+    }
 }
 
 /// Copies bytes both ways until both directions ended (or one failed, or the tunnel sat
@@ -224,9 +241,10 @@ async fn relay(
     // A drain's deadline ends the reads of both sides (`deadline::cut`).
     client_rx.set_wait_class(WaitClass::Tunnel);
     up.rx.set_wait_class(WaitClass::Tunnel);
-    let direction = |masked| Direction {
+    let direction = |masked: bool| Direction {
         frames: ends.websocket.then(FrameTracker::new),
         masked,
+        realtime: (ends.websocket && !masked).then(RealtimeUsage::default),
     };
     let links = Links {
         last: &last,
@@ -244,6 +262,7 @@ async fn relay(
         messages_down: down_frames.messages(),
         payload_up: up_frames.payload_bytes(),
         payload_down: down_frames.payload_bytes(),
+        realtime: downward.realtime.map(|r| r.totals).unwrap_or_default(),
     })
 }
 
@@ -272,11 +291,7 @@ async fn pump(from: &mut Rx, to: &mut Tx, dir: &mut Direction, links: Links<'_>)
             if to.stream.write_all(from.buffered()).await.is_err() {
                 return abort();
             }
-            if dir
-                .frames
-                .as_mut()
-                .is_some_and(|f| f.feed(from.buffered()).is_err())
-            {
+            if !dir.follow(from.buffered()) {
                 // Not WebSocket framing after all: relayed as it is, cut at a drain.
                 dir.frames = None;
             }
