@@ -44,6 +44,7 @@ pub struct Config {
     pub access_log: crate::access_log::AccessLogConfig,
     pub auth: crate::tenants::AuthConfig,
     pub usage: UsageConfig,
+    pub limits: crate::tenants::redis::LimitsConfig,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<crate::tenants::TenantConfig>,
 }
@@ -300,6 +301,9 @@ impl Config {
         crate::upstream::validate_providers(&self.providers).map_err(|(k, m)| err(&k, m))?;
         crate::route::validate_routes(&self.routes, &self.provider_names())
             .map_err(|(k, m)| err(&k, m))?;
+        if self.limits.backend == crate::tenants::redis::Backend::Redis {
+            parse_addr(&self.limits.redis).map_err(|m| err("limits.redis", m))?;
+        }
         self.access_log
             .validate()
             .map_err(|(k, m)| err(&format!("access_log.{k}"), m))?;

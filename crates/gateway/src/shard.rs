@@ -94,6 +94,8 @@ pub struct Shard {
     pub shard_count: usize,
     /// Usage per tenant × provider × route.
     pub usage: RefCell<crate::stats::usage::ShardUsage>,
+    /// Tenant rates shared through Redis (`limits.backend = "redis"`), per generation.
+    pub redis_limits: RefCell<Option<Rc<crate::tenants::redis::RedisLimits>>>,
 }
 
 impl Shard {
@@ -234,6 +236,7 @@ async fn shard_main(spec: ShardSpec) {
         ))),
         shard_count: spec.shard_count,
         usage: RefCell::new(Default::default()),
+        redis_limits: RefCell::new(crate::tenants::redis::for_config(cfg, tenant_count)),
         inflight: Cell::new(0),
     });
     let _ = spec.ready.send(Ok(()));
@@ -465,6 +468,10 @@ fn ship(shard: &Shard, tx: &Sender<Snapshot>) {
         shard.config().providers.update_gauges(&mut stats.providers);
         if let Some(log) = &shard.access_log {
             stats.counters.access_log_dropped = log.dropped.get();
+        }
+        if let Some(r) = shard.redis_limits.borrow().as_ref() {
+            stats.counters.limits_fallback = u64::from(!r.healthy.get());
+            stats.counters.redis_failures = r.failures.get();
         }
         let mut snap = stats.take_snapshot();
         snap.usage = shard.usage.borrow().rows();

@@ -12,6 +12,8 @@
 use crate::facts::Facts;
 use crate::route::Target;
 use crate::shard::Shard;
+use crate::tenants::limits::Limited;
+use crate::tenants::redis::Decision;
 use crate::upstream::ClientFacts;
 use coregate_http1::reply::{json_error, Persist, Reply, CONTINUE};
 use coregate_http1::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm, Version};
@@ -251,7 +253,22 @@ impl Session {
                         let logged = self.shard.records_names();
                         self.facts.note(logged, &self.facts.tenant_name, name);
                         let limits = &config.tenants.limits[t];
-                        match limiter.admit(t, limits, head.upgrade, self.started_at) {
+                        let shared = self.shard.redis_limits.borrow().clone();
+                        let rate_decided = match shared.filter(|_| limits.rate_per_s > 0.0) {
+                            None => false,
+                            Some(r) => match r.take(t, name, limits.rate_per_s, limits.burst) {
+                                Decision::Admit => true,
+                                Decision::Local => false,
+                                Decision::Wait => {
+                                    limiter.count_limited(t);
+                                    let l = Limited::Rate { retry_after_s: 1 };
+                                    let refused = (429, l.code(), l.message());
+                                    return self.refuse(&head, refused, Some(1)).await;
+                                }
+                            },
+                        };
+                        let now = self.started_at;
+                        match limiter.admit(t, limits, head.upgrade, now, rate_decided) {
                             Ok(a) => Some(a),
                             Err(l) => {
                                 let refused = (429, l.code(), l.message());

@@ -71,6 +71,10 @@ pub struct Counters {
     /// Requests refused for their tenant: 401 (no or unknown key), 403 (route not
     /// allowed), 429 (a limit).
     pub refused: [u64; 3],
+    /// Gauge: 1 while this shard's shared limits fall back to local ones (Redis down).
+    pub limits_fallback: u64,
+    /// Lease calls to Redis that failed.
+    pub redis_failures: u64,
 }
 
 /// Cumulative per-shard, per-provider counters.

@@ -53,6 +53,10 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
     m.insert("reload_failures".into(), c.reload_failures.into());
     m.insert("access_log_dropped".into(), c.access_log_dropped.into());
     m.insert(
+        "shared_limits".into(),
+        json!({"fallback_shards": c.limits_fallback, "redis_failures": c.redis_failures}),
+    );
+    m.insert(
         "refused".into(),
         json!({"unauthorized": c.refused[0], "forbidden": c.refused[1], "limited": c.refused[2]}),
     );
@@ -195,6 +199,8 @@ fn add_counters(a: &mut Counters, b: &Counters) {
     a.config_generation = a.config_generation.max(b.config_generation);
     a.reload_failures += b.reload_failures;
     a.access_log_dropped += b.access_log_dropped;
+    a.limits_fallback += b.limits_fallback;
+    a.redis_failures += b.redis_failures;
     for i in 0..a.refused.len() {
         a.refused[i] += b.refused[i];
     }
@@ -312,7 +318,19 @@ pub fn prometheus(agg: &Aggregator) -> String {
     let mut p = Prom { out: String::new() };
     let shard_labels = |s: &ShardView| format!("shard=\"{}\",core=\"{}\"", s.shard, s.core);
     type Get = fn(&Counters) -> u64;
-    let simple: [(&str, &str, &str, Get); 15] = [
+    let simple: [(&str, &str, &str, Get); 17] = [
+        (
+            "coregate_limits_fallback",
+            "gauge",
+            "1 while the shard's shared tenant limits fall back to local ones (Redis unreachable).",
+            |c| c.limits_fallback,
+        ),
+        (
+            "coregate_limits_redis_failures_total",
+            "counter",
+            "Redis lease calls that failed or took over 250 ms.",
+            |c| c.redis_failures,
+        ),
         (
             "coregate_tls_handshakes_total",
             "counter",

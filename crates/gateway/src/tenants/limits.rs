@@ -174,12 +174,15 @@ impl ShardLimits {
 
     /// Lets a request of `tenant` through, or says why not. The returned guard holds its
     /// place in the concurrency (and, for a WebSocket, session) count until dropped.
+    /// With `rate_decided`, the request rate was checked elsewhere (a token leased from
+    /// Redis was spent): only the concurrency and session caps are checked here.
     pub fn admit<'a>(
         &'a self,
         tenant: usize,
         limits: &TenantLimits,
         websocket: bool,
         now: Instant,
+        rate_decided: bool,
     ) -> Result<Admission<'a>, Limited> {
         let Some(s) = self.states.get(tenant) else {
             return Ok(Admission {
@@ -188,6 +191,11 @@ impl ShardLimits {
             });
         };
         s.attempts.set(s.attempts.get() + 1);
+        let no_rate = TenantLimits {
+            rate_per_s: 0.0,
+            ..*limits
+        };
+        let limits = if rate_decided { &no_rate } else { limits };
         let result = Self::check(s, limits, websocket, now);
         match result {
             Ok(()) => {
@@ -205,6 +213,14 @@ impl ShardLimits {
                 s.limited.set(s.limited.get() + 1);
                 Err(e)
             }
+        }
+    }
+
+    /// Counts a request of `tenant` held back by the shared rate (Redis).
+    pub fn count_limited(&self, tenant: usize) {
+        if let Some(s) = self.states.get(tenant) {
+            s.attempts.set(s.attempts.get() + 1);
+            s.limited.set(s.limited.get() + 1);
         }
     }
 
@@ -281,17 +297,17 @@ mod tests {
         let t0 = Instant::now();
         let lim = limits(10.0, 4.0);
         // Half of a 4-token burst.
-        let a = l.admit(0, &lim, false, t0).unwrap();
+        let a = l.admit(0, &lim, false, t0, false).unwrap();
         drop(a);
-        let b = l.admit(0, &lim, false, t0).unwrap();
+        let b = l.admit(0, &lim, false, t0, false).unwrap();
         drop(b);
         assert!(matches!(
-            l.admit(0, &lim, false, t0),
+            l.admit(0, &lim, false, t0, false),
             Err(Limited::Rate { .. })
         ));
         // Half of 10/s: one token per 200 ms.
         assert!(l
-            .admit(0, &lim, false, t0 + Duration::from_millis(210))
+            .admit(0, &lim, false, t0 + Duration::from_millis(210), false)
             .is_ok());
     }
 
@@ -300,15 +316,18 @@ mod tests {
         let l = ShardLimits::new(1, 1);
         let lim = limits(0.0, 0.0);
         let now = Instant::now();
-        let ws = l.admit(0, &lim, true, now).unwrap();
-        assert_eq!(l.admit(0, &lim, true, now).err(), Some(Limited::Sessions));
-        let plain = l.admit(0, &lim, false, now).unwrap();
+        let ws = l.admit(0, &lim, true, now, false).unwrap();
         assert_eq!(
-            l.admit(0, &lim, false, now).err(),
+            l.admit(0, &lim, true, now, false).err(),
+            Some(Limited::Sessions)
+        );
+        let plain = l.admit(0, &lim, false, now, false).unwrap();
+        assert_eq!(
+            l.admit(0, &lim, false, now, false).err(),
             Some(Limited::Concurrency)
         );
         drop((ws, plain));
-        assert!(l.admit(0, &lim, true, now).is_ok());
+        assert!(l.admit(0, &lim, true, now, false).is_ok());
     }
 
     #[test]

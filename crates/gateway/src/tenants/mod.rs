@@ -14,6 +14,7 @@
 //! aggregator.
 
 pub mod limits;
+pub mod redis;
 
 use coregate_http1::request::{HeaderRange, RequestHead};
 use serde::{Deserialize, Serialize};
