@@ -436,3 +436,56 @@ fn realtime_usage_is_read_from_response_done_events() {
     assert_eq!(realtime["input_audio_tokens"], 60, "{realtime}");
     assert_eq!(realtime["output_audio_tokens"], 40, "{realtime}");
 }
+
+#[test]
+fn an_audio_budget_closes_the_running_session_with_1008_and_refuses_new_requests() {
+    let (gw, _mock) = tenants_gateway(
+        "tenants-budget",
+        "0-1",
+        "budget_audio_seconds_per_day = 0.5\n",
+    );
+    let mut ws = Reader::new(gw.connect());
+    let path = "/v1/mock/ws?encoding=linear16&sample_rate=8000";
+    ws.send(ws_handshake(path, "x-api-key: sk-lim-1\r\n").as_bytes());
+    assert_eq!(ws.response(false).unwrap().status, 101);
+    ws.stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // 1,000 bytes of linear16 at 8 kHz is 62.5 ms of audio: the budget is gone after 8.
+    let mut frame = vec![0x82, 0xFE, 0x03, 0xE8, 0, 0, 0, 0];
+    frame.extend(std::iter::repeat_n(0u8, 1000));
+    let (mut received, mut sent) = (Vec::new(), 0);
+    let end = Instant::now() + Duration::from_secs(10);
+    let close = loop {
+        assert!(Instant::now() < end, "no Close after {sent} messages");
+        if sent < 40 {
+            ws.send(&frame);
+            sent += 1;
+        }
+        let mut buf = [0u8; 8192];
+        match std::io::Read::read(&mut ws.stream, &mut buf) {
+            Ok(0) => panic!("cut without a Close after {sent} messages"),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        // Echoes are 4 + 1,000 bytes; a Close starts where they end.
+        while received.len() >= 1004 && received[0] == 0x82 {
+            received.drain(..1004);
+        }
+        if received.first() == Some(&0x88) && received.len() >= 4 {
+            break u16::from_be_bytes([received[2], received[3]]);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(close, 1008);
+    assert!(sent >= 8, "closed after only {sent} messages");
+    let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "budget_exhausted");
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() <= 86_400);
+    // Another tenant is not affected.
+    assert_eq!(
+        get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-acme-1\r\n").status,
+        200
+    );
+}

@@ -36,6 +36,8 @@ pub struct Facts {
     pub meter: RefCell<Option<BodyMeter>>,
     /// A WebSocket's audio byte rate, when its query names it (Deepgram-style streaming).
     pub ws_audio_rate: Cell<Option<u64>>,
+    /// The WebSocket's audio already counted in the usage while it streamed.
+    pub ws_audio_counted_ms: Cell<u64>,
 }
 
 /// A tunnel's WebSocket traffic: data messages and their payload bytes each way.
@@ -65,6 +67,7 @@ impl Facts {
         self.ws.set(None);
         self.meter.borrow_mut().take();
         self.ws_audio_rate.set(None);
+        self.ws_audio_counted_ms.set(0);
     }
 
     /// Sets `field` to `value` when there is an access log to read it.

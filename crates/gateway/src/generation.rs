@@ -146,6 +146,7 @@ pub fn switch(shard: &Shard, new: &NewConfig, connection_cap: usize) {
         }
         next.providers.register_endpoints(&mut stats.providers);
     }
+    shard.budget_until.borrow_mut().clear();
     *shard.redis_limits.borrow_mut() =
         crate::tenants::redis::for_config(&new.config, next.tenants.names.len());
     *shard.tenant_limits.borrow_mut() = Rc::new(ShardLimits::new(

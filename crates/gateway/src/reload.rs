@@ -200,8 +200,8 @@ impl Reloader {
         let _ = self
             .queries
             .send(Query::ProviderNames(self.slots.names().to_vec()));
-        let tenants = new.config.tenants.iter().map(|t| t.name.clone()).collect();
-        let _ = self.queries.send(Query::TenantNames(tenants));
+        let tenants = crate::tenants::budget::of_config(&new.config);
+        let _ = self.queries.send(Query::Tenants(tenants));
         self.generation = new.number;
         self.resolver.store(new.number, Ordering::SeqCst);
         if let Err(e) = crate::resolver::spawn(

@@ -158,9 +158,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         }
     }
     let _ = drain_notice.send(Query::ShardControls(controls.clone()));
-    let _ = drain_notice.send(Query::TenantNames(
-        config.tenants.iter().map(|t| t.name.clone()).collect(),
-    ));
+    let _ = drain_notice.send(Query::Tenants(crate::tenants::budget::of_config(&config)));
     let resolver = Arc::new(AtomicU64::new(1));
     crate::resolver::spawn(
         &config.providers,

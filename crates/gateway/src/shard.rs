@@ -42,6 +42,12 @@ pub enum Control {
         endpoint: usize,
         up: bool,
     },
+    /// Until when (seconds since the epoch) each tenant is out of its usage budget (`None`:
+    /// it is not), for the tenants of config generation `generation`.
+    TenantBudgets {
+        generation: u64,
+        until: Vec<Option<u64>>,
+    },
     /// This shard's shares of each tenant's limits (from the aggregator), for the tenants
     /// of config generation `generation`.
     TenantShares { generation: u64, shares: Vec<f64> },
@@ -94,6 +100,8 @@ pub struct Shard {
     pub shard_count: usize,
     /// Usage per tenant × provider × route.
     pub usage: RefCell<crate::stats::usage::ShardUsage>,
+    /// Until when each tenant of the current generation is out of budget.
+    pub budget_until: RefCell<Vec<Option<u64>>>,
     /// Tenant rates shared through Redis (`limits.backend = "redis"`), per generation.
     pub redis_limits: RefCell<Option<Rc<crate::tenants::redis::RedisLimits>>>,
 }
@@ -104,6 +112,15 @@ impl Shard {
         for log in self.access_log.iter().chain(&self.usage_export) {
             log.flush();
         }
+    }
+
+    /// Until when (for `Retry-After`) `tenant` is out of its usage budget, if it is.
+    pub fn out_of_budget(&self, tenant: usize) -> Option<u64> {
+        let until = self.budget_until.borrow().get(tenant).copied().flatten()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (until > now).then_some(until)
     }
 
     /// Whether requests must note their route, provider and tenant names (for a log line
@@ -236,6 +253,7 @@ async fn shard_main(spec: ShardSpec) {
         ))),
         shard_count: spec.shard_count,
         usage: RefCell::new(Default::default()),
+        budget_until: RefCell::new(Vec::new()),
         redis_limits: RefCell::new(crate::tenants::redis::for_config(cfg, tenant_count)),
         inflight: Cell::new(0),
     });
@@ -409,6 +427,25 @@ fn take_control(shard: &Shard, control: &Receiver<Control>, connection_cap: usiz
                 let config = shard.config();
                 if config.number == generation {
                     config.providers.set_down(provider, endpoint, !up);
+                }
+            }
+            Ok(Control::TenantBudgets { generation, until }) => {
+                if shard.config().number == generation {
+                    let newly = {
+                        let old = shard.budget_until.borrow();
+                        until
+                            .iter()
+                            .enumerate()
+                            .any(|(i, u)| u.is_some() && old.get(i).is_none_or(|o| o.is_none()))
+                    };
+                    *shard.budget_until.borrow_mut() = until;
+                    // Open sessions of a tenant out of budget close now (1008).
+                    if newly {
+                        coregate_runtime::deadline::cut(
+                            coregate_runtime::deadline::WaitClass::Tunnel,
+                            Instant::now(),
+                        );
+                    }
                 }
             }
             Ok(Control::TenantShares { generation, shares }) => {

@@ -12,8 +12,6 @@
 use crate::facts::Facts;
 use crate::route::Target;
 use crate::shard::Shard;
-use crate::tenants::limits::Limited;
-use crate::tenants::redis::Decision;
 use crate::upstream::ClientFacts;
 use coregate_http1::reply::{json_error, Persist, Reply, CONTINUE};
 use coregate_http1::request::{parse_head, HeaderRange, Parsed, RequestHead, TargetForm, Version};
@@ -23,6 +21,7 @@ use coregate_runtime::tls::HandshakeFailure;
 pub use coregate_runtime::wire::{BodyError, BodyState};
 
 mod record;
+mod tenant;
 use coregate_runtime::wire::{Rx, Stream, Tx, Wire};
 use glommio::net::TcpStream;
 use std::io;
@@ -236,47 +235,11 @@ impl Session {
         let method = head.method(buf);
         match target {
             Target::Route(i) => {
-                let tenant = match config.tenants.authenticate(buf, &head, &self.headers, i) {
-                    Ok(t) => t,
-                    Err(r) => {
-                        let refused = (r.status(), r.code(), r.message());
-                        return self.refuse(&head, refused, None).await;
-                    }
-                };
                 // Held until the exchange (or the tunnel) ends: the tenant's place in its
                 // concurrency and session counts.
-                let limiter = self.shard.tenant_limits.borrow().clone();
-                let _admission = match tenant {
-                    Some((t, carrier)) => {
-                        self.facts.tenant.set(Some((t, carrier)));
-                        let name = &config.tenants.names[t];
-                        let logged = self.shard.records_names();
-                        self.facts.note(logged, &self.facts.tenant_name, name);
-                        let limits = &config.tenants.limits[t];
-                        let shared = self.shard.redis_limits.borrow().clone();
-                        let rate_decided = match shared.filter(|_| limits.rate_per_s > 0.0) {
-                            None => false,
-                            Some(r) => match r.take(t, name, limits.rate_per_s, limits.burst) {
-                                Decision::Admit => true,
-                                Decision::Local => false,
-                                Decision::Wait => {
-                                    limiter.count_limited(t);
-                                    let l = Limited::Rate { retry_after_s: 1 };
-                                    let refused = (429, l.code(), l.message());
-                                    return self.refuse(&head, refused, Some(1)).await;
-                                }
-                            },
-                        };
-                        let now = self.started_at;
-                        match limiter.admit(t, limits, head.upgrade, now, rate_decided) {
-                            Ok(a) => Some(a),
-                            Err(l) => {
-                                let refused = (429, l.code(), l.message());
-                                return self.refuse(&head, refused, Some(l.retry_after_s())).await;
-                            }
-                        }
-                    }
-                    None => None,
+                let _admission = match self.tenant_gate(&head, &config, i).await {
+                    Ok(a) => a,
+                    Err(refused) => return refused,
                 };
                 crate::upstream::exchange::proxy(self, head, config, i).await
             }

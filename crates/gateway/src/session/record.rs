@@ -58,7 +58,12 @@ impl Session {
             return;
         };
         let one = self.usage_of_request(bytes_in, bytes_out);
-        self.shard.usage.borrow_mut().entry(key).add(&one);
+        // A WebSocket's audio was counted as it streamed (for budgets): not again.
+        let mut rest = one;
+        rest.audio_ms = rest
+            .audio_ms
+            .saturating_sub(self.facts.ws_audio_counted_ms.get());
+        self.shard.usage.borrow_mut().entry(key).add(&rest);
         if let Some(export) = &self.shard.usage_export {
             let f = &self.facts;
             let id = f.request_id.get();

@@ -23,8 +23,8 @@ pub enum Query {
     Reloaded(ReloadEvent),
     /// The provider names of the stats slots, after a reload added providers.
     ProviderNames(Vec<String>),
-    /// The tenants of the config the shards (now) serve.
-    TenantNames(Vec<String>),
+    /// The tenants of the config the shards (now) serve, with their budgets.
+    Tenants(Vec<(String, crate::tenants::budget::Budgets)>),
     /// `/usage`, and whether to start a new window after answering.
     Usage {
         reset: bool,
@@ -193,7 +193,10 @@ impl Aggregator {
                         self.watch();
                     }
                 }
-                recv(rebalance) -> _ => self.tenants.rebalance(),
+                recv(rebalance) -> _ => {
+                    self.tenants.rebalance();
+                    self.tenants.check_budgets(&self.usage.spent_by_tenant());
+                }
             }
         }
     }
@@ -207,7 +210,7 @@ impl Aggregator {
             Query::Draining => self.draining = true,
             Query::Reloaded(event) => self.config.record(event),
             Query::ProviderNames(names) => self.provider_names = names,
-            Query::TenantNames(names) => self.tenants.names = names,
+            Query::Tenants(t) => self.tenants.set_tenants(t),
             Query::Usage { reset, reply } => {
                 let doc = self.usage.json(&self.provider_names, reset);
                 drop(reply.send(doc.to_string()))

@@ -3,6 +3,7 @@
 
 use super::render::{escape, Prom};
 use crate::shard::Control;
+use crate::tenants::budget::{Budgets, Spent, Windows};
 use crate::tenants::limits::shares_for;
 use crossbeam_channel::Sender;
 use serde::Serialize;
@@ -23,6 +24,10 @@ pub struct TenantCounters {
 pub struct TenantBalance {
     /// The current generation's tenants, in table order.
     pub names: Vec<String>,
+    budgets: Vec<Budgets>,
+    windows: Vec<Windows>,
+    /// Until when each tenant is out of budget, as last told to the shards.
+    exhausted: Vec<Option<u64>>,
     /// Per shard: the config generation its counts belong to, and the counts.
     shards: BTreeMap<usize, (u64, Vec<TenantCounters>)>,
     /// Per shard: the attempts at the last rebalance.
@@ -32,6 +37,43 @@ pub struct TenantBalance {
 }
 
 impl TenantBalance {
+    pub fn set_tenants(&mut self, tenants: Vec<(String, Budgets)>) {
+        let n = tenants.len();
+        (self.names, self.budgets) = tenants.into_iter().unzip();
+        self.windows = vec![Windows::default(); n];
+        self.exhausted = vec![None; n];
+    }
+
+    /// Checks every tenant's budgets against `spent` (totals since start, by name) and
+    /// tells the shards when a tenant runs out or is back.
+    pub fn check_budgets(&mut self, spent: &std::collections::HashMap<String, Spent>) {
+        let now = std::time::SystemTime::now();
+        let mut changed = false;
+        for (i, name) in self.names.iter().enumerate() {
+            let Some(b) = self.budgets.get(i).filter(|b| b.any()) else {
+                continue;
+            };
+            let total = spent.get(name).copied().unwrap_or_default();
+            let until = self.windows[i].check(total, b, now);
+            if until != self.exhausted[i] {
+                if until.is_some() {
+                    coregate_runtime::log::warn(&format!(
+                        "tenant {name:?}: usage budget exhausted; refused until the window ends"
+                    ));
+                }
+                self.exhausted[i] = until;
+                changed = true;
+            }
+        }
+        let generation = self.shards.values().map(|(g, _)| *g).max();
+        if let (true, Some(generation)) = (changed, generation) {
+            for c in &self.controls {
+                let until = self.exhausted.clone();
+                let _ = c.try_send(Control::TenantBudgets { generation, until });
+            }
+        }
+    }
+
     pub fn record(&mut self, shard: usize, generation: u64, counts: Vec<TenantCounters>) {
         self.shards.insert(shard, (generation, counts));
     }

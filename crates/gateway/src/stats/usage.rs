@@ -3,6 +3,7 @@
 //! `/metrics`.
 
 use super::render::{escape, Prom};
+use crate::tenants::budget::Spent;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -209,6 +210,19 @@ impl UsageView {
                 let provider = providers.get(r.provider_slot).cloned().unwrap_or_default();
                 let key = (r.tenant.clone(), provider, r.route.clone());
                 m.entry(key).or_default().add(&r.counters);
+            }
+        }
+        m
+    }
+
+    /// Every tenant's totals since start in the units budgets count.
+    pub fn spent_by_tenant(&self) -> std::collections::HashMap<String, Spent> {
+        let mut m: std::collections::HashMap<String, Spent> = Default::default();
+        for rows in self.shards.values() {
+            for r in rows {
+                let s = m.entry(r.tenant.clone()).or_default();
+                s.audio_ms += r.counters.audio_ms;
+                s.tts_chars += r.counters.tts_chars;
             }
         }
         m

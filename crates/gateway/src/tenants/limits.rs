@@ -15,6 +15,7 @@
 
 use super::TenantConfig;
 use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// One tenant's configured limits (0: none).
@@ -47,6 +48,20 @@ pub fn validate(t: &TenantConfig) -> Result<(), (&'static str, String)> {
             "rate_per_s",
             format!("{} is out of range (0..=10000000)", t.rate_per_s),
         ));
+    }
+    for (key, v) in [
+        (
+            "budget_audio_seconds_per_minute",
+            t.budget_audio_seconds_per_minute,
+        ),
+        (
+            "budget_audio_seconds_per_day",
+            t.budget_audio_seconds_per_day,
+        ),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return Err((key, format!("{v} must be 0 (none) or more")));
+        }
     }
     if t.burst > 0 && t.rate_per_s == 0.0 {
         return Err(("burst", "needs rate_per_s".into()));
@@ -176,17 +191,17 @@ impl ShardLimits {
     /// place in the concurrency (and, for a WebSocket, session) count until dropped.
     /// With `rate_decided`, the request rate was checked elsewhere (a token leased from
     /// Redis was spent): only the concurrency and session caps are checked here.
-    pub fn admit<'a>(
-        &'a self,
+    pub fn admit(
+        self: &Rc<Self>,
         tenant: usize,
         limits: &TenantLimits,
         websocket: bool,
         now: Instant,
         rate_decided: bool,
-    ) -> Result<Admission<'a>, Limited> {
+    ) -> Result<Admission, Limited> {
         let Some(s) = self.states.get(tenant) else {
             return Ok(Admission {
-                state: None,
+                held: None,
                 websocket,
             });
         };
@@ -205,7 +220,7 @@ impl ShardLimits {
                     s.sessions.set(s.sessions.get() + 1);
                 }
                 Ok(Admission {
-                    state: Some(s),
+                    held: Some((self.clone(), tenant)),
                     websocket,
                 })
             }
@@ -242,14 +257,17 @@ impl ShardLimits {
 }
 
 /// A request's place in its tenant's counts, given back when it ends.
-pub struct Admission<'a> {
-    state: Option<&'a TenantState>,
+pub struct Admission {
+    held: Option<(Rc<ShardLimits>, usize)>,
     websocket: bool,
 }
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some(s) = self.state {
+        let Some((limits, tenant)) = &self.held else {
+            return;
+        };
+        if let Some(s) = limits.states.get(*tenant) {
             s.inflight.set(s.inflight.get().saturating_sub(1));
             if self.websocket {
                 s.sessions.set(s.sessions.get().saturating_sub(1));
@@ -293,7 +311,7 @@ mod tests {
 
     #[test]
     fn the_bucket_refills_at_the_shard_share_of_the_rate() {
-        let l = ShardLimits::new(1, 2);
+        let l = Rc::new(ShardLimits::new(1, 2));
         let t0 = Instant::now();
         let lim = limits(10.0, 4.0);
         // Half of a 4-token burst.
@@ -313,7 +331,7 @@ mod tests {
 
     #[test]
     fn concurrency_and_sessions_are_held_until_the_guard_drops() {
-        let l = ShardLimits::new(1, 1);
+        let l = Rc::new(ShardLimits::new(1, 1));
         let lim = limits(0.0, 0.0);
         let now = Instant::now();
         let ws = l.admit(0, &lim, true, now, false).unwrap();

@@ -13,6 +13,7 @@
 //! Limits are in [`limits`]: per tenant, per shard, with shares rebalanced by the
 //! aggregator.
 
+pub mod budget;
 pub mod limits;
 pub mod redis;
 
@@ -56,6 +57,12 @@ pub struct TenantConfig {
     pub max_concurrent: u32,
     /// WebSocket sessions open at once (0: unlimited).
     pub max_sessions: u32,
+    /// Usage budgets (0: none), per UTC minute and day: audio seconds sent for
+    /// speech-to-text, characters sent for text-to-speech (`tenants::budget`).
+    pub budget_audio_seconds_per_minute: f64,
+    pub budget_audio_seconds_per_day: f64,
+    pub budget_tts_chars_per_minute: u64,
+    pub budget_tts_chars_per_day: u64,
     /// The digests of `keys`, read at load (never serialized).
     #[serde(skip)]
     pub digests: Vec<Digest>,

@@ -29,6 +29,7 @@ use super::realtime::RealtimeUsage;
 use crate::facts::WsUsage;
 use crate::session::{BodyState, Flow, Session};
 use crate::shard::Shard;
+use crate::stats::usage::UsageKey;
 use coregate_http1::request::HeaderRange;
 use coregate_http1::websocket::{close_frame, FrameTracker};
 use coregate_runtime::deadline::WaitClass;
@@ -158,14 +159,19 @@ pub(super) async fn upgrade(
         .upgrade
         .iter()
         .any(|p| p.eq_ignore_ascii_case(b"websocket"));
-    let (client_rx, client_tx) = session.client_io();
+    let usage_key = facts.usage_key.borrow().clone();
     let ends = Ends {
         shard: &shard,
         idle,
         websocket,
+        tenant: facts.tenant.get().map(|(t, _)| t),
+        usage_key: usage_key.as_ref(),
+        audio_rate: facts.ws_audio_rate.get(),
     };
-    let carried = relay(client_rx, client_tx, &mut up, ends).await;
+    let (client_rx, client_tx) = session.client_io();
+    let (carried, audio_counted) = relay(client_rx, client_tx, &mut up, ends).await;
     facts.ws.set(carried);
+    facts.ws_audio_counted_ms.set(audio_counted);
     Flow::Close
 }
 
@@ -195,6 +201,38 @@ struct Ends<'a> {
     idle: Duration,
     /// The tunnel speaks WebSocket: a drain ends it with Close frames.
     websocket: bool,
+    /// The request's tenant (an exhausted budget closes the session, 1008).
+    tenant: Option<usize>,
+    /// Where the session's usage is counted, and the byte rate of the audio it streams up
+    /// (when its query names one): that audio is counted as it passes, so that a budget
+    /// can run out during the session.
+    usage_key: Option<&'a UsageKey>,
+    audio_rate: Option<u64>,
+}
+
+impl Ends<'_> {
+    /// Whether the tunnel must end now, and the Close it ends with: the drain timeout
+    /// passed (1001), or the tenant's usage budget ran out (1008).
+    fn ending(&self) -> Option<(u16, &'static str)> {
+        if self.shard.drain_expired.get() {
+            return Some((1001, "gateway shutting down"));
+        }
+        let out = self.tenant.and_then(|t| self.shard.out_of_budget(t));
+        out.map(|_| (1008, "usage budget exhausted"))
+    }
+
+    /// Counts the audio streamed up so far (`payload` bytes) in the session's usage, from
+    /// `counted` ms already counted; returns the new count.
+    fn count_audio(&self, payload: u64, counted: u64) -> u64 {
+        let (Some(key), Some(rate)) = (self.usage_key, self.audio_rate) else {
+            return counted;
+        };
+        let ms = payload.saturating_mul(1000) / rate.max(1);
+        if ms > counted {
+            self.shard.usage.borrow_mut().entry(key).audio_ms += ms - counted;
+        }
+        ms.max(counted)
+    }
 }
 
 /// Where one direction's bytes go, and its frame boundaries when it carries WebSocket
@@ -205,6 +243,8 @@ struct Direction {
     masked: bool,
     /// The provider's `response.done` usage (provider to client only).
     realtime: Option<RealtimeUsage>,
+    /// Audio ms already counted in the usage (client to provider only).
+    audio_counted: u64,
 }
 
 impl Direction {
@@ -229,7 +269,7 @@ async fn relay(
     client_tx: &mut Tx,
     up: &mut Wire,
     ends: Ends<'_>,
-) -> Option<WsUsage> {
+) -> (Option<WsUsage>, u64) {
     let last = Cell::new(Instant::now());
     let failed = Cell::new(false);
     let (client_fd, up_fd) = (client_rx.stream.clone(), up.rx.stream.clone());
@@ -245,6 +285,7 @@ async fn relay(
         frames: ends.websocket.then(FrameTracker::new),
         masked,
         realtime: (ends.websocket && !masked).then(RealtimeUsage::default),
+        audio_counted: 0,
     };
     let links = Links {
         last: &last,
@@ -256,14 +297,18 @@ async fn relay(
     let to_up = pump(client_rx, &mut up.tx, &mut upward, links);
     let to_client = pump(&mut up.rx, client_tx, &mut downward, links);
     futures_lite::future::zip(to_up, to_client).await;
-    let (up_frames, down_frames) = (upward.frames?, downward.frames?);
-    Some(WsUsage {
+    let audio_counted = upward.audio_counted;
+    let (Some(up_frames), Some(down_frames)) = (upward.frames, downward.frames) else {
+        return (None, audio_counted);
+    };
+    let carried = WsUsage {
         messages_up: up_frames.messages(),
         messages_down: down_frames.messages(),
         payload_up: up_frames.payload_bytes(),
         payload_down: down_frames.payload_bytes(),
         realtime: downward.realtime.map(|r| r.totals).unwrap_or_default(),
-    })
+    };
+    (Some(carried), audio_counted)
 }
 
 /// What the two directions of a tunnel share.
@@ -295,6 +340,10 @@ async fn pump(from: &mut Rx, to: &mut Tx, dir: &mut Direction, links: Links<'_>)
                 // Not WebSocket framing after all: relayed as it is, cut at a drain.
                 dir.frames = None;
             }
+            if dir.masked {
+                let payload = dir.frames.as_ref().map_or(0, |f| f.payload_bytes());
+                dir.audio_counted = ends.count_audio(payload, dir.audio_counted);
+            }
             to.bytes += n as u64;
             from.consume(n);
             last.set(Instant::now());
@@ -302,15 +351,18 @@ async fn pump(from: &mut Rx, to: &mut Tx, dir: &mut Direction, links: Links<'_>)
         if failed.get() {
             return;
         }
-        if ends.shard.drain_expired.get() {
-            return going_away(to, dir).await;
+        if let Some(close) = ends.ending() {
+            return going_away(to, dir, close).await;
         }
         from.make_room(TUNNEL_BUF);
-        match from.read_some(ends.idle).await {
-            // This side ended (EOF, or a reset) because the drain just closed the opposite
-            // direction (a provider answering our Close by closing): the other still gets its
-            // Close.
-            Ok(0) | Err(_) if ends.shard.drain_expired.get() => return going_away(to, dir).await,
+        let read = from.read_some(ends.idle).await;
+        // The read ended (a wait cut short, an EOF or a reset, as when the provider answers
+        // our Close on the other side by closing) while the tunnel must end: this side still
+        // gets its Close.
+        if let (Ok(0) | Err(_), Some(close)) = (&read, ends.ending()) {
+            return going_away(to, dir, close).await;
+        }
+        match read {
             Ok(0) => {
                 // EOF: pass the close on; the other direction may still be sending.
                 if to.stream.shutdown_write().await.is_err() {
@@ -320,9 +372,6 @@ async fn pump(from: &mut Rx, to: &mut Tx, dir: &mut Direction, links: Links<'_>)
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                if ends.shard.drain_expired.get() {
-                    return going_away(to, dir).await;
-                }
                 // Quiet in this direction; the tunnel is idle only if the other one is too.
                 if last.get().elapsed() >= ends.idle {
                     return abort();
@@ -333,16 +382,17 @@ async fn pump(from: &mut Rx, to: &mut Tx, dir: &mut Direction, links: Links<'_>)
     }
 }
 
-/// Ends one direction at the drain deadline: a WebSocket Close (1001 going away) where the
-/// direction is at a frame boundary and has not closed yet, then a half-close.
-async fn going_away(to: &mut Tx, dir: &Direction) {
+/// Ends one direction: a WebSocket Close (`code`: 1001 going away at the drain deadline,
+/// 1008 when the tenant's budget ran out) where the direction is at a frame boundary and
+/// has not closed yet, then a half-close.
+async fn going_away(to: &mut Tx, dir: &Direction, (code, reason): (u16, &str)) {
     let closable = dir
         .frames
         .as_ref()
         .is_some_and(|f| f.at_boundary() && !f.close_seen());
     if closable {
         let mask = dir.masked.then(mask_key);
-        let frame = close_frame(1001, "gateway shutting down", mask);
+        let frame = close_frame(code, reason, mask);
         if to.stream.write_all(&frame).await.is_ok() {
             to.bytes += frame.len() as u64;
         }
