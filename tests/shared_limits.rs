@@ -1,6 +1,7 @@
 //! A tenant's rate shared by two gateway processes through a real Redis: the combined
 //! admitted rate holds the limit; with Redis killed, requests keep flowing on local limits
-//! (no stall), the fallback shows, and the shared limit comes back with Redis.
+//! (no stall), the fallback shows, and the shared limit comes back with Redis. Both nodes'
+//! usage adds up in Redis for a fleet-wide view.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -92,6 +93,28 @@ fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
         "admitted {admitted} by both, expected {expected} ({error:.3})"
     );
     assert_eq!(fallback_shards(&a), 0);
+
+    // Both nodes add their usage to the fleet totals in Redis: every admitted request.
+    if require_tool("redis-cli") {
+        let cli = |args: &[&str]| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &rport.to_string()])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let end = Instant::now() + Duration::from_secs(5);
+        let total = loop {
+            let key = cli(&["--scan", "--pattern", "coregate:usage:t:*"]);
+            let n: u64 = cli(&["HGET", &key, "requests"]).parse().unwrap_or(0);
+            if n >= admitted || Instant::now() > end {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(total, admitted, "fleet total in Redis");
+    }
 
     // Redis dies: requests go on, answered at once, on each node's own limit.
     redis_proc.signal(libc::SIGKILL);

@@ -159,6 +159,14 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
     }
     let _ = drain_notice.send(Query::ShardControls(controls.clone()));
     let _ = drain_notice.send(Query::Tenants(crate::tenants::budget::of_config(&config)));
+    if config.limits.backend == crate::tenants::redis::Backend::Redis {
+        let fleet = crate::config::parse_addr(&config.limits.redis)
+            .ok()
+            .and_then(crate::stats::fleet::start);
+        if let Some(tx) = fleet {
+            let _ = drain_notice.send(Query::FleetUsage(tx));
+        }
+    }
     let resolver = Arc::new(AtomicU64::new(1));
     crate::resolver::spawn(
         &config.providers,

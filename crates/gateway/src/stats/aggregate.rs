@@ -30,6 +30,8 @@ pub enum Query {
         reset: bool,
         reply: Sender<String>,
     },
+    /// Where the fleet-wide usage totals go (the Redis backend).
+    FleetUsage(crossbeam_channel::Sender<super::fleet::Increments>),
     /// The shards' control channels, for the tenants' shares.
     ShardControls(Vec<crossbeam_channel::Sender<crate::shard::Control>>),
 }
@@ -67,6 +69,8 @@ pub struct Aggregator {
     pub config: super::config_status::ConfigStatus,
     pub tenants: super::tenants::TenantBalance,
     pub usage: super::usage::UsageView,
+    /// The fleet totals' writer, and the totals it was last given.
+    fleet: Option<(Sender<super::fleet::Increments>, super::fleet::Increments)>,
     /// The shards' snapshot interval: tenants' shares are rebalanced as often.
     interval: Duration,
 }
@@ -86,6 +90,7 @@ impl Aggregator {
             config: Default::default(),
             tenants: Default::default(),
             usage: Default::default(),
+            fleet: None,
             interval,
         }
     }
@@ -107,6 +112,33 @@ impl Aggregator {
         (0..self.expected)
             .map(|id| self.shards.get(&id).map(|s| s.counters.config_generation))
             .collect()
+    }
+
+    /// Hands the usage added since the last interval to the fleet totals' writer.
+    fn push_fleet_usage(&mut self) {
+        let Some((tx, last)) = self.fleet.as_mut() else {
+            return;
+        };
+        let now = self.usage.fleet_totals();
+        let mut delta = super::fleet::Increments::new();
+        for (tenant, fields) in &now {
+            for (field, n) in fields {
+                let before = last
+                    .get(tenant)
+                    .and_then(|f| f.get(field))
+                    .copied()
+                    .unwrap_or(0);
+                if *n > before {
+                    delta
+                        .entry(tenant.clone())
+                        .or_default()
+                        .insert(field, n - before);
+                }
+            }
+        }
+        if !delta.is_empty() && tx.try_send(delta).is_ok() {
+            *last = now;
+        }
     }
 
     /// Logs shards that went stale or came back, once per change.
@@ -196,6 +228,7 @@ impl Aggregator {
                 recv(rebalance) -> _ => {
                     self.tenants.rebalance();
                     self.tenants.check_budgets(&self.usage.spent_by_tenant());
+                    self.push_fleet_usage();
                 }
             }
         }
@@ -211,6 +244,7 @@ impl Aggregator {
             Query::Reloaded(event) => self.config.record(event),
             Query::ProviderNames(names) => self.provider_names = names,
             Query::Tenants(t) => self.tenants.set_tenants(t),
+            Query::FleetUsage(tx) => self.fleet = Some((tx, Default::default())),
             Query::Usage { reset, reply } => {
                 let doc = self.usage.json(&self.provider_names, reset);
                 drop(reply.send(doc.to_string()))

@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod config_status;
+pub mod fleet;
 mod provider_metrics;
 pub mod render;
 pub mod tenants;

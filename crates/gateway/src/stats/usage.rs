@@ -215,6 +215,28 @@ impl UsageView {
         m
     }
 
+    /// Every tenant's totals since start, in the fields the fleet totals keep.
+    pub fn fleet_totals(&self) -> super::fleet::Increments {
+        let mut m = super::fleet::Increments::new();
+        for rows in self.shards.values() {
+            for r in rows {
+                let c = &r.counters;
+                let t = m.entry(r.tenant.clone()).or_default();
+                for (field, n) in [
+                    ("requests", c.requests),
+                    ("audio_ms", c.audio_ms),
+                    ("tts_chars", c.tts_chars),
+                    ("bytes_up", c.bytes_up),
+                    ("bytes_down", c.bytes_down),
+                    ("ws_sessions", c.ws_sessions),
+                ] {
+                    *t.entry(field).or_default() += n;
+                }
+            }
+        }
+        m
+    }
+
     /// Every tenant's totals since start in the units budgets count.
     pub fn spent_by_tenant(&self) -> std::collections::HashMap<String, Spent> {
         let mut m: std::collections::HashMap<String, Spent> = Default::default();
