@@ -43,56 +43,37 @@ pub struct UsageCounters {
 
 impl UsageCounters {
     pub fn add(&mut self, o: &UsageCounters) {
-        self.requests += o.requests;
-        for i in 0..5 {
-            self.responses[i] += o.responses[i];
-        }
-        self.bytes_up += o.bytes_up;
-        self.bytes_down += o.bytes_down;
-        self.ttfb_sum_us += o.ttfb_sum_us;
-        self.ttfb_count += o.ttfb_count;
-        self.ws_sessions += o.ws_sessions;
-        self.ws_duration_ms += o.ws_duration_ms;
-        self.ws_messages_up += o.ws_messages_up;
-        self.ws_messages_down += o.ws_messages_down;
-        self.ws_payload_up += o.ws_payload_up;
-        self.ws_payload_down += o.ws_payload_down;
-        self.audio_ms += o.audio_ms;
-        self.tts_chars += o.tts_chars;
-        self.unmetered_bytes += o.unmetered_bytes;
-        self.rt_responses += o.rt_responses;
-        self.rt_input_tokens += o.rt_input_tokens;
-        self.rt_output_tokens += o.rt_output_tokens;
-        self.rt_input_audio_tokens += o.rt_input_audio_tokens;
-        self.rt_output_audio_tokens += o.rt_output_audio_tokens;
+        *self = self.zip(o, u64::wrapping_add);
     }
 
     fn minus(&self, o: &UsageCounters) -> UsageCounters {
-        let d = |a: u64, b: u64| a.saturating_sub(b);
-        let mut r = *self;
-        r.requests = d(self.requests, o.requests);
-        for i in 0..5 {
-            r.responses[i] = d(self.responses[i], o.responses[i]);
+        self.zip(o, u64::saturating_sub)
+    }
+
+    /// Every field of `self` and `o` combined by `f` (the one list of the fields).
+    fn zip(&self, o: &UsageCounters, f: fn(u64, u64) -> u64) -> UsageCounters {
+        UsageCounters {
+            requests: f(self.requests, o.requests),
+            responses: std::array::from_fn(|i| f(self.responses[i], o.responses[i])),
+            bytes_up: f(self.bytes_up, o.bytes_up),
+            bytes_down: f(self.bytes_down, o.bytes_down),
+            ttfb_sum_us: f(self.ttfb_sum_us, o.ttfb_sum_us),
+            ttfb_count: f(self.ttfb_count, o.ttfb_count),
+            ws_sessions: f(self.ws_sessions, o.ws_sessions),
+            ws_duration_ms: f(self.ws_duration_ms, o.ws_duration_ms),
+            ws_messages_up: f(self.ws_messages_up, o.ws_messages_up),
+            ws_messages_down: f(self.ws_messages_down, o.ws_messages_down),
+            ws_payload_up: f(self.ws_payload_up, o.ws_payload_up),
+            ws_payload_down: f(self.ws_payload_down, o.ws_payload_down),
+            audio_ms: f(self.audio_ms, o.audio_ms),
+            tts_chars: f(self.tts_chars, o.tts_chars),
+            unmetered_bytes: f(self.unmetered_bytes, o.unmetered_bytes),
+            rt_responses: f(self.rt_responses, o.rt_responses),
+            rt_input_tokens: f(self.rt_input_tokens, o.rt_input_tokens),
+            rt_output_tokens: f(self.rt_output_tokens, o.rt_output_tokens),
+            rt_input_audio_tokens: f(self.rt_input_audio_tokens, o.rt_input_audio_tokens),
+            rt_output_audio_tokens: f(self.rt_output_audio_tokens, o.rt_output_audio_tokens),
         }
-        r.bytes_up = d(self.bytes_up, o.bytes_up);
-        r.bytes_down = d(self.bytes_down, o.bytes_down);
-        r.ttfb_sum_us = d(self.ttfb_sum_us, o.ttfb_sum_us);
-        r.ttfb_count = d(self.ttfb_count, o.ttfb_count);
-        r.ws_sessions = d(self.ws_sessions, o.ws_sessions);
-        r.ws_duration_ms = d(self.ws_duration_ms, o.ws_duration_ms);
-        r.ws_messages_up = d(self.ws_messages_up, o.ws_messages_up);
-        r.ws_messages_down = d(self.ws_messages_down, o.ws_messages_down);
-        r.ws_payload_up = d(self.ws_payload_up, o.ws_payload_up);
-        r.ws_payload_down = d(self.ws_payload_down, o.ws_payload_down);
-        r.audio_ms = d(self.audio_ms, o.audio_ms);
-        r.tts_chars = d(self.tts_chars, o.tts_chars);
-        r.unmetered_bytes = d(self.unmetered_bytes, o.unmetered_bytes);
-        r.rt_responses = d(self.rt_responses, o.rt_responses);
-        r.rt_input_tokens = d(self.rt_input_tokens, o.rt_input_tokens);
-        r.rt_output_tokens = d(self.rt_output_tokens, o.rt_output_tokens);
-        r.rt_input_audio_tokens = d(self.rt_input_audio_tokens, o.rt_input_audio_tokens);
-        r.rt_output_audio_tokens = d(self.rt_output_audio_tokens, o.rt_output_audio_tokens);
-        r
     }
 }
 
