@@ -479,7 +479,15 @@ fn an_audio_budget_closes_the_running_session_with_1008_and_refuses_new_requests
     };
     assert_eq!(close, 1008);
     assert!(sent >= 8, "closed after only {sent} messages");
-    let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
+    // Every shard hears of it within a tick (a new connection may land on another shard).
+    let end = Instant::now() + Duration::from_secs(3);
+    let r = loop {
+        let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
+        if r.status == 429 || Instant::now() > end {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "budget_exhausted");
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() <= 86_400);
