@@ -25,13 +25,14 @@ fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
     let admin_key = key_file(&dir, "admin.key", "admin-secret");
     let (port, admin, mock) = (free_port(), free_port(), free_port());
     let export = dir.join("usage.jsonl").display().to_string();
+    let access = dir.join("access.jsonl").display().to_string();
     let mock_proc = mock_provider(name, mock);
     wait_port(mock, Duration::from_secs(10));
     let cfg = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"{cores}\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{admin_key}\"\n\
          [stats]\ninterval_ms = 100\n[auth]\nmode = \"keys\"\n\
-         [usage]\nexport = \"{export}\"\n\
+         [usage]\nexport = \"{export}\"\n[access_log]\npath = \"{access}\"\n\
          [[providers]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:{mock}\"]\n\
          [[routes]]\nprefix = \"/other/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
          [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
@@ -94,6 +95,19 @@ fn keys_in_every_carrier_reach_no_provider() {
     let body = seen("/v1/mock/headers?a=1&access_token=sk-acme-1&b=2", "");
     assert!(!body.contains("sk-acme-1"), "{body}");
     assert!(body.contains("\"target\":\"/headers?a=1&b=2\""), "{body}");
+    // Nor does the access log get the key: the query's is redacted there.
+    let end = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let text = std::fs::read_to_string(gw.dir.join("access.jsonl")).unwrap_or_default();
+        if text.lines().count() >= 4 || Instant::now() > end {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(log.lines().count(), 4, "{log}");
+    assert!(!log.contains("sk-acme-1"), "{log}");
+    assert!(log.contains("access_token=[redacted]"), "{log}");
+    assert!(log.contains("\"tenant\":\"acme\""), "{log}");
 }
 
 #[test]

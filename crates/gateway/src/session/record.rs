@@ -33,6 +33,7 @@ impl Session {
             };
             copy(&mut self.logged.method, head.method(buf));
             copy(&mut self.logged.path, head.path(buf));
+            redact_query_key(&mut self.logged.path);
             if log.combined() {
                 self.logged.user_agent = field(b"user-agent").map(<[u8]>::to_vec);
                 self.logged.referer = field(b"referer").map(<[u8]>::to_vec);
@@ -204,5 +205,44 @@ fn refusal_index(status: u16) -> usize {
         401 => 0,
         403 => 1,
         _ => 2,
+    }
+}
+
+/// Replaces the value of an `access_token` query parameter (a gateway key) in a logged
+/// target: secrets never reach a log line.
+fn redact_query_key(target: &mut Vec<u8>) {
+    const NAME: &[u8] = b"access_token=";
+    let Some(q) = target.iter().position(|&b| b == b'?') else {
+        return;
+    };
+    if !target[q..].windows(NAME.len()).any(|w| w == NAME) {
+        return;
+    }
+    let mut out = target[..=q].to_vec();
+    for (i, pair) in target[q + 1..].split(|&b| b == b'&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        match pair.strip_prefix(NAME) {
+            Some(_) => {
+                out.extend_from_slice(NAME);
+                out.extend_from_slice(b"[redacted]");
+            }
+            None => out.extend_from_slice(pair),
+        }
+    }
+    *target = out;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_query_key_is_redacted_and_the_rest_kept() {
+        let mut t = b"/ws?a=1&access_token=sk-secret&b=2".to_vec();
+        super::redact_query_key(&mut t);
+        assert_eq!(t, b"/ws?a=1&access_token=[redacted]&b=2");
+        let mut t = b"/plain".to_vec();
+        super::redact_query_key(&mut t);
+        assert_eq!(t, b"/plain");
     }
 }
