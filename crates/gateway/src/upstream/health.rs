@@ -53,6 +53,11 @@ impl Health {
         self.down.get()
     }
 
+    /// Ejected, or probing after an ejection: a success now puts it back in service.
+    pub fn returning(&self) -> bool {
+        self.until.get().is_some()
+    }
+
     /// Ejected by this shard's own requests (not by the active check).
     pub fn is_passively_ejected(&self, now: Instant) -> bool {
         self.until

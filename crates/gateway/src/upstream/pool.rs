@@ -136,6 +136,13 @@ impl Endpoint {
         self.latency_at.set(Some(at));
     }
 
+    /// Forgets the recent latency (an endpoint back in service: its old figures say
+    /// nothing now, and would keep it out of a latency tie-break until they aged).
+    pub(super) fn forget_latency(&self) {
+        self.latency_us.set(0);
+        self.latency_at.set(None);
+    }
+
     /// The recent latency, unless none was seen in the last [`LATENCY_FRESH`] (an endpoint
     /// that got no traffic for a while must get a turn to show how it does now).
     pub(super) fn recent_latency(&self, now: Instant) -> Option<u64> {
@@ -221,7 +228,13 @@ pub fn record_outcome(shard: &Shard, provider: &Provider, ep: &Endpoint, outcome
         Outcome::Answered(status) if status >= 500 && provider.cfg.eject_on_5xx => {
             format!("status {status}")
         }
-        Outcome::Answered(_) => return ep.health.success(),
+        Outcome::Answered(_) => {
+            // Back from an ejection: its latency from before says nothing now.
+            if ep.health.returning() {
+                ep.forget_latency();
+            }
+            return ep.health.success();
+        }
         Outcome::Failed(e) if e.counts_against_endpoint() => e.label().to_string(),
         Outcome::Failed(_) => return,
     };

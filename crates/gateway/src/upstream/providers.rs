@@ -126,6 +126,9 @@ impl Providers {
             .get(provider)
             .and_then(|p| p.endpoints.get(endpoint))
         {
+            if ep.health.is_down() && !down {
+                ep.forget_latency();
+            }
             ep.health.set_down(down);
         }
     }
