@@ -5,7 +5,7 @@
 //! connection; scrapes are rare, so simplicity wins over throughput here.
 
 use crate::stats::aggregate::Query;
-use crate::tenants::{digest, Digest};
+use crate::tenants::{bearer_token, digest, Digest};
 use crossbeam_channel::Sender;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -190,8 +190,6 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) {
 fn presents(headers: &[httparse::Header<'_>], token: &Digest) -> bool {
     headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("authorization")
-            && h.value.len() > 7
-            && h.value[..7].eq_ignore_ascii_case(b"bearer ")
-            && digest(coregate_http1::trim_ows(&h.value[7..])) == *token
+            && bearer_token(h.value).is_some_and(|t| digest(t) == *token)
     })
 }

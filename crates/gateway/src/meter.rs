@@ -89,7 +89,8 @@ impl BodyMeter {
     }
 }
 
-fn audio_ms(bytes: u64, byte_rate: u64) -> u64 {
+/// Milliseconds of audio in `bytes` at `byte_rate` bytes per second (0 without a rate).
+pub fn audio_ms(bytes: u64, byte_rate: u64) -> u64 {
     if byte_rate == 0 {
         return 0;
     }
@@ -119,7 +120,11 @@ fn query_byte_rate(target: &[u8]) -> Option<u64> {
         b"linear32" => 4,
         _ => return None,
     };
-    rate?.checked_mul(channels)?.checked_mul(bytes_per_sample)
+    // A zero rate names no rate: the audio is then not counted, in a body or a stream.
+    rate?
+        .checked_mul(channels)?
+        .checked_mul(bytes_per_sample)
+        .filter(|r| *r > 0)
 }
 
 /// A WAV header read as it arrives; until the header decides, bytes are counted raw.

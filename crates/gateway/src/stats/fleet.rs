@@ -9,10 +9,10 @@
 //! kept (merged) and sent with the next interval's, so a Redis outage loses nothing unless the
 //! process ends meanwhile.
 
+use crate::tenants::redis::encode_command;
 use crossbeam_channel::{Receiver, Sender};
 use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::encode::encode;
-use redis_protocol::resp2::types::{OwnedFrame, Resp2Frame};
+use redis_protocol::resp2::types::OwnedFrame;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -81,11 +81,11 @@ fn write(
     for (tenant, fields) in pending {
         let key = format!("coregate:usage:{tenant}:{day}");
         for (field, n) in fields.iter().filter(|(_, n)| **n > 0) {
-            push(&mut out, &["HINCRBY", &key, field, &n.to_string()])?;
+            encode_command(&mut out, &["HINCRBY", &key, field, &n.to_string()])?;
             commands += 1;
         }
         let ttl = (KEEP_DAYS * 86_400).to_string();
-        push(&mut out, &["EXPIRE", &key, &ttl])?;
+        encode_command(&mut out, &["EXPIRE", &key, &ttl])?;
         commands += 1;
     }
     s.write_all(&out)?;
@@ -106,18 +106,6 @@ fn write(
             }
         }
     }
-    Ok(())
-}
-
-fn push(out: &mut Vec<u8>, args: &[&str]) -> std::io::Result<()> {
-    let frame = OwnedFrame::Array(
-        args.iter()
-            .map(|a| OwnedFrame::BulkString(a.as_bytes().to_vec()))
-            .collect(),
-    );
-    let at = out.len();
-    out.resize(at + frame.encode_len(false), 0);
-    encode(&mut out[at..], &frame, false).map_err(std::io::Error::other)?;
     Ok(())
 }
 

@@ -174,12 +174,9 @@ pub fn presented_key<'a>(
 ) -> Option<(&'a [u8], Carrier)> {
     for h in headers {
         let (name, value) = (&buf[h.name.clone()], &buf[h.value.clone()]);
-        let bearer = value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ");
-        if name.eq_ignore_ascii_case(b"authorization") && bearer {
-            return Some((
-                coregate_http1::trim_ows(&value[7..]),
-                Carrier::Authorization,
-            ));
+        let bearer = bearer_token(value).filter(|_| name.eq_ignore_ascii_case(b"authorization"));
+        if let Some(key) = bearer {
+            return Some((key, Carrier::Authorization));
         } else if name.eq_ignore_ascii_case(b"x-api-key") {
             return Some((coregate_http1::trim_ows(value), Carrier::ApiKeyHeader));
         }
@@ -190,6 +187,13 @@ pub fn presented_key<'a>(
         return Some((k, Carrier::WebSocketProtocol));
     }
     query_key(head.path(buf)).map(|k| (k, Carrier::Query))
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value (the scheme in any case; a value
+/// of the scheme alone is no bearer token).
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let bearer = value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ");
+    bearer.then(|| coregate_http1::trim_ows(&value[7..]))
 }
 
 /// The value of the `access_token` query parameter.

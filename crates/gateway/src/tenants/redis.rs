@@ -176,22 +176,10 @@ impl RedisLimits {
                 Stream::new(tcp)
             }
         };
-        let args = [
-            "EVAL".to_string(),
-            LEASE_SCRIPT.to_string(),
-            "1".into(),
-            key.to_string(),
-            rate.to_string(),
-            burst.to_string(),
-            want.to_string(),
-        ];
-        let frame = OwnedFrame::Array(
-            args.into_iter()
-                .map(|a| OwnedFrame::BulkString(a.into_bytes()))
-                .collect(),
-        );
-        let mut out = vec![0u8; frame.encode_len(false)];
-        encode(&mut out, &frame, false).map_err(std::io::Error::other)?;
+        let (rate, burst, want) = (rate.to_string(), burst.to_string(), want.to_string());
+        let mut out = Vec::new();
+        let args = ["EVAL", LEASE_SCRIPT, "1", key, &rate, &burst, &want];
+        encode_command(&mut out, &args)?;
         conn.write_all(&out).await?;
         let mut buf = Vec::with_capacity(64);
         let mut chunk = [0u8; 256];
@@ -212,6 +200,20 @@ impl RedisLimits {
             other => Err(std::io::Error::other(format!("unexpected reply {other:?}"))),
         }
     }
+}
+
+/// Appends a Redis command (an array of bulk strings) to `out`: the one encoder of the
+/// shard leases and the fleet usage totals.
+pub fn encode_command(out: &mut Vec<u8>, args: &[&str]) -> std::io::Result<()> {
+    let frame = OwnedFrame::Array(
+        args.iter()
+            .map(|a| OwnedFrame::BulkString(a.as_bytes().to_vec()))
+            .collect(),
+    );
+    let at = out.len();
+    out.resize(at + frame.encode_len(false), 0);
+    encode(&mut out[at..], &frame, false).map_err(std::io::Error::other)?;
+    Ok(())
 }
 
 /// Tokens leased at a time: about 50 ms of the rate, at least one.

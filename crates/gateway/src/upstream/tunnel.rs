@@ -227,7 +227,7 @@ impl Ends<'_> {
         let (Some(key), Some(rate)) = (self.usage_key, self.audio_rate) else {
             return counted;
         };
-        let ms = payload.saturating_mul(1000) / rate.max(1);
+        let ms = crate::meter::audio_ms(payload, rate);
         if ms > counted {
             self.shard.usage.borrow_mut().entry(key).audio_ms += ms - counted;
         }
