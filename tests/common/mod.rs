@@ -242,14 +242,25 @@ pub fn wait_port_closed(port: u16, timeout: Duration) {
 }
 
 fn wait_listening(port: u16, listening: bool, timeout: Duration) {
+    if !reaches(port, listening, timeout) {
+        panic!("port {port}: still not listening={listening}");
+    }
+}
+
+/// Whether something listens on `port` within `timeout`.
+pub fn listening_within(port: u16, timeout: Duration) -> bool {
+    reaches(port, true, timeout)
+}
+
+fn reaches(port: u16, listening: bool, timeout: Duration) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() == listening {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("port {port}: still not listening={listening}");
+    false
 }
 
 /// A running gateway with its ports.
@@ -291,12 +302,19 @@ pub fn gateway_with_server(
 pub fn gateway_from_config(dir: PathBuf, port: u16, admin: u16, cfg: &str) -> Gateway {
     let path = dir.join("coregate.toml");
     std::fs::write(&path, cfg).expect("write config");
-    let proc = spawn(
+    let mut proc = spawn(
         &["serve", "--config", path.to_str().expect("path")],
         dir.join("gateway.log"),
     );
-    wait_port(port, Duration::from_secs(10));
-    wait_port(admin, Duration::from_secs(10));
+    for p in [port, admin] {
+        if !listening_within(p, Duration::from_secs(15)) {
+            let exited = proc.wait_exit(Duration::ZERO);
+            panic!(
+                "gateway port {p} not listening (exit {exited:?}); its log:\n{}",
+                proc.log_text()
+            );
+        }
+    }
     Gateway {
         proc,
         port,
