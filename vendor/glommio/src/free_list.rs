@@ -70,6 +70,14 @@ impl<T> FreeList<T> {
             }
         }
     }
+    /// coregate: the item at `idx`, if that slot is in use.
+    pub(crate) fn get(&self, idx: Idx<T>) -> Option<&T> {
+        match self.slots.get(idx.to_raw())? {
+            Slot::Full { item } => Some(item),
+            Slot::Free { .. } => None,
+        }
+    }
+
     pub(crate) fn dealloc(&mut self, idx: Idx<T>) -> T {
         let slot = Slot::Free {
             next_free: mem::replace(&mut self.first_free, Some(idx)),

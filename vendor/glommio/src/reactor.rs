@@ -526,6 +526,24 @@ impl Reactor {
         Ok(source)
     }
 
+    /// coregate: a receive queue for a multishot receive; `None` without a buffer ring.
+    pub(crate) fn recv_queue(
+        &self,
+    ) -> Option<Rc<RefCell<crate::sys::recv_ring::RecvQueue>>> {
+        self.sys.recv_queue().map(|q| Rc::new(RefCell::new(q)))
+    }
+
+    /// coregate: arms a multishot receive on `fd` that fills `queue` until it ends.
+    pub(crate) fn recv_multishot(
+        &self,
+        fd: RawFd,
+        queue: &Rc<RefCell<crate::sys::recv_ring::RecvQueue>>,
+    ) -> Source {
+        let source = self.new_source(fd, SourceType::SockRecvMulti(queue.clone()), None);
+        self.sys.recv_multishot(&source);
+        source
+    }
+
     pub(crate) fn recv(&self, fd: RawFd, size: usize, flags: MsgFlags) -> Source {
         let source = self.new_source(fd, SourceType::SockRecv(None), None);
         self.sys.recv(&source, size, flags);

@@ -5,12 +5,12 @@
 //
 use crate::{
     reactor::Reactor,
-    sys::{self, Source, SourceType},
+    sys::{self, recv_ring::RecvQueue, Source, SourceType},
 };
 use futures_lite::ready;
 use nix::sys::socket::MsgFlags;
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     io,
     net::Shutdown,
     os::unix::io::{AsRawFd, FromRawFd, RawFd},
@@ -223,20 +223,116 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    // coregate: reads through a multishot receive (sys/recv_ring.rs) when the thread has a
+    // buffer ring: what it delivered, and its in-flight source.
+    recv_queue: Option<Rc<RefCell<RecvQueue>>>,
+    recv_source: Option<Source>,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.recv_queue = reactor.recv_queue();
+        match self.recv_queue.clone() {
+            Some(q) => self.arm_multishot(&reactor, &q),
+            None => self.source_rx = Some(reactor.poll_read_ready(stream_fd)),
+        }
     }
 
-    /// coregate: whether the readiness poll armed after the last read has completed, i.e.
-    /// input (or EOF, or an error) arrived since. `None` when no poll is armed, so only a
-    /// syscall could tell.
+    /// coregate: whether input (or EOF, or an error) arrived since the last read: in the
+    /// multishot receive's queue, or reported by the readiness poll armed after the last
+    /// read. `None` when neither is armed, so only a syscall could tell.
     pub(crate) fn input_reported(&self) -> Option<bool> {
+        if let Some(q) = &self.recv_queue {
+            let q = q.borrow();
+            if q.has_input() {
+                return Some(true);
+            }
+            if q.armed {
+                return Some(false);
+            }
+        }
         self.source_rx.as_ref().map(|src| src.result().is_some())
+    }
+
+    /// coregate: ready once a read would not wait: input, end of input or an error arrived
+    /// (or the kernel had no buffer, so the read takes the readiness path). Lets a caller
+    /// hold no buffer of its own while a connection idles.
+    pub(crate) fn poll_readable(&mut self, cx: &Context<'_>) -> Poll<()> {
+        let reactor = self.reactor.upgrade().unwrap();
+        if let Some(queue) = self.recv_queue.clone() {
+            let mut q = queue.borrow_mut();
+            if q.has_input() || (q.no_buffers && !q.armed) {
+                return Poll::Ready(());
+            }
+            q.set_waker(cx.waker());
+            let rearm = !q.armed;
+            drop(q);
+            if rearm {
+                self.arm_multishot(&reactor, &queue);
+            }
+            return Poll::Pending;
+        }
+        match &self.source_rx {
+            Some(src) if src.result().is_some() => return Poll::Ready(()),
+            Some(_) => {}
+            None => self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd())),
+        }
+        if let Some(src) = &self.source_rx {
+            src.add_waiter_single(cx.waker());
+        }
+        Poll::Pending
+    }
+
+    /// coregate: (re-)arms the multishot receive; only when the previous one has ended.
+    fn arm_multishot(&mut self, reactor: &Reactor, queue: &Rc<RefCell<RecvQueue>>) {
+        let mut q = queue.borrow_mut();
+        q.armed = true;
+        q.held_back = false;
+        drop(q);
+        self.recv_source = Some(reactor.recv_multishot(self.stream.as_raw_fd(), queue));
+    }
+
+    /// coregate: a read served from the multishot receive's queue. `None` when this read
+    /// must take the readiness path (the kernel had no buffer for this connection).
+    fn poll_read_multishot(
+        &mut self,
+        cx: &Context<'_>,
+        reactor: &Reactor,
+        queue: Rc<RefCell<RecvQueue>>,
+        buf: &mut [u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        let mut q = queue.borrow_mut();
+        let n = q.copy_out(buf);
+        if n > 0 || buf.is_empty() {
+            self.read_timeout.cancel_timer(reactor);
+            let idle = !q.armed && !q.has_input() && !q.no_buffers;
+            drop(q);
+            if idle {
+                // Held back (or ended by a full completion queue): read ahead again.
+                self.arm_multishot(reactor, &queue);
+            }
+            return Some(Poll::Ready(Ok(n)));
+        }
+        if let Some(end) = q.ended() {
+            return Some(Poll::Ready(end));
+        }
+        if !q.armed && q.no_buffers {
+            q.no_buffers = false;
+            return None;
+        }
+        if let Err(e) = self.read_timeout.check(reactor) {
+            return Some(Poll::Ready(Err(e)));
+        }
+        q.set_waker(cx.waker());
+        let rearm = !q.armed;
+        drop(q);
+        if rearm {
+            self.arm_multishot(reactor, &queue);
+        }
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Some(Poll::Pending)
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -267,6 +363,12 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
+
+        if let Some(q) = self.recv_queue.clone() {
+            if let Some(r) = self.poll_read_multishot(cx, reactor, q, buf) {
+                return r;
+            }
+        }
 
         let no_pending_poll = self
             .source_rx
@@ -375,6 +477,8 @@ where
             source_rx: None,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
+            recv_queue: None,
+            recv_source: None,
         };
         stream.init();
         GlommioStream {
@@ -502,6 +606,14 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
 
     pub(crate) fn stream(&self) -> &S {
         &self.stream.stream
+    }
+
+    /// coregate: see `NonBufferedStream::poll_readable`; buffered input counts as input.
+    pub(crate) fn poll_readable(&mut self, cx: &Context<'_>) -> Poll<()> {
+        if !self.rx_buf.is_empty() || self.rx_done.get() {
+            return Poll::Ready(());
+        }
+        self.stream.poll_readable(cx)
     }
 
     /// coregate: see `NonBufferedStream::input_reported`; buffered input counts as input.

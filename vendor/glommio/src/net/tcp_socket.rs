@@ -506,6 +506,13 @@ impl<B: RxBuf> TcpStream<B> {
         self.stream.input_reported()
     }
 
+    /// coregate: ready once a read would not wait (input, end of input or an error
+    /// arrived), without taking a buffer: a connection waiting for its next request holds
+    /// none. Wakes the task when that changes; spurious readiness is possible.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.stream.poll_readable(cx)
+    }
+
     /// Sets the read timeout to the timeout specified.
     ///
     /// If the value specified is [`None`], then read calls will block

@@ -35,6 +35,8 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
+    // coregate: a multishot receive's completions land in this queue (recv_ring.rs).
+    SockRecvMulti(Rc<RefCell<super::recv_ring::RecvQueue>>),
     SockRecvMsg(
         Option<DmaBuffer>,
         libc::iovec,

@@ -77,6 +77,8 @@ enum UringOpDescriptor {
     SockSendMsg(*mut libc::msghdr, i32),
     SockRecv(usize, i32),
     SockRecvMsg(usize, i32),
+    // coregate: a multishot receive into the provided-buffer ring (recv_ring.rs).
+    SockRecvMulti,
     Nop,
 }
 
@@ -429,6 +431,13 @@ fn fill_sqe<F>(
                     };
                 });
             }
+            UringOpDescriptor::SockRecvMulti => {
+                sqe.prep_recv(op.fd, &mut [], MsgFlags::empty());
+                let raw = sqe.raw_mut();
+                raw.ioprio = super::recv_ring::IORING_RECV_MULTISHOT;
+                raw.buf_index.buf_index.index_or_group = super::recv_ring::BUFFER_GROUP;
+                sqe.set_flags(SubmissionFlags::BUFFER_SELECT);
+            }
             UringOpDescriptor::Nop => sqe.prep_nop(),
         }
         sqe.set_user_data(user_data);
@@ -568,6 +577,35 @@ where
         return Some(woke);
     }
     None
+}
+
+/// coregate: a completion of a multishot receive goes to its connection's queue; the source
+/// stays in the map (and in the kernel) until a completion without `F_MORE`. `None` when the
+/// completion is not one of those.
+fn complete_multishot_recv(cqe: &iou::CQE, source_map: &RefCell<SourceMap>) -> Option<bool> {
+    if cqe.user_data() == 0 {
+        return None;
+    }
+    let id = from_user_data(cqe.user_data());
+    let mut map = source_map.borrow_mut();
+    let src = map.get(id)?;
+    let (queue, cancel) = match &src.borrow().source_type {
+        SourceType::SockRecvMulti(q) => (q.clone(), src.borrow().enqueued.as_ref().map(|e| e.queue.clone())),
+        _ => return None,
+    };
+    let more = cqe.raw_flags() & super::recv_ring::IORING_CQE_F_MORE != 0;
+    if !more {
+        map.consume_source(id);
+    }
+    drop(map);
+    let (hold, woke) = queue.borrow_mut().complete(cqe.raw_result(), cqe.raw_flags());
+    if hold {
+        // Too much read ahead and not taken: stop this receive; the reader re-arms it.
+        if let Some(q) = cancel {
+            q.borrow_mut().cancel_request(id);
+        }
+    }
+    Some(woke)
 }
 
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
@@ -1184,8 +1222,15 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        let cqe = self.ring.peek_for_cqe()?;
+        if let Some(woke) = complete_multishot_recv(&cqe, &source_map) {
+            if cqe.raw_flags() & super::recv_ring::IORING_CQE_F_MORE == 0 {
+                self.in_kernel -= 1;
+            }
+            return Some(woke);
+        }
         process_one_event(
-            self.ring.peek_for_cqe(),
+            Some(cqe),
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1258,6 +1303,9 @@ pub(crate) struct Reactor {
     blocking_thread: BlockingThreadPool,
 
     rings_depth: usize,
+
+    // coregate: the provided-buffer ring of the main ring, when the kernel has them.
+    recv_ring: Option<Rc<super::recv_ring::BufRing>>,
 }
 
 pub(crate) fn common_flags() -> PollFlags {
@@ -1298,6 +1346,12 @@ macro_rules! flush_rings {
         io::Result::Ok(ret)
     }}
 }
+
+/// coregate: the provided-buffer ring's size: 1,024 buffers of 4 KiB (4 MiB per thread).
+/// Buffers are held only between a packet's arrival and its read, so this bounds the input
+/// read ahead across all of a thread's connections, not the number of connections.
+const RECV_RING_BUFFERS: u16 = 1024;
+const RECV_RING_BUFFER_SIZE: usize = 4096;
 
 fn align_up(v: usize, align: usize) -> usize {
     (v + align - 1) & !(align - 1)
@@ -1355,6 +1409,11 @@ impl Reactor {
         }
 
         let link_fd = latency_ring.ring_fd();
+        let recv_ring = super::recv_ring::BufRing::register(
+            main_ring.ring_fd(),
+            RECV_RING_BUFFERS,
+            RECV_RING_BUFFER_SIZE,
+        );
 
         let eventfd_src = Source::new(
             IoRequirements::default(),
@@ -1380,6 +1439,7 @@ impl Reactor {
             eventfd_src,
             source_map,
             rings_depth: ring_depth,
+            recv_ring,
         })
     }
 
@@ -1518,6 +1578,21 @@ impl Reactor {
             &mut *self.ring_for_source(source),
             source,
             op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// coregate: a queue for a multishot receive, when this thread has a buffer ring.
+    pub(crate) fn recv_queue(&self) -> Option<super::recv_ring::RecvQueue> {
+        self.recv_ring.clone().map(super::recv_ring::RecvQueue::new)
+    }
+
+    /// coregate: arms a multishot receive that fills the source's queue.
+    pub(crate) fn recv_multishot(&self, source: &Source) {
+        queue_request_into_ring(
+            &mut *self.main_ring.borrow_mut(),
+            source,
+            UringOpDescriptor::SockRecvMulti,
             &mut self.source_map.borrow_mut(),
         );
     }
@@ -2051,7 +2126,12 @@ fn queue_request_into_ring(
 }
 
 impl Drop for Reactor {
-    fn drop(&mut self) {}
+    fn drop(&mut self) {
+        // coregate: unregister while the main ring is still open (its fields drop after).
+        if let Some(r) = &self.recv_ring {
+            r.retire();
+        }
+    }
 }
 
 #[cfg(test)]
