@@ -73,6 +73,15 @@ impl Io {
         }
     }
 
+    /// Ready once a read would not wait. Through TLS at once: rustls may hold decrypted
+    /// bytes that no socket readiness announces.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Io::Plain(s) => s.poll_readable(cx),
+            Io::Tls(_) => Poll::Ready(()),
+        }
+    }
+
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Plain(_) => Poll::Ready(Ok(())),
@@ -129,6 +138,29 @@ impl Stream {
                 slot.arm(timeout, cx.waker());
             }
             r
+        })
+        .await
+    }
+
+    /// Waits until a read would not wait, without a buffer (see [`Rx::park`]); with a
+    /// deadline like [`Stream::read_within`] when `slot` is given.
+    async fn readable(&self, deadline: Option<(&Slot, Duration)>) -> io::Result<()> {
+        let _armed = deadline.map(|(slot, _)| Armed(slot));
+        poll_fn(|cx| {
+            if let Some((slot, _)) = deadline {
+                if slot.fired() {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+            }
+            let r = self.0.borrow_mut().poll_readable(cx);
+            match (r, deadline) {
+                (Poll::Ready(()), _) => Poll::Ready(Ok(())),
+                (Poll::Pending, Some((slot, timeout))) => {
+                    slot.arm(timeout, cx.waker());
+                    Poll::Pending
+                }
+                (Poll::Pending, None) => Poll::Pending,
+            }
         })
         .await
     }
@@ -309,11 +341,14 @@ impl BodyState {
 /// The read side: a buffer of received, not yet consumed bytes.
 pub struct Rx {
     pub stream: Stream,
-    /// Allocated on the first read: a connection that is open but has sent nothing (an idle
-    /// client after its TLS handshake, thousands of them) holds no buffer.
+    /// Allocated when input arrives, and given back by [`Rx::park`] while the connection
+    /// idles: an open connection with nothing to read (a keep-alive client between requests,
+    /// a pooled provider connection) holds no buffer.
     buf: Vec<u8>,
     /// The buffer's size when it is first needed.
     initial: usize,
+    /// The size the next allocation takes (`initial`, or less: see [`Rx::make_room`]).
+    next_len: usize,
     pos: usize,
     end: usize,
     /// Bytes read since the owner last took them.
@@ -331,6 +366,7 @@ impl Rx {
             stream,
             buf: Vec::new(),
             initial: initial_buf.max(1),
+            next_len: initial_buf.max(1),
             pos: 0,
             end: 0,
             bytes: 0,
@@ -371,7 +407,8 @@ impl Rx {
     /// Ensures free space after the buffered input, growing the buffer up to `max`.
     pub fn make_room(&mut self, max: usize) {
         if self.buf.is_empty() {
-            self.buf.resize(self.initial.min(max.max(1)), 0);
+            // Allocated by the read, once input is there.
+            self.next_len = self.initial.min(max.max(1));
             return;
         }
         if self.end < self.buf.len() {
@@ -393,7 +430,15 @@ impl Rx {
             return Err(io::ErrorKind::TimedOut.into());
         }
         if self.buf.is_empty() {
-            self.buf.resize(self.initial, 0);
+            if !self.stream.is_tls() {
+                let deadline = match self.timed {
+                    true => Some((&**self.deadline.get_or_insert_with(Slot::new), timeout)),
+                    false => None,
+                };
+                self.stream.readable(deadline).await?;
+            }
+            self.buf.resize(self.next_len, 0);
+            self.next_len = self.initial;
         }
         if self.end == self.buf.len() {
             return Err(io::Error::other("read buffer full"));
@@ -491,6 +536,17 @@ impl Rx {
         }
     }
 
+    /// Gives the buffer back while nothing is buffered: the connection is about to idle
+    /// (between requests, or in a pool). The next read allocates it again once input is
+    /// there.
+    pub fn park(&mut self) {
+        if self.pos == self.end {
+            self.buf = Vec::new();
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+
     /// Drops whatever is buffered.
     pub fn clear(&mut self) {
         self.pos = 0;
@@ -512,6 +568,13 @@ impl Tx {
             stream,
             buf: Vec::new(),
             bytes: 0,
+        }
+    }
+
+    /// Gives the (empty) output buffer's memory back while the connection idles.
+    pub fn park(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
         }
     }
 

@@ -275,7 +275,10 @@ impl Lease {
             return;
         }
         c.idle_since = Instant::now();
-        if let Some(Handoff::Conn(c)) = hand_off(&self.ep, Handoff::Conn(c)) {
+        if let Some(Handoff::Conn(mut c)) = hand_off(&self.ep, Handoff::Conn(c)) {
+            // An idle pooled connection holds no buffers (see `Rx::park`).
+            c.rx.park();
+            c.tx.park();
             let mut idle = self.ep.idle.borrow_mut();
             if idle.len() < self.max_idle {
                 idle.push(c);
