@@ -62,6 +62,7 @@ pub fn raise_nofile_limit() -> u64 {
 /// idles would hold their memory for good. Costs a walk of the thread's heap: call it
 /// rarely (after many connections closed), never per request.
 pub fn release_free_memory() {
+    crate::spare::release_all();
     // SAFETY: mi_collect has no preconditions; it only works on the calling thread's heap
     // (and on abandoned segments when forced), and is harmless when mimalloc is not the
     // global allocator (its heap is then empty).

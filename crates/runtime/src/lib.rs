@@ -2,7 +2,7 @@
 //!
 //! What every thread-per-core part of coregate runs on: a pinned glommio (io_uring)
 //! executor per core ([`executor`]), listeners ([`listener`]), a connection's buffered socket
-//! ([`wire`]) whose read timeouts are one sweep per thread ([`deadline`]), a one-shot
+//! ([`wire`], with [`spare`] buffers shared by idle connections) whose read timeouts are one sweep per thread ([`deadline`]), a one-shot
 //! [`event`], core lists ([`cores`]), host facts ([`host`]), latency histograms
 //! ([`histogram`]) the log line format ([`log`]) and TLS configuration ([`tls`]).
 //!
@@ -17,5 +17,6 @@ pub mod histogram;
 pub mod host;
 pub mod listener;
 pub mod log;
+pub mod spare;
 pub mod tls;
 pub mod wire;

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 pub const BODY_BUF: usize = 16 * 1024;
 /// Writes up to this size are batched in the write buffer; larger ones go straight out.
 const BATCH: usize = 16 * 1024;
+/// The write buffer's first size (responses heads and small bodies fit).
+const WRITE_BUF: usize = 4096;
 /// How long a closing connection keeps reading (and discarding) input.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -437,7 +439,7 @@ impl Rx {
                 };
                 self.stream.readable(deadline).await?;
             }
-            self.buf.resize(self.next_len, 0);
+            self.buf = crate::spare::take_read(self.next_len);
             self.next_len = self.initial;
         }
         if self.end == self.buf.len() {
@@ -541,7 +543,7 @@ impl Rx {
     /// there.
     pub fn park(&mut self) {
         if self.pos == self.end {
-            self.buf = Vec::new();
+            crate::spare::give_read(std::mem::take(&mut self.buf));
             self.pos = 0;
             self.end = 0;
         }
@@ -574,7 +576,7 @@ impl Tx {
     /// Gives the (empty) output buffer's memory back while the connection idles.
     pub fn park(&mut self) {
         if self.buf.is_empty() {
-            self.buf = Vec::new();
+            crate::spare::give_write(std::mem::take(&mut self.buf));
         }
     }
 
@@ -592,6 +594,9 @@ impl Tx {
     /// Writes `data` after whatever is queued; small writes are batched.
     pub async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
         if self.buf.len() + data.len() <= BATCH {
+            if self.buf.capacity() == 0 {
+                self.buf = crate::spare::take_write(data.len().max(WRITE_BUF));
+            }
             self.buf.extend_from_slice(data);
             return Ok(());
         }
