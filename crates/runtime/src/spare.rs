@@ -43,24 +43,18 @@ pub fn take_write(capacity: usize) -> Vec<u8> {
 
 /// Keeps `buf` for another connection's read (see [`take_read`]).
 pub fn give_read(buf: Vec<u8>) {
-    keep(&READ, buf, buf_len);
+    let len = buf.len();
+    keep(&READ, buf, len);
 }
 
 /// Keeps `buf` for another connection's writes (see [`take_write`]).
 pub fn give_write(buf: Vec<u8>) {
-    keep(&WRITE, buf, Vec::capacity);
+    let capacity = buf.capacity();
+    keep(&WRITE, buf, capacity);
 }
 
-fn buf_len(b: &Vec<u8>) -> usize {
-    b.len()
-}
-
-fn keep(
-    spares: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>,
-    buf: Vec<u8>,
-    size: fn(&Vec<u8>) -> usize,
-) {
-    if size(&buf) == 0 || size(&buf) > MAX_LEN {
+fn keep(spares: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>, buf: Vec<u8>, size: usize) {
+    if size == 0 || size > MAX_LEN {
         return;
     }
     spares.with(|s| {
