@@ -121,11 +121,10 @@ impl BufRing {
                 )
             }
         };
-        // Whole buffers per receive where the kernel cannot pack (before 6.12).
-        let rc = match register(IOU_PBUF_RING_INC) {
-            0 => 0,
-            _ => register(0),
-        };
+        // Only where the kernel packs receives (6.12+): with a whole buffer per receive,
+        // 5,000 connections receiving in one loop turn emptied the ring and most reads fell
+        // back to the poll path, costing more than that path alone (PATCHES.md, patch 5).
+        let rc = register(IOU_PBUF_RING_INC);
         if rc != 0 {
             log::debug!("no provided-buffer ring: {}", io::Error::last_os_error());
             return None;
