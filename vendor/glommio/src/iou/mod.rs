@@ -162,6 +162,32 @@ impl IoUring {
         }
     }
 
+    /// coregate patch: like [`IoUring::new_with_flags`], with a completion queue of
+    /// `cq_entries` (`IORING_SETUP_CQSIZE`; the kernel rounds it up to a power of two).
+    pub fn new_with_cq_size(
+        entries: u32,
+        cq_entries: u32,
+        flags: SetupFlags,
+    ) -> io::Result<IoUring> {
+        // SAFETY: io_uring_params is plain data for which all-zero is the documented
+        // default; io_uring_queue_init_params initialises `ring` fully when it returns 0,
+        // and resultify returns before assume_init otherwise.
+        unsafe {
+            let mut params: uring_sys::io_uring_params = mem::zeroed();
+            params.flags = (flags | SetupFlags::CQSIZE).bits();
+            params.cq_entries = cq_entries;
+            let mut ring = MaybeUninit::uninit();
+            resultify(uring_sys::io_uring_queue_init_params(
+                entries as _,
+                ring.as_mut_ptr(),
+                &mut params,
+            ))?;
+            Ok(IoUring {
+                ring: ring.assume_init(),
+            })
+        }
+    }
+
     /// Returns the `SubmissionQueue` part of the `IoUring`.
     pub fn sq(&self) -> SubmissionQueue<'_> {
         SubmissionQueue::new(self)

@@ -940,29 +940,51 @@ struct SleepableRing {
 /// coregate patch: ask for IORING_SETUP_COOP_TASKRUN so that a socket becoming ready
 /// while this thread runs does not cost the waking CPU an inter-processor interrupt
 /// (measured: a third of a loopback sender's time). Falls back on kernels before 5.19.
-fn new_coop_ring(size: u32) -> io::Result<iou::IoUring> {
-    if std::env::var_os("COREGATE_NO_COOP_TASKRUN").is_none() {
-        if let Ok(ring) = iou::IoUring::new_with_flags(
-            size,
-            iou::SetupFlags::COOP_TASKRUN,
-            iou::SetupFeatures::empty(),
-        ) {
+/// `cq_entries`, when given, sizes the completion queue (see [`MAIN_CQ_ENTRIES`]).
+fn new_coop_ring(size: u32, cq_entries: Option<u32>) -> io::Result<iou::IoUring> {
+    let coop = if std::env::var_os("COREGATE_NO_COOP_TASKRUN").is_none() {
+        iou::SetupFlags::COOP_TASKRUN
+    } else {
+        iou::SetupFlags::empty()
+    };
+    if let Some(cq) = cq_entries.filter(|&cq| cq > size * 2) {
+        if let Ok(ring) = iou::IoUring::new_with_cq_size(size, cq, iou::SetupFlags::from_bits_truncate(coop.bits())) {
             return Ok(ring);
         }
     }
+    if let Ok(ring) = iou::IoUring::new_with_flags(size, coop, iou::SetupFeatures::empty()) {
+        return Ok(ring);
+    }
     iou::IoUring::new(size)
+}
+
+/// coregate patch: completion-queue slots of the main ring. Every connection's multishot
+/// receive posts its completions there between two reaps; when the queue is full the
+/// kernel ends that receive (its last completion lacks `F_MORE`) and the reader arms a new
+/// one. glommio's default (twice the 128-entry submission queue) ended most of them at
+/// 15,000 connections; 16,384 slots cost 256 KiB per executor (docs/benchmarks.md,
+/// "The io_uring socket path"). `COREGATE_RING_CQ` overrides it for comparisons.
+const MAIN_CQ_ENTRIES: u32 = 16384;
+
+fn main_cq_entries() -> u32 {
+    std::env::var("COREGATE_RING_CQ")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&n| (8..=65536).contains(&n))
+        .unwrap_or(MAIN_CQ_ENTRIES)
 }
 
 impl SleepableRing {
     fn new(
         size: usize,
+        cq_entries: Option<u32>,
         name: &'static str,
         allocator: Rc<UringBufferAllocator>,
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: new_coop_ring(size as _)?,
+            ring: new_coop_ring(size as _, cq_entries)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1381,10 +1403,16 @@ impl Reactor {
         let registry = vec![allocator.as_bytes()];
 
         let main_ring =
-            SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
+            SleepableRing::new(
+                ring_depth,
+                Some(main_cq_entries()),
+                "main",
+                allocator.clone(),
+                source_map.clone(),
+            )?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
         let mut latency_ring =
-            SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
+            SleepableRing::new(ring_depth, None, "latency", allocator.clone(), source_map.clone())?;
 
         match main_ring.registrar().register_buffers_by_ref(&registry) {
             Err(x) => warn!("Error: registering buffers in the main ring. Skipping{x:#?}"),
@@ -2261,7 +2289,7 @@ mod tests {
     fn sqe_link_chain() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(4, "main", allocator, source_map).unwrap();
+        let mut ring = SleepableRing::new(4, None, "main", allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
@@ -2295,7 +2323,7 @@ mod tests {
     fn unterminated_sqe_link_chain() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(2, "main", allocator, source_map).unwrap();
+        let mut ring = SleepableRing::new(2, None, "main", allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
@@ -2315,7 +2343,7 @@ mod tests {
     fn sqe_link_chain_overflow() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(2, "main", allocator, source_map).unwrap();
+        let mut ring = SleepableRing::new(2, None, "main", allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
