@@ -10,6 +10,7 @@ request against connections for the proxied `small` path (and `health`), coregat
 """
 import collections
 import json
+import math
 import statistics as st
 import sys
 
@@ -56,15 +57,18 @@ def svg(pts, out, paths=("small", "health")):
     for path in paths:
         for t in ("coregate", "nginx"):
             xs = sorted({k[1] for k in pts if k[0] == path and k[2] == t})
-            ys = [(x, med(pts, (path, x, t))[0]) for x in xs]
+            ys = [(x, med(pts, (path, x, t))[0], med(pts, (path, x, t))[2]) for x in xs]
             if ys:
                 series[f"{t} {path}"] = ys
     if not series:
         return
     W, H, L, B, T, R = 760, 420, 60, 50, 30, 170
-    xmax = max(x for s in series.values() for x, _ in s)
-    ymax = max(y for s in series.values() for _, y in s) * 1.1
-    sx = lambda x: L + (W - L - R) * x / xmax
+    # Log scale: the points run from 100 to 18,000 connections.
+    xmin = min(x for s in series.values() for x, _, _ in s)
+    xmax = max(x for s in series.values() for x, _, _ in s)
+    ymax = max(y for s in series.values() for _, y, _ in s) * 1.1
+    span = math.log10(xmax) - math.log10(xmin) or 1
+    sx = lambda x: L + 10 + (W - L - R - 20) * (math.log10(x) - math.log10(xmin)) / span
     sy = lambda y: H - B - (H - B - T) * y / ymax
     colors = {"coregate small": "#d62728", "nginx small": "#1f77b4",
               "coregate health": "#ff9896", "nginx health": "#aec7e8"}
@@ -73,19 +77,21 @@ def svg(pts, out, paths=("small", "health")):
          f'<text x="{L}" y="18" font-size="14">Server CPU µs per request vs connections (1 core, medians)</text>',
          f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="black"/>',
          f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
-         f'<text x="{(W - R + L) / 2}" y="{H - 12}" text-anchor="middle">connections</text>']
+         f'<text x="{(W - R + L) / 2}" y="{H - 12}" text-anchor="middle">connections (log scale); '
+         f'hollow marker: the point had socket errors or non-2xx</text>']
     step = 5 if ymax < 60 else 10
     for y in range(0, int(ymax) + 1, step):
         o.append(f'<line x1="{L - 4}" y1="{sy(y):.1f}" x2="{W - R}" y2="{sy(y):.1f}" stroke="#eee"/>')
         o.append(f'<text x="{L - 8}" y="{sy(y) + 4:.1f}" text-anchor="end">{y}</text>')
-    for x in sorted({x for s in series.values() for x, _ in s}):
+    for x in sorted({x for s in series.values() for x, _, _ in s}):
         o.append(f'<text x="{sx(x):.1f}" y="{H - B + 16}" text-anchor="middle">{x}</text>')
     for i, (name, s) in enumerate(series.items()):
         c = colors.get(name, "#555")
-        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
+        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, _ in s)
         o.append(f'<polyline points="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
-        for x, y in s:
-            o.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"/>')
+        for x, y, errs in s:
+            fill = "white" if errs else c
+            o.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{fill}" stroke="{c}" stroke-width="2"/>')
         o.append(f'<rect x="{W - R + 15}" y="{T + 20 * i}" width="12" height="12" fill="{c}"/>')
         o.append(f'<text x="{W - R + 32}" y="{T + 20 * i + 11}">{name}</text>')
     o.append("</svg>")
