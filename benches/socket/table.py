@@ -22,6 +22,12 @@ def load(paths):
             r = json.loads(line)
             if "error" in r or "server_cpu_us_per_req" not in r:
                 continue
+            if not r.get("requests"):
+                # No request completed in the window (connection set-up took it all): the
+                # CPU per request is a division by zero, not a cost.
+                print(f"dropped: {p}: {r['target']} {r['path_kind']}@{r['conns']} "
+                      "completed no request", file=sys.stderr)
+                continue
             errs = (r.get("socket_errors") or 0) + (r.get("non2xx") or 0)
             pts[(r["path_kind"], r["conns"], r["target"])].append(
                 (r["server_cpu_us_per_req"], r.get("p99_us", 0) / 1000, errs))
