@@ -31,6 +31,7 @@ fn each_check_prints_one_line() {
     for name in [
         "kernel",
         "io_uring",
+        "socket_reads",
         "nofile",
         "memlock",
         "somaxconn",
@@ -42,4 +43,32 @@ fn each_check_prints_one_line() {
             "{name} missing:\n{text}"
         );
     }
+}
+
+#[test]
+fn socket_reads_names_the_path_and_the_switch() {
+    let on = Command::new(BIN)
+        .arg("doctor")
+        .output()
+        .expect("run doctor");
+    let on = String::from_utf8_lossy(&on.stdout);
+    let line = on.lines().find(|l| l.contains("socket_reads")).expect(&on);
+    // Either path is right for some kernel; the line says which, and why when it is the slow one.
+    assert!(
+        line.contains("multishot io_uring receives")
+            || line.contains("no incremental provided-buffer rings"),
+        "{on}"
+    );
+    let off = Command::new(BIN)
+        .arg("doctor")
+        .env("COREGATE_NO_MULTISHOT_RECV", "1")
+        .output()
+        .expect("run doctor");
+    let off = String::from_utf8_lossy(&off.stdout);
+    assert!(
+        off.lines().any(|l| l.contains("warn")
+            && l.contains("socket_reads")
+            && l.contains("COREGATE_NO_MULTISHOT_RECV is set")),
+        "{off}"
+    );
 }

@@ -55,7 +55,7 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
     let online = coregate_runtime::cores::online_cores();
     let cores = coregate_runtime::cores::parse_core_list(&config.server.cores, &online);
     let shards = cores.as_ref().map(|c| c.len()).unwrap_or(1).max(1);
-    let mut out = vec![kernel_check(), io_uring_check()];
+    let mut out = vec![kernel_check(), io_uring_check(), socket_reads_check()];
     out.push(nofile_check(config, shards));
     out.push(memlock_check(shards));
     out.push(somaxconn_check(config));
@@ -145,6 +145,37 @@ fn io_uring_check() -> Check {
     // SAFETY: fd is the ring descriptor just returned to us.
     unsafe { libc::close(fd as i32) };
     check(Level::Ok, "io_uring", "available".into(), None)
+}
+
+/// Starts a short-lived executor, as a shard would, and reports its socket read path.
+fn socket_reads_check() -> Check {
+    use coregate_runtime::executor::{multishot_receives, pinned_executor, socket_reads};
+    let probe = pinned_executor("doctor", None).map(|ex| ex.run(async { multishot_receives() }));
+    match probe {
+        Ok(true) => check(Level::Ok, "socket_reads", socket_reads(true).into(), None),
+        Ok(false) if std::env::var_os("COREGATE_NO_MULTISHOT_RECV").is_some() => check(
+            Level::Warn,
+            "socket_reads",
+            format!("{}: COREGATE_NO_MULTISHOT_RECV is set", socket_reads(false)),
+            Some("unset COREGATE_NO_MULTISHOT_RECV".into()),
+        ),
+        Ok(false) => check(
+            Level::Warn,
+            "socket_reads",
+            format!(
+                "{}: no incremental provided-buffer rings in this kernel; each read costs \
+                 a readiness poll, more CPU per request at thousands of connections",
+                socket_reads(false)
+            ),
+            Some("Linux 6.12 or newer (IOU_PBUF_RING_INC)".into()),
+        ),
+        Err(e) => check(
+            Level::Warn,
+            "socket_reads",
+            format!("not probed: {e}"),
+            None,
+        ),
+    }
 }
 
 fn nofile_check(config: &Config, shards: usize) -> Check {

@@ -257,6 +257,14 @@ async fn shard_main(spec: ShardSpec) {
         redis_limits: RefCell::new(crate::tenants::redis::for_config(cfg, tenant_count)),
         inflight: Cell::new(0),
     });
+    if spec.id == 0 {
+        // Once per process: which read path this kernel gave the shards (all alike).
+        let multishot = coregate_runtime::executor::multishot_receives();
+        coregate_runtime::log::info(&format!(
+            "socket reads: {}",
+            coregate_runtime::executor::socket_reads(multishot)
+        ));
+    }
     let _ = spec.ready.send(Ok(()));
     let fault = injected_fault(spec.id);
 

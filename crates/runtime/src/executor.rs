@@ -41,3 +41,18 @@ where
         Err(e) => on_error(e),
     }
 }
+
+/// Whether the current thread's executor reads sockets through multishot io_uring receives
+/// (glommio patch 5: Linux 6.12+ and `COREGATE_NO_MULTISHOT_RECV` unset) rather than
+/// readiness polls; for the start-up log and `coregate doctor`. Call it on an executor.
+pub fn multishot_receives() -> bool {
+    glommio::executor().multishot_recv()
+}
+
+/// The read path [`multishot_receives`] names, in words for logs and the doctor.
+pub fn socket_reads(multishot: bool) -> &'static str {
+    match multishot {
+        true => "multishot io_uring receives into a provided-buffer ring",
+        false => "readiness polls and recv (glommio's path)",
+    }
+}

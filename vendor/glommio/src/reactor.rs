@@ -526,6 +526,11 @@ impl Reactor {
         Ok(source)
     }
 
+    /// coregate: whether sockets read through multishot receives on this thread.
+    pub(crate) fn multishot_recv(&self) -> bool {
+        self.sys.multishot_recv()
+    }
+
     /// coregate: a receive queue for a multishot receive; `None` without a buffer ring.
     pub(crate) fn recv_queue(
         &self,

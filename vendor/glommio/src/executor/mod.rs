@@ -2080,6 +2080,13 @@ pub unsafe fn spawn_scoped_local_into<'a, T>(
 pub struct ExecutorProxy {}
 
 impl ExecutorProxy {
+    /// coregate patch: whether this executor's sockets read through multishot io_uring
+    /// receives into a provided-buffer ring (Linux 6.12+), rather than glommio's
+    /// readiness poll and `recv` (older kernels, `COREGATE_NO_MULTISHOT_RECV=1`).
+    pub fn multishot_recv(&self) -> bool {
+        self.reactor().multishot_recv()
+    }
+
     /// Checks if this task has run for too long and need to be preempted. This
     /// is useful for situations where we can't call .await, for instance,
     /// if a [`RefMut`] is held. If this tests true, then the user is

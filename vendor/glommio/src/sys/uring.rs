@@ -1610,6 +1610,12 @@ impl Reactor {
         );
     }
 
+    /// coregate: whether sockets read through multishot receives (a buffer ring is
+    /// registered on this thread).
+    pub(crate) fn multishot_recv(&self) -> bool {
+        self.recv_ring.is_some()
+    }
+
     /// coregate: a queue for a multishot receive, when this thread has a buffer ring.
     pub(crate) fn recv_queue(&self) -> Option<super::recv_ring::RecvQueue> {
         self.recv_ring.clone().map(super::recv_ring::RecvQueue::new)
