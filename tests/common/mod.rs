@@ -19,11 +19,38 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A fresh scratch directory for one test, removed when the test binary exits (passed or
+/// failed: a failing test prints the logs it needs in its panic message).
+/// `COREGATE_KEEP_TEST_DIRS=1` keeps them for a look afterwards.
 pub fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("coregate-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("tmpdir");
+    remove_at_exit(d.clone());
     d
+}
+
+static SCRATCH: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn remove_at_exit(dir: PathBuf) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: atexit only stores the function pointer; remove_scratch is a plain
+        // extern "C" fn that does not unwind.
+        unsafe { libc::atexit(remove_scratch) };
+    });
+    SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+}
+
+/// Runs at the test binary's exit (after every test, and after a failure's exit(101)).
+extern "C" fn remove_scratch() {
+    if std::env::var_os("COREGATE_KEEP_TEST_DIRS").is_some_and(|v| v == "1") {
+        return;
+    }
+    let dirs = std::mem::take(&mut *SCRATCH.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// Sends signal `sig` to process `pid` (libc::kill, so no `kill` program is needed).
