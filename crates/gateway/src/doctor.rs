@@ -169,10 +169,12 @@ fn socket_reads_check() -> Check {
             ),
             Some("Linux 6.12 or newer (IOU_PBUF_RING_INC)".into()),
         ),
-        Err(e) => check(
+        // The executor's own error ends in "run `coregate doctor`": this is the doctor,
+        // and the io_uring and memlock lines say why it could not start.
+        Err(_) => check(
             Level::Warn,
             "socket_reads",
-            format!("not probed: {e}"),
+            "not probed: an io_uring executor could not start (see io_uring, memlock)".into(),
             None,
         ),
     }
@@ -314,7 +316,9 @@ pub fn migrate_req_check() -> Check {
             Level::Warn,
             MIGRATE_REQ,
             format!(
-                "net.ipv4.tcp_migrate_req is {v}: in an upgrade (serve --takeover), connections                  still queued on the old process's listeners when it drains are reset"
+                "net.ipv4.tcp_migrate_req is {v}: in an upgrade (serve --takeover), \
+                 connections still queued on the old process's listeners when it drains \
+                 are reset"
             ),
             Some("sysctl -w net.ipv4.tcp_migrate_req=1 (tuning/profiles set it)".into()),
         ),
