@@ -146,20 +146,11 @@ impl IoUring {
         flags: SetupFlags,
         features: SetupFeatures,
     ) -> io::Result<IoUring> {
-        unsafe {
-            let mut params: uring_sys::io_uring_params = mem::zeroed();
-            params.flags = flags.bits();
-            params.features = features.bits();
-            let mut ring = MaybeUninit::uninit();
-            resultify(uring_sys::io_uring_queue_init_params(
-                entries as _,
-                ring.as_mut_ptr(),
-                &mut params,
-            ))?;
-            Ok(IoUring {
-                ring: ring.assume_init(),
-            })
-        }
+        // SAFETY: io_uring_params is plain data; all-zero is its documented default.
+        let mut params: uring_sys::io_uring_params = unsafe { mem::zeroed() };
+        params.flags = flags.bits();
+        params.features = features.bits();
+        IoUring::with_params(entries, params)
     }
 
     /// coregate patch: like [`IoUring::new_with_flags`], with a completion queue of
@@ -169,14 +160,18 @@ impl IoUring {
         cq_entries: u32,
         flags: SetupFlags,
     ) -> io::Result<IoUring> {
-        // SAFETY: io_uring_params is plain data for which all-zero is the documented
-        // default; io_uring_queue_init_params initialises `ring` fully when it returns 0,
-        // and resultify returns before assume_init otherwise.
+        // SAFETY: io_uring_params is plain data; all-zero is its documented default.
+        let mut params: uring_sys::io_uring_params = unsafe { mem::zeroed() };
+        params.flags = (flags | SetupFlags::CQSIZE).bits();
+        params.cq_entries = cq_entries;
+        IoUring::with_params(entries, params)
+    }
+
+    fn with_params(entries: u32, mut params: uring_sys::io_uring_params) -> io::Result<IoUring> {
+        let mut ring = MaybeUninit::uninit();
+        // SAFETY: io_uring_queue_init_params initialises `ring` fully when it returns 0;
+        // resultify returns before assume_init otherwise.
         unsafe {
-            let mut params: uring_sys::io_uring_params = mem::zeroed();
-            params.flags = (flags | SetupFlags::CQSIZE).bits();
-            params.cq_entries = cq_entries;
-            let mut ring = MaybeUninit::uninit();
             resultify(uring_sys::io_uring_queue_init_params(
                 entries as _,
                 ring.as_mut_ptr(),

@@ -940,22 +940,16 @@ struct SleepableRing {
 /// coregate patch: ask for IORING_SETUP_COOP_TASKRUN so that a socket becoming ready
 /// while this thread runs does not cost the waking CPU an inter-processor interrupt
 /// (measured: a third of a loopback sender's time). Falls back on kernels before 5.19.
-/// `cq_entries`, when given, sizes the completion queue (see [`MAIN_CQ_ENTRIES`]).
+/// `cq_entries`, when given and above the default (twice `size`), sizes the completion
+/// queue (see [`MAIN_CQ_ENTRIES`]).
 fn new_coop_ring(size: u32, cq_entries: Option<u32>) -> io::Result<iou::IoUring> {
-    let coop = if std::env::var_os("COREGATE_NO_COOP_TASKRUN").is_none() {
-        iou::SetupFlags::COOP_TASKRUN
-    } else {
-        iou::SetupFlags::empty()
-    };
-    if let Some(cq) = cq_entries.filter(|&cq| cq > size * 2) {
-        if let Ok(ring) = iou::IoUring::new_with_cq_size(size, cq, iou::SetupFlags::from_bits_truncate(coop.bits())) {
+    let cq = cq_entries.map_or(size * 2, |cq| cq.max(size * 2));
+    if std::env::var_os("COREGATE_NO_COOP_TASKRUN").is_none() {
+        if let Ok(ring) = iou::IoUring::new_with_cq_size(size, cq, iou::SetupFlags::COOP_TASKRUN) {
             return Ok(ring);
         }
     }
-    if let Ok(ring) = iou::IoUring::new_with_flags(size, coop, iou::SetupFeatures::empty()) {
-        return Ok(ring);
-    }
-    iou::IoUring::new(size)
+    iou::IoUring::new_with_cq_size(size, cq, iou::SetupFlags::empty())
 }
 
 /// coregate patch: completion-queue slots of the main ring. Every connection's multishot
