@@ -5,6 +5,12 @@ mod common;
 use common::BIN;
 use std::process::Command;
 
+/// What `coregate doctor` prints, run as `cmd` (the binary, with its environment).
+fn doctor_stdout(cmd: &mut Command) -> String {
+    let out = cmd.arg("doctor").output().expect("run doctor");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn low_nofile_warns_with_the_fix() {
     let out = Command::new("sh")
@@ -23,11 +29,7 @@ fn low_nofile_warns_with_the_fix() {
 
 #[test]
 fn each_check_prints_one_line() {
-    let out = Command::new(BIN)
-        .arg("doctor")
-        .output()
-        .expect("run doctor");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = doctor_stdout(&mut Command::new(BIN));
     for name in [
         "kernel",
         "io_uring",
@@ -47,11 +49,7 @@ fn each_check_prints_one_line() {
 
 #[test]
 fn socket_reads_names_the_path_and_the_switch() {
-    let on = Command::new(BIN)
-        .arg("doctor")
-        .output()
-        .expect("run doctor");
-    let on = String::from_utf8_lossy(&on.stdout);
+    let on = doctor_stdout(&mut Command::new(BIN));
     let line = on.lines().find(|l| l.contains("socket_reads")).expect(&on);
     // Either path is right for some kernel; the line says which, and why when it is the slow one.
     assert!(
@@ -59,12 +57,7 @@ fn socket_reads_names_the_path_and_the_switch() {
             || line.contains("no incremental provided-buffer rings"),
         "{on}"
     );
-    let off = Command::new(BIN)
-        .arg("doctor")
-        .env("COREGATE_NO_MULTISHOT_RECV", "1")
-        .output()
-        .expect("run doctor");
-    let off = String::from_utf8_lossy(&off.stdout);
+    let off = doctor_stdout(Command::new(BIN).env("COREGATE_NO_MULTISHOT_RECV", "1"));
     assert!(
         off.lines().any(|l| l.contains("warn")
             && l.contains("socket_reads")

@@ -147,21 +147,23 @@ fn io_uring_check() -> Check {
     check(Level::Ok, "io_uring", "available".into(), None)
 }
 
+const SOCKET_READS: &str = "socket_reads";
+
 /// Starts a short-lived executor, as a shard would, and reports its socket read path.
 fn socket_reads_check() -> Check {
     use coregate_runtime::executor::{multishot_receives, pinned_executor, socket_reads};
     let probe = pinned_executor("doctor", None).map(|ex| ex.run(async { multishot_receives() }));
     match probe {
-        Ok(true) => check(Level::Ok, "socket_reads", socket_reads(true).into(), None),
+        Ok(true) => check(Level::Ok, SOCKET_READS, socket_reads(true).into(), None),
         Ok(false) if std::env::var_os("COREGATE_NO_MULTISHOT_RECV").is_some() => check(
             Level::Warn,
-            "socket_reads",
+            SOCKET_READS,
             format!("{}: COREGATE_NO_MULTISHOT_RECV is set", socket_reads(false)),
             Some("unset COREGATE_NO_MULTISHOT_RECV".into()),
         ),
         Ok(false) => check(
             Level::Warn,
-            "socket_reads",
+            SOCKET_READS,
             format!(
                 "{}: no incremental provided-buffer rings in this kernel; each read costs \
                  a readiness poll, more CPU per request at thousands of connections",
@@ -173,7 +175,7 @@ fn socket_reads_check() -> Check {
         // and the io_uring and memlock lines say why it could not start.
         Err(_) => check(
             Level::Warn,
-            "socket_reads",
+            SOCKET_READS,
             "not probed: an io_uring executor could not start (see io_uring, memlock)".into(),
             None,
         ),
