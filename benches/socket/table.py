@@ -63,7 +63,10 @@ def svg(pts, out, paths=("small", "health")):
     for path in paths:
         for t in ("coregate", "nginx"):
             xs = sorted({k[1] for k in pts if k[0] == path and k[2] == t})
-            ys = [(x, med(pts, (path, x, t))[0], med(pts, (path, x, t))[2]) for x in xs]
+            ys = []
+            for x in xs:
+                cpu, _, errs, _ = med(pts, (path, x, t))
+                ys.append((x, cpu, errs))
             if ys:
                 series[f"{t} {path}"] = ys
     if not series:
