@@ -6,15 +6,10 @@
 # writes a targets file there (the testbed's own lines plus the forwarders) and runs the
 # testbed REPEATS times (default 3). Results: target/floor/floor-N.jsonl.
 set -eu
-HERE="$(cd "$(dirname "$0")/../.." && pwd)"
-TESTBED="${TESTBED:-$HERE/../shared/bench}"
-OUT="$HERE/target/floor"
+. "$(dirname "$0")/../testbed.sh"
 REPEATS="${1:-3}"
 shift 1 2>/dev/null || true
-mkdir -p "$OUT"
-export COREGATE_BIN="${COREGATE_BIN:-$HERE/target/release/coregate}"
-[ -x "$COREGATE_BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
-gcc -O2 -Wall -D_GNU_SOURCE -o "$OUT/forward_epoll" "$HERE/benches/floor/forward_epoll.c"
+testbed_prepare floor
 targets=nginx,coregate,fwd-epoll
 grep -v '^#' "$TESTBED/targets.conf" | grep -v '^$' > "$OUT/targets.conf"
 echo "fwd-epoll 8085 yes small,big $OUT/forward_epoll {PORT} 9001" >> "$OUT/targets.conf"
@@ -25,7 +20,4 @@ else
     echo "liburing-dev missing: measuring the epoll floor only" >&2
 fi
 [ $# -gt 0 ] || set -- --paths small,big --conns 100,1000 --duration 4 --warmup 1
-for i in $(seq "$REPEATS"); do
-    "$TESTBED/run.sh" --targets-file "$OUT/targets.conf" --targets "$targets" "$@" \
-        --out "$OUT/floor-$i.jsonl"
-done
+testbed_repeat "$REPEATS" "$targets" floor "$@"

@@ -9,26 +9,18 @@
 #   python3 benches/socket/table.py target/socket/socket-*.jsonl
 # prints the medians and writes the flatness chart.
 set -eu
-HERE="$(cd "$(dirname "$0")/../.." && pwd)"
-TESTBED="${TESTBED:-$HERE/../shared/bench}"
-OUT="$HERE/target/socket"
+. "$(dirname "$0")/../testbed.sh"
 REPEATS="${1:-3}"
 shift 1 2>/dev/null || true
-mkdir -p "$OUT"
-BIN="${COREGATE_BIN:-$HERE/target/release/coregate}"
-[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
-gcc -O2 -Wall -D_GNU_SOURCE -o "$OUT/forward_epoll" "$HERE/benches/floor/forward_epoll.c"
+testbed_prepare socket
 serve='serve --cores {CPUS} --listen 127.0.0.1:{PORT} --upstream {UPSTREAM} --admin ""'
 {
     grep '^nginx ' "$TESTBED/targets.conf"
-    echo "coregate 8084 yes health,small,big $BIN $serve"
-    echo "coregate-poll 8086 yes health,small,big env COREGATE_NO_MULTISHOT_RECV=1 $BIN $serve"
+    echo "coregate 8084 yes health,small,big $COREGATE_BIN $serve"
+    echo "coregate-poll 8086 yes health,small,big env COREGATE_NO_MULTISHOT_RECV=1 $COREGATE_BIN $serve"
     [ -z "${BEFORE_BIN:-}" ] || echo "coregate-before 8087 yes health,small,big $BEFORE_BIN $serve"
     echo "fwd-epoll 8085 yes small,big $OUT/forward_epoll {PORT} 9001"
 } > "$OUT/targets.conf"
 targets=nginx,coregate,coregate-poll${BEFORE_BIN:+,coregate-before},fwd-epoll
 [ $# -gt 0 ] || set -- --paths health,small,big --conns 100,1000,5000,15000 --duration 4 --warmup 1
-for i in $(seq "$REPEATS"); do
-    "$TESTBED/run.sh" --targets-file "$OUT/targets.conf" --targets "$targets" "$@" \
-        --out "$OUT/socket-$i.jsonl"
-done
+testbed_repeat "$REPEATS" "$targets" socket "$@"
