@@ -74,7 +74,7 @@ pub(crate) struct BufRing {
 
 impl BufRing {
     /// Registers `count` (a power of two) buffers of `size` bytes with the ring `ring_fd`.
-    /// `None` when the kernel refuses (before 5.19) or `COREGATE_NO_MULTISHOT_RECV` is set.
+    /// `None` before Linux 6.12 (no incremental buffers) or with `COREGATE_NO_MULTISHOT_RECV`.
     pub(crate) fn register(ring_fd: RawFd, count: u16, size: usize) -> Option<Rc<BufRing>> {
         if std::env::var_os("COREGATE_NO_MULTISHOT_RECV").is_some() || !count.is_power_of_two() {
             return None;
