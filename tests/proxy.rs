@@ -54,7 +54,8 @@ fn sequential_requests_reuse_one_provider_connection() {
         assert_eq!(resp.status, 200);
         assert_eq!(resp.body.len(), 100 + i);
     }
-    let s = gw.stats_until(|s| provider(s, "m")["requests"] == 20);
+    // Responses are counted after the client has its bytes: wait for the last one.
+    let s = gw.stats_until(|s| provider(s, "m")["responses"]["2xx"] == 20);
     let p = provider(&s, "m");
     assert_eq!(p["pool"]["new_connections"], 1, "{p}");
     assert_eq!(p["pool"]["hits"], 19);
@@ -93,7 +94,7 @@ fn concurrent_requests_on_one_shard() {
     for t in threads {
         t.join().expect("client thread");
     }
-    let s = gw.stats_until(|s| provider(s, "mock")["requests"] == 400);
+    let s = gw.stats_until(|s| provider(s, "mock")["responses"]["2xx"] == 400);
     let p = provider(&s, "mock");
     assert_eq!(p["responses"]["2xx"], 400, "{p}");
     assert!(
