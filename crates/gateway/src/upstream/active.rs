@@ -12,7 +12,8 @@
 //! one that recovered while ejected.
 //!
 //! An endpoint goes down after `unhealthy_threshold` failed probes in a row and up after
-//! `healthy_threshold` good ones (a 2xx or 3xx within `timeout_ms`); it starts up.
+//! `healthy_threshold` good ones (a 2xx or 3xx within `timeout_ms`); it starts up, and its
+//! first good probe is sent to the shards whatever they held (a reload starts a new prober).
 
 use super::endpoint::{parse_endpoint, EndpointSpec};
 use super::ProviderConfig;
@@ -98,6 +99,10 @@ struct Probe {
     up: bool,
     /// Probes in a row that disagree with `up`.
     against: u32,
+    /// The shards have heard a verdict of this prober about the endpoint. Until then they
+    /// may still hold a `down` from the prober of the config before a reload, so the first
+    /// good probe is always sent.
+    told: bool,
 }
 
 /// What every probe of one provider shares.
@@ -157,6 +162,7 @@ pub fn spawn(
                     spec,
                     up: true,
                     against: 0,
+                    told: false,
                 })
             })
             .collect();
@@ -218,8 +224,14 @@ fn run(
     }
 }
 
-/// Folds one probe's result in; returns the new verdict when it changed.
+/// Folds one probe's result in; returns the new verdict when it changed (or when it is the
+/// first good one: see `Probe::told`).
 fn judge(probe: &mut Probe, check: &HealthCheck, ok: bool) -> Option<bool> {
+    if ok && !probe.told {
+        probe.told = true;
+        probe.against = 0;
+        return Some(true);
+    }
     if ok == probe.up {
         probe.against = 0;
         return None;
@@ -235,6 +247,7 @@ fn judge(probe: &mut Probe, check: &HealthCheck, ok: bool) -> Option<bool> {
     }
     probe.up = ok;
     probe.against = 0;
+    probe.told = true;
     Some(ok)
 }
 
@@ -320,7 +333,33 @@ mod tests {
             spec: parse_endpoint("127.0.0.1:1").unwrap(),
             up: true,
             against: 0,
+            told: true,
         }
+    }
+
+    #[test]
+    fn the_first_good_probe_is_announced_even_when_nothing_changed() {
+        let check = HealthCheck {
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            ..Default::default()
+        };
+        // A reload's new prober: the shards may still think the endpoint is down.
+        let mut p = Probe {
+            told: false,
+            ..probe()
+        };
+        assert_eq!(judge(&mut p, &check, true), Some(true));
+        assert_eq!(judge(&mut p, &check, true), None);
+        // A first failure is judged by the thresholds, as before.
+        let mut p = Probe {
+            told: false,
+            ..probe()
+        };
+        assert_eq!(judge(&mut p, &check, false), None);
+        assert_eq!(judge(&mut p, &check, false), Some(false));
+        assert_eq!(judge(&mut p, &check, true), None);
+        assert_eq!(judge(&mut p, &check, true), Some(true));
     }
 
     #[test]
