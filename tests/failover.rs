@@ -160,3 +160,174 @@ fn answers_5xx_in_a_row_eject_too_unless_turned_off() {
     assert_eq!(s["total"]["providers"]["off"]["endpoints"]["ejections"], 0);
     assert!(gw.proc.log_text().contains("(last failure: status 503)"));
 }
+
+/// A provider endpoint whose answer the test switches: it answers every request head with
+/// `status` (200 "ok" or a 500) over keep-alive connections, and counts the heads it saw.
+struct Switchable {
+    port: u16,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Switchable {
+    fn start() -> Switchable {
+        use std::sync::atomic::{AtomicU16, AtomicU64};
+        use std::sync::Arc;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (status, seen) = (Arc::new(AtomicU16::new(200)), Arc::new(AtomicU64::new(0)));
+        let (st, sn) = (status.clone(), seen.clone());
+        // The threads end with the test process; they hold no file or child process.
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let (st, sn) = (st.clone(), sn.clone());
+                std::thread::spawn(move || Switchable::serve(conn, &st, &sn));
+            }
+        });
+        Switchable { port, status, seen }
+    }
+
+    fn serve(
+        mut conn: std::net::TcpStream,
+        status: &std::sync::atomic::AtomicU16,
+        seen: &std::sync::atomic::AtomicU64,
+    ) {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                pending.drain(..end + 4);
+                seen.fetch_add(1, SeqCst);
+                let answer: &[u8] = match status.load(SeqCst) {
+                    200 => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    _ => b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail",
+                };
+                if conn.write_all(answer).is_err() {
+                    return;
+                }
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    fn set(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn seen(&self) -> u64 {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn statuses(port: u16, n: usize) -> Vec<u16> {
+    (0..n).map(|_| get(port).status).collect()
+}
+
+#[test]
+fn an_endpoint_that_starts_failing_is_ejected_within_its_threshold_and_comes_back() {
+    let live = free_port();
+    let _live = mock_provider("midrun-live", live);
+    let flaky = Switchable::start();
+    let gw = gateway(
+        "midrun",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"p\"\nendpoints = [\"127.0.0.1:{live}\", \"127.0.0.1:{}\"]\n\
+             eject_after_failures = 3\neject_base_ms = 1500\neject_max_ms = 1500\n\
+             [[routes]]\nprefix = \"/\"\nprovider = \"p\"\n",
+            flaky.port
+        ),
+    );
+    assert!(statuses(gw.port, 20).iter().all(|&s| s == 200));
+    assert!(flaky.seen() >= 5, "both endpoints take traffic");
+    // It starts failing mid-run: the client sees exactly the failures that eject it (the
+    // 500s were answers, relayed as they are), then none.
+    flaky.set(500);
+    let during = statuses(gw.port, 40);
+    let failed = during.iter().filter(|&&s| s == 500).count();
+    assert_eq!(failed, 3, "{during:?}");
+    assert!(
+        during[during.len() - 20..].iter().all(|&s| s == 200),
+        "{during:?}"
+    );
+    let s = gw.stats_until(|s| s["total"]["providers"]["p"]["endpoints"]["ejections"] == 1);
+    assert_eq!(s["total"]["providers"]["p"]["endpoints"]["ejected"], 1);
+
+    // It recovers: once its ejection is over a probe puts it back, and traffic returns.
+    flaky.set(200);
+    std::thread::sleep(Duration::from_millis(1600));
+    let before = flaky.seen();
+    assert!(statuses(gw.port, 20).iter().all(|&s| s == 200));
+    let share = flaky.seen() - before;
+    assert!(
+        share >= 5,
+        "{share} of 20 requests went to the recovered endpoint"
+    );
+    let s = gw.stats_until(|s| s["total"]["providers"]["p"]["endpoints"]["ejected"] == 0);
+    assert_eq!(s["total"]["providers"]["p"]["responses"]["5xx"], 3);
+}
+
+#[test]
+fn a_provider_whose_endpoints_all_answer_5xx_hands_requests_to_its_fallback() {
+    let backup = free_port();
+    let _backup = mock_provider("fallback-5xx-backup", backup);
+    let broken = Switchable::start();
+    broken.set(500);
+    let gw = gateway(
+        "fallback-5xx",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"primary\"\nendpoints = [\"127.0.0.1:{}\"]\n\
+             eject_after_failures = 2\neject_base_ms = 30000\nfallback = \"backup\"\n\
+             [[providers]]\nname = \"backup\"\nendpoints = [\"127.0.0.1:{backup}\"]\n\
+             [[routes]]\nprefix = \"/\"\nprovider = \"primary\"\n",
+            broken.port
+        ),
+    );
+    // Its endpoint accepts connections and answers 500: two answers eject it, and from
+    // then on the fallback answers instead of a likely failure.
+    assert_eq!(statuses(gw.port, 2), vec![500, 500]);
+    assert!(statuses(gw.port, 10).iter().all(|&s| s == 200));
+    assert_eq!(broken.seen(), 2);
+    let s = gw.stats_until(|s| s["total"]["providers"]["backup"]["responses"]["2xx"] == 10);
+    let primary = &s["total"]["providers"]["primary"]["endpoints"];
+    assert_eq!(primary["fallbacks"], 10, "{primary}");
+    assert_eq!(
+        primary["retry_reasons"]["no_healthy_endpoint"], 10,
+        "{primary}"
+    );
+}
+
+#[test]
+fn a_provider_connection_answered_before_the_body_was_sent_is_not_reused() {
+    // The endpoint answers each request head at once, without reading its body.
+    let early = Switchable::start();
+    let gw = gateway(
+        "early-answer",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"p\"\nendpoints = [\"127.0.0.1:{}\"]\n\
+             [[routes]]\nprefix = \"/\"\nprovider = \"p\"\n",
+            early.port
+        ),
+    );
+    let mut r = Reader::new(gw.connect());
+    r.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+    r.send(&[b'x'; 1000]);
+    let resp = r.response(false).expect("the provider's early answer");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "ok"));
+    // The rest of the body may or may not be taken; the connection it was going to must
+    // not carry another request (its next bytes would be this body's).
+    let _ = std::io::Write::write_all(&mut r.stream, &[b'x'; 99_000]);
+    assert_eq!(get(gw.port).status, 200);
+    let s = gw.stats_until(|s| s["total"]["providers"]["p"]["responses"]["2xx"] == 2);
+    let pool = &s["total"]["providers"]["p"]["pool"];
+    assert_eq!(pool["new_connections"], 2, "{pool}");
+    assert_eq!(pool["hits"], 0, "{pool}");
+}

@@ -657,15 +657,27 @@ fn queue_at_the_pool_cap_then_503() {
             })
         })
         .collect();
-    let mut statuses: Vec<u16> = clients
+    let mut answers: Vec<(u16, String)> = clients
         .into_iter()
-        .map(|c| c.join().expect("client").status)
+        .map(|c| c.join().expect("client"))
+        .map(|r| {
+            let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            (
+                r.status,
+                json["error"]["code"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect();
-    statuses.sort_unstable();
+    answers.sort_unstable();
+    let codes = |v: &[(u16, String)]| {
+        v.iter()
+            .map(|(s, c)| format!("{s} {c}"))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
-        statuses,
-        vec![200, 503, 503],
-        "one holds the connection, one times out queued, one finds the queue full"
+        codes(&answers),
+        ["200 ", "503 queue_full", "503 queue_timeout"],
+        "one holds the connection, one finds the queue full, one times out queued"
     );
     let resp = request(gw.port, &get("/p/bytes?size=1"));
     assert_eq!(resp.status, 200);

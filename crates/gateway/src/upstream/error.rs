@@ -31,11 +31,16 @@ pub enum UpstreamError {
     /// No common version, cipher or ALPN, an alert, or not TLS at all.
     TlsProtocol,
     TlsTimeout,
+    /// Every connection to the endpoint is busy and its wait queue is full.
+    QueueFull,
+    /// Every endpoint of the provider is ejected or down (used only to move to a fallback
+    /// provider; without one, the request tries an endpoint anyway).
+    NoHealthyEndpoint,
 }
 
 impl UpstreamError {
     /// Every kind, in the order of the per-provider error counters.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     pub const ALL: [UpstreamError; UpstreamError::COUNT] = [
         UpstreamError::ConnectRefused,
         UpstreamError::ConnectTimeout,
@@ -53,6 +58,8 @@ impl UpstreamError {
         UpstreamError::TlsBadCertificate,
         UpstreamError::TlsProtocol,
         UpstreamError::TlsTimeout,
+        UpstreamError::QueueFull,
+        UpstreamError::NoHealthyEndpoint,
     ];
 
     /// The JSON error `code` and the metric label.
@@ -74,6 +81,8 @@ impl UpstreamError {
             UpstreamError::TlsBadCertificate => "tls_bad_certificate",
             UpstreamError::TlsProtocol => "tls_protocol",
             UpstreamError::TlsTimeout => "tls_handshake_timeout",
+            UpstreamError::QueueFull => "queue_full",
+            UpstreamError::NoHealthyEndpoint => "no_healthy_endpoint",
         }
     }
 
@@ -86,7 +95,9 @@ impl UpstreamError {
             | UpstreamError::IdleTimeout
             | UpstreamError::TotalTimeout
             | UpstreamError::TlsTimeout => 504,
-            UpstreamError::QueueTimeout => 503,
+            UpstreamError::QueueTimeout
+            | UpstreamError::QueueFull
+            | UpstreamError::NoHealthyEndpoint => 503,
             UpstreamError::ConnectRefused
             | UpstreamError::ConnectError
             | UpstreamError::Reset
@@ -123,10 +134,14 @@ impl UpstreamError {
             UpstreamError::TlsBadCertificate => "provider's TLS certificate was rejected",
             UpstreamError::TlsProtocol => "TLS handshake with the provider failed",
             UpstreamError::TlsTimeout => "timed out in the TLS handshake with the provider",
+            UpstreamError::QueueFull => "every provider connection is busy and the queue is full",
+            UpstreamError::NoHealthyEndpoint => "every endpoint of the provider is out of service",
         }
     }
 
     /// Failed before a byte of the request left: another endpoint may take the request.
+    /// A queue timeout sent nothing either, but it has spent the request's wait: it is
+    /// answered, not tried elsewhere.
     pub fn nothing_sent(self) -> bool {
         matches!(
             self,
@@ -138,13 +153,20 @@ impl UpstreamError {
                 | UpstreamError::TlsCertExpired
                 | UpstreamError::TlsBadCertificate
                 | UpstreamError::TlsProtocol
+                | UpstreamError::QueueFull
+                | UpstreamError::NoHealthyEndpoint
         )
     }
 
-    /// Says something about the endpoint's health (a queue timeout says the shard's own
-    /// pool was full, not that the endpoint failed).
+    /// Says something about the endpoint's health (a full or slow queue says the shard's
+    /// own pool was full, not that the endpoint failed).
     pub fn counts_against_endpoint(self) -> bool {
-        self != UpstreamError::QueueTimeout
+        !matches!(
+            self,
+            UpstreamError::QueueTimeout
+                | UpstreamError::QueueFull
+                | UpstreamError::NoHealthyEndpoint
+        )
     }
 
     /// The kind for a failed TLS handshake with the provider.

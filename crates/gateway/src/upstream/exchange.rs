@@ -204,11 +204,19 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
     let mut retried = false;
     let mut tried = 0u64;
     loop {
-        let Some((ei, ep)) = job.provider.pick(tried) else {
+        // `pick` lives to the end of the attempt: see `Pick`.
+        let Some(pick) = job.provider.pick(tried) else {
             let e = UpstreamError::ConnectError;
             return fail(session, job, &mut body, sent_continue, e).await;
         };
-        let mut lease = match acquire(&shard, job.provider, &ep, retried).await {
+        let (ei, ep) = (pick.index, pick.ep.clone());
+        let e = match pick.in_service {
+            true => acquire(&shard, job.provider, &ep, retried).await,
+            // Every endpoint is out: a fallback provider beats a likely failure.
+            false if !job.fallbacks.is_empty() => Err(UpstreamError::NoHealthyEndpoint),
+            false => acquire(&shard, job.provider, &ep, retried).await,
+        };
+        let mut lease = match e {
             Ok(l) => l,
             Err(e) => {
                 record_outcome(&shard, job.provider, &ep, Outcome::Failed(e));

@@ -413,7 +413,7 @@ pub async fn acquire(
         return open_new(shard, provider, ep).await.map(|c| lease(c, false));
     }
     if ep.queued.get() >= cfg.queue_max {
-        return Err(UpstreamError::QueueTimeout);
+        return Err(UpstreamError::QueueFull);
     }
     let waiter = Rc::new(Waiter::default());
     waiter.queued.set(true);

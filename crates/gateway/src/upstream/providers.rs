@@ -45,6 +45,38 @@ pub struct Providers {
     pub list: Vec<Rc<Provider>>,
 }
 
+/// The endpoint chosen for one attempt. Keep it until the attempt's outcome is recorded:
+/// when the attempt is the endpoint's half-open probe and ends without a verdict, dropping
+/// the pick gives the probe up, so that the endpoint is probed again instead of staying
+/// ejected for good.
+pub struct Pick {
+    pub index: usize,
+    pub ep: Rc<Endpoint>,
+    /// `false`: every endpoint is ejected or down (or tried), and this one is a likely
+    /// failure.
+    pub in_service: bool,
+    probe: Option<u64>,
+}
+
+impl Pick {
+    fn new(index: usize, ep: &Rc<Endpoint>, in_service: bool, probe: Option<u64>) -> Pick {
+        Pick {
+            index,
+            ep: ep.clone(),
+            in_service,
+            probe,
+        }
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.probe {
+            self.ep.health.abandon_probe(ticket);
+        }
+    }
+}
+
 /// How to build one generation's providers: `addresses[p][e]` is where provider `p`'s
 /// endpoint `e` resolved, `slots[p]` its stats slot, and `connection_cap` the shard's
 /// client connection cap (the default `queue_max`).
@@ -189,6 +221,14 @@ impl Providers {
     }
 }
 
+/// A seed of its own for each provider on each shard (and each process), so that shards do
+/// not make the same choices in lockstep.
+fn random_seed(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    // Never 0: xorshift would stay there.
+    std::collections::hash_map::RandomState::new().hash_one(name) | 1
+}
+
 /// The provider's settings as a shard uses them (`queue_max = 0` means the shard's cap).
 fn effective(c: &ProviderConfig, cap: usize) -> ProviderConfig {
     ProviderConfig {
@@ -257,7 +297,7 @@ impl Provider {
             name: c.name.clone(),
             stat,
             endpoints,
-            next: Cell::new(0),
+            next: Cell::new(random_seed(&c.name) as usize),
             host_header,
             credential: c.credential_header(),
             add_headers: c
@@ -266,7 +306,7 @@ impl Provider {
                 .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
                 .collect(),
             failures: Default::default(),
-            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (c.name.len() as u64 + 1)),
+            rng: Cell::new(random_seed(&c.name)),
             equal_weights: (0..c.endpoints.len()).all(|j| c.weight(j) == c.weight(0)),
             cfg,
         })
@@ -281,8 +321,9 @@ impl Provider {
     /// weights, a tie goes to the endpoint that answered clearly faster lately. An ejected
     /// endpoint whose time is up takes one request as its probe. Weight-0 endpoints are
     /// used only when no other is in service; when every endpoint is out, they are all used
-    /// again (better a likely failure than a certain one), round-robin.
-    pub fn pick(&self, tried: u64) -> Option<(usize, Rc<Endpoint>)> {
+    /// again (better a likely failure than a certain one), round-robin, and the pick says
+    /// so (`in_service: false`) so that a provider with a fallback can use it instead.
+    pub fn pick(&self, tried: u64) -> Option<Pick> {
         let n = self.endpoints.len();
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
         let now = Instant::now();
@@ -296,7 +337,7 @@ impl Provider {
             .or_else(|| ring(start).find(|&i| usable(i)));
         let Some(a) = first else {
             let i = ring(start).find(|&i| untried(i))?;
-            return Some((i, self.endpoints[i].clone()));
+            return Some(Pick::new(i, &self.endpoints[i], false, None));
         };
         let second = ring(a + 1 + self.random() % n.max(1))
             .find(|&i| i != a && weighted(i) == weighted(a) && usable(i));
@@ -306,10 +347,9 @@ impl Provider {
             _ => a,
         };
         let ep = &self.endpoints[chosen];
-        if ep.health.availability(now) == super::health::Availability::Probe {
-            ep.health.start_probe();
-        }
-        Some((chosen, ep.clone()))
+        let probe = (ep.health.availability(now) == super::health::Availability::Probe)
+            .then(|| ep.health.start_probe());
+        Some(Pick::new(chosen, ep, true, probe))
     }
 
     /// Smooth weighted round-robin over the endpoints `eligible` says may take a request.
@@ -389,7 +429,7 @@ mod tests {
     fn picks(p: &Provider, n: usize) -> [usize; 2] {
         let mut seen = [0; 2];
         for _ in 0..n {
-            seen[p.pick(0).unwrap().0] += 1;
+            seen[p.pick(0).unwrap().index] += 1;
         }
         seen
     }
@@ -406,6 +446,43 @@ mod tests {
         p.endpoints[1].observe_latency(100, now);
         p.endpoints[1].observe_latency(100, now);
         assert_eq!(picks(&p, 20), [0, 20]);
+    }
+
+    /// Ejects endpoint `i` of `p` at `now`.
+    fn eject(p: &Provider, i: usize, now: Instant) {
+        let h = &p.endpoints[i].health;
+        while h.failure(&p.cfg, now).is_none() {}
+    }
+
+    #[test]
+    fn a_probe_pick_dropped_without_a_verdict_is_probed_again() {
+        let mut p = provider(Vec::new());
+        p.cfg.eject_after_failures = 1;
+        p.cfg.eject_base_ms = 1;
+        eject(&p, 0, Instant::now());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let probe = std::iter::repeat_with(|| p.pick(0).unwrap())
+            .take(4)
+            .find(|k| k.index == 0)
+            .expect("the ejected endpoint is probed when its time is up");
+        // One probe at a time: the others go to endpoint 1.
+        assert_eq!(picks(&p, 6), [0, 6]);
+        // The attempt ended without a verdict (say the client left): no endpoint may
+        // stay ejected for good because of it.
+        drop(probe);
+        assert!(picks(&p, 4)[0] >= 1, "endpoint 0 is probed again");
+    }
+
+    #[test]
+    fn with_every_endpoint_out_the_pick_says_it_is_not_in_service() {
+        let p = provider(Vec::new());
+        let now = Instant::now();
+        eject(&p, 0, now);
+        assert!(p.pick(0).unwrap().in_service);
+        eject(&p, 1, now);
+        let k = p.pick(0).unwrap();
+        assert!(!k.in_service);
+        assert!(p.pick(0b11).is_none(), "every endpoint tried");
     }
 
     #[test]

@@ -63,16 +63,24 @@ pub(super) async fn upgrade(
     let mut job = job;
     // A handshake that could not reach an endpoint goes on to the next one, then to the
     // fallback provider.
-    let (ep, stream) = loop {
-        let Some((ei, ep)) = job.provider.pick(tried) else {
+    // The pick is kept until the handshake's outcome is recorded (see `Pick`).
+    let (pick, stream) = loop {
+        let Some(pick) = job.provider.pick(tried) else {
             let e = UpstreamError::ConnectError;
             return fail(session, job, &mut no_body, false, e).await;
         };
+        let (ei, ep) = (pick.index, pick.ep.clone());
         let timeout = Duration::from_millis(job.provider.cfg.connect_timeout_ms);
-        match open(&shard, job.provider, &ep, timeout).await {
+        let opened = match pick.in_service {
+            true => open(&shard, job.provider, &ep, timeout).await,
+            // Every endpoint is out: a fallback provider beats a likely failure.
+            false if !job.fallbacks.is_empty() => Err(UpstreamError::NoHealthyEndpoint),
+            false => open(&shard, job.provider, &ep, timeout).await,
+        };
+        match opened {
             Ok((s, addr)) => {
                 facts.upstream.set(Some(addr));
-                break (ep, s);
+                break (pick, s);
             }
             Err(e) => {
                 record_outcome(&shard, job.provider, &ep, Outcome::Failed(e));
@@ -100,7 +108,9 @@ pub(super) async fn upgrade(
     let mut up = Wire::over(stream, TUNNEL_BUF);
     up.tx.stream.set_write_timeout(leg.limits.idle);
     if up.tx.stream.write_all(job.up_head).await.is_err() {
-        return fail(session, job, &mut no_body, false, UpstreamError::Reset).await;
+        let e = UpstreamError::Reset;
+        record_outcome(&shard, job.provider, &pick.ep, Outcome::Failed(e));
+        return fail(session, job, &mut no_body, false, e).await;
     }
     let (_, client_tx) = session.client_io();
     let outcome =
@@ -132,7 +142,7 @@ pub(super) async fn upgrade(
         Some(Download::BeforeHead(e, _)) => Outcome::Failed(*e),
         Some(Download::MidBody(_)) => Outcome::Answered(200),
     };
-    record_outcome(&shard, job.provider, &ep, health);
+    record_outcome(&shard, job.provider, &pick.ep, health);
     match outcome {
         None => {}
         Some(Download::Done { close, .. }) => {
