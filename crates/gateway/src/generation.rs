@@ -8,7 +8,7 @@
 //! is dropped when the last request holding it ends.
 //!
 //! The new config arrives as a [`NewConfig`], built and checked on the main thread (parsed,
-//! validated, names resolved, certificate files read); the shard only builds its own
+//! validated, names resolved, certificate and CA files read); the shard only builds its own
 //! single-threaded state from it.
 
 use crate::config::Config;
@@ -42,6 +42,9 @@ pub struct NewConfig {
     pub config: Config,
     /// Where each provider endpoint resolved, `[provider][endpoint]`.
     pub addresses: Addresses,
+    /// Each provider's TLS client config (`upstream::providers::client_tls`): the CA files
+    /// were read once, here, so that every shard switches to the same roots.
+    pub client_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
     pub tls: Option<ServerCerts>,
     /// Each provider's stats slot (stable across reloads for a provider name).
     pub slots: Vec<usize>,
@@ -65,6 +68,7 @@ impl NewConfig {
         let cfg = &self.config;
         let inputs = ProviderInputs {
             cfgs: &cfg.providers,
+            tls: &self.client_tls,
             addresses: &self.addresses,
             slots: &self.slots,
             connection_cap,

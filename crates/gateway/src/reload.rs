@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::generation::NewConfig;
 use crate::shard::Control;
 use crate::stats::aggregate::{Query, ReloadEvent};
-use crate::upstream::providers::{ProviderInputs, Providers};
+use crate::upstream::providers::{client_tls, ProviderInputs, Providers};
 use crate::upstream::ProviderConfig;
 use coregate_runtime::tls::ServerCerts;
 use crossbeam_channel::Sender;
@@ -175,9 +175,11 @@ impl Reloader {
             .map_err(|(key, m)| format!("{key}: {m}"))?;
         let mut slots = self.slots.clone();
         let provider_slots = slots.assign(&cfg.providers);
-        // A trial build of every provider (TLS client configs, CA files), thrown away.
+        let client_tls = client_tls(&cfg.providers).map_err(|e| format!("providers: {e}"))?;
+        // A trial build of every provider, thrown away.
         Providers::new(&ProviderInputs {
             cfgs: &cfg.providers,
+            tls: &client_tls,
             addresses: &addresses,
             slots: &provider_slots,
             connection_cap: self.connection_cap,
@@ -188,6 +190,7 @@ impl Reloader {
             number: self.generation + 1,
             config: cfg,
             addresses,
+            client_tls,
             tls,
             slots: provider_slots,
             slot_count: self.slots.names().len(),

@@ -118,6 +118,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         number: 1,
         config: config.clone(),
         addresses: addresses.clone(),
+        client_tls: crate::upstream::providers::client_tls(&config.providers)?,
         tls: tls.clone(),
         slot_count: provider_slots.len(),
         slots: provider_slots,

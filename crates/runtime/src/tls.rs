@@ -193,6 +193,15 @@ pub fn client_config(verify: Verify<'_>) -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
+/// `template` with a session cache of its own: a shard's copy of a client config built once
+/// for the process (no CA file read, no root store built on the shard), whose resumption
+/// state stays on the shard.
+pub fn with_own_sessions(template: &ClientConfig) -> Arc<ClientConfig> {
+    let mut cfg = template.clone();
+    cfg.resumption = rustls::client::Resumption::default();
+    Arc::new(cfg)
+}
+
 /// The name a client sends as SNI and verifies: a DNS name or an IP address.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');

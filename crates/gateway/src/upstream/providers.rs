@@ -16,6 +16,7 @@ use crate::stats::{EndpointStats, ProviderStats};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One provider as seen by one shard.
@@ -82,6 +83,8 @@ impl Drop for Pick {
 /// client connection cap (the default `queue_max`).
 pub struct ProviderInputs<'a> {
     pub cfgs: &'a [ProviderConfig],
+    /// Each provider's TLS client config, built once off the shards ([`client_tls`]).
+    pub tls: &'a [Option<Arc<rustls::ClientConfig>>],
     pub addresses: &'a [Vec<Vec<SocketAddr>>],
     pub slots: &'a [usize],
     pub connection_cap: usize,
@@ -90,6 +93,10 @@ pub struct ProviderInputs<'a> {
 impl ProviderInputs<'_> {
     fn resolved(&self, p: usize) -> &[Vec<SocketAddr>] {
         self.addresses.get(p).map_or(&[][..], |a| a.as_slice())
+    }
+
+    fn tls(&self, p: usize) -> Option<&rustls::ClientConfig> {
+        self.tls.get(p)?.as_deref()
     }
 
     fn slot(&self, p: usize) -> usize {
@@ -123,7 +130,10 @@ impl Providers {
                     }
                     list.push(p.clone());
                 }
-                None => list.push(Rc::new(Provider::new(cfg, inputs.resolved(i), slot)?)),
+                None => {
+                    let tls = inputs.tls(i);
+                    list.push(Rc::new(Provider::new(cfg, inputs.resolved(i), slot, tls)?));
+                }
             }
         }
         Ok(Providers { list })
@@ -221,6 +231,22 @@ impl Providers {
     }
 }
 
+/// Each provider's TLS client config (`None` for a provider without `https` endpoints),
+/// built where a config is loaded: the CA files are read there, once, and every shard gets
+/// the same roots.
+pub fn client_tls(
+    cfgs: &[ProviderConfig],
+) -> Result<Vec<Option<Arc<rustls::ClientConfig>>>, String> {
+    cfgs.iter()
+        .map(|c| match c.uses_tls() {
+            true => coregate_runtime::tls::client_config(c.verify())
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", c.name)),
+            false => Ok(None),
+        })
+        .collect()
+}
+
 /// A seed of its own for each provider on each shard (and each process), so that shards do
 /// not make the same choices in lockstep.
 fn random_seed(name: &str) -> u64 {
@@ -255,6 +281,7 @@ impl Provider {
         cfg: ProviderConfig,
         resolved: &[Vec<SocketAddr>],
         stat: usize,
+        tls: Option<&rustls::ClientConfig>,
     ) -> Result<Provider, String> {
         let c = &cfg;
         let specs = c
@@ -263,10 +290,10 @@ impl Provider {
             .map(|e| parse_endpoint(e))
             .collect::<Result<Vec<_>, _>>()?;
         // One client config (and session cache) per provider per shard.
-        let tls_config = if c.uses_tls() {
-            Some(coregate_runtime::tls::client_config(c.verify())?)
-        } else {
-            None
+        let tls_config = match (c.uses_tls(), tls) {
+            (true, Some(template)) => Some(coregate_runtime::tls::with_own_sessions(template)),
+            (true, None) => return Err(format!("{}: no TLS client config", c.name)),
+            (false, _) => None,
         };
         let mut endpoints = Vec::with_capacity(specs.len());
         for (j, spec) in specs.iter().enumerate() {
@@ -423,7 +450,7 @@ mod tests {
             vec!["127.0.0.1:1".parse().unwrap()],
             vec!["127.0.0.1:2".parse().unwrap()],
         ];
-        Provider::new(cfg, &addrs, 0).unwrap()
+        Provider::new(cfg, &addrs, 0, None).unwrap()
     }
 
     fn picks(p: &Provider, n: usize) -> [usize; 2] {
