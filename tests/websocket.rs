@@ -166,3 +166,45 @@ fn an_idle_tunnel_is_closed() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_key_sent_as_a_protocol_entry_is_selected_when_the_provider_selects_none() {
+    let dir = tmpdir("ws-key-protocol");
+    let key = dir.join("acme.key");
+    std::fs::write(&key, "sk-acme-1\n").unwrap();
+    let gw = gateway(
+        "ws-key-protocol-gw",
+        "0",
+        &format!(
+            "[auth]\nmode = \"keys\"\n[[tenants]]\nname = \"acme\"\nkeys = [\"file:{}\"]\n",
+            key.display()
+        ),
+    );
+    // A browser that can only send its key as a protocol entry fails a 101 that selects
+    // none of the protocols it offered. The mock selects none; the gateway selects the
+    // key's entry on the client's side (the provider never saw it).
+    for offered in ["coregate-key.sk-acme-1", "chat, coregate-key.sk-acme-1"] {
+        let mut r = Reader::new(gw.connect());
+        r.send(
+            ws_handshake(
+                "/v1/mock/ws",
+                &format!("Sec-WebSocket-Protocol: {offered}\r\n"),
+            )
+            .as_bytes(),
+        );
+        let resp = r.response(false).expect("101");
+        assert_eq!(resp.status, 101, "{offered}");
+        assert_eq!(
+            resp.header("sec-websocket-protocol"),
+            Some("coregate-key.sk-acme-1"),
+            "{offered}"
+        );
+        ws_echo(&mut r);
+    }
+    // A key in a header selects nothing on the provider's behalf.
+    let mut r = Reader::new(gw.connect());
+    r.send(ws_handshake("/v1/mock/ws", "Authorization: Bearer sk-acme-1\r\n").as_bytes());
+    let resp = r.response(false).expect("101");
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("sec-websocket-protocol"), None);
+}

@@ -246,6 +246,44 @@ fn push_protocols_without_key(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     }
 }
 
+/// The `coregate-key.` entry of `Sec-WebSocket-Protocol` that carried the request's gateway
+/// key, when that is where the key came from.
+pub(super) fn key_protocol(
+    buf: &[u8],
+    headers: &[HeaderRange],
+    carrier: Option<Carrier>,
+) -> Option<Vec<u8>> {
+    if !matches!(carrier, Some(Carrier::WebSocketProtocol)) {
+        return None;
+    }
+    field_elements(buf, headers, b"sec-websocket-protocol")
+        .find(|p| p.starts_with(WS_KEY_PREFIX))
+        .map(<[u8]>::to_vec)
+}
+
+/// Completes the client's 101 (just written at the end of `out`) with `Sec-WebSocket-Protocol:
+/// protocol` when the provider's (`buf`, `headers`) selected none. A browser fails a
+/// WebSocket whose 101 selects none of the protocols it offered (the WHATWG fetch standard),
+/// and a browser that sends its gateway key as a protocol entry offers at least that one,
+/// which the provider never saw: the gateway selects it on the client's side.
+pub(super) fn select_key_protocol(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    headers: &[HeaderRange],
+    protocol: &[u8],
+) {
+    if field_elements(buf, headers, b"sec-websocket-protocol")
+        .next()
+        .is_some()
+        || !out.ends_with(b"\r\n\r\n")
+    {
+        return;
+    }
+    out.truncate(out.len() - 2);
+    push_header(out, b"Sec-WebSocket-Protocol", protocol);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The request target without its `access_token` query parameter.
 fn without_query_key(target: &[u8]) -> Vec<u8> {
     let Some(q) = target.iter().position(|&b| b == b'?') else {

@@ -23,7 +23,7 @@ use super::exchange::{fail, fail_over, Job};
 use super::forward::{
     count_response_head, read_response_head, relay_response, Download, Leg, Limits, Progress,
 };
-use super::heads::{interim_head, switched_to_offered};
+use super::heads::{interim_head, select_key_protocol, switched_to_offered};
 use super::pool::{provider_stats, record_outcome, Outcome};
 use super::realtime::RealtimeUsage;
 use crate::facts::WsUsage;
@@ -125,6 +125,9 @@ pub(super) async fn upgrade(
             Ok(resp) if resp.status == 101 => {
                 count_response_head(leg, &resp);
                 interim_head(&mut client_tx.buf, up.rx.buffered(), &resp, headers);
+                if let Some(p) = job.key_protocol {
+                    select_key_protocol(&mut client_tx.buf, up.rx.buffered(), headers, p);
+                }
                 up.rx.consume(resp.head_len);
                 shard.stats.borrow_mut().response(101);
                 None
