@@ -227,11 +227,21 @@ async fn read_request(wire: &mut Wire, headers: &mut Vec<HeaderRange>) -> Option
                         (name, &buf[h.value.clone()])
                     });
                     let knobs = Knobs::parse(query, hs);
-                    let ws_key = headers
-                        .iter()
-                        .filter(|_| head.upgrade)
-                        .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"sec-websocket-key"))
-                        .map(|h| String::from_utf8_lossy(&buf[h.value.clone()]).into_owned());
+                    // A handshake is a GET with version 13 (RFC 6455 §4.2.1); anything else
+                    // is answered 426 naming the version, as a WebSocket server must (§4.4).
+                    let field = |name: &[u8]| {
+                        headers
+                            .iter()
+                            .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name))
+                            .map(|h| &buf[h.value.clone()])
+                    };
+                    let handshake = head.upgrade
+                        && head.method(buf) == b"GET"
+                        && field(b"sec-websocket-version").map(coregate_http1::trim_ows)
+                            == Some(&b"13"[..]);
+                    let ws_key = field(b"sec-websocket-key")
+                        .filter(|_| handshake)
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
                     let path = path.to_string();
                     let is_head = head.is_head(buf);
                     let seen = (path == "/headers").then(|| {
@@ -423,7 +433,7 @@ async fn respond(shard: &MockShard, wire: &mut Wire, req: MockRequest) -> std::i
                 );
                 // RFC 9110 §15.5.22: a 426 names the protocol to switch to.
                 let len = Len::Fixed(json.len() as u64);
-                let extra = ["Upgrade: websocket"];
+                let extra = ["Upgrade: websocket", "Sec-WebSocket-Version: 13"];
                 write_head(wire, 426, "application/json", len, close, &extra);
                 wire.tx.buf.extend_from_slice(&json);
                 wire.tx.flush().await?;
