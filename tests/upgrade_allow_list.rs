@@ -30,7 +30,11 @@ fn naive_provider(switch_to: fn(&str) -> Option<&'static str>) -> (u16, mpsc::Re
             }
             let head = String::from_utf8_lossy(&head).into_owned();
             let answer = match switch_to(&head) {
-                Some(p) => format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: {p}\r\nConnection: Upgrade\r\n\r\n"),
+                // A WebSocket 101 answers RFC 6455's example key, whatever the request's.
+                Some(p) => format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {p}\r\nConnection: Upgrade\r\n{}\r\n",
+                    if p == "websocket" { "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" } else { "" }
+                ),
                 None => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_string(),
             };
             let _ = s.write_all(answer.as_bytes());
@@ -124,6 +128,29 @@ fn a_101_to_a_protocol_the_client_did_not_offer_is_a_bad_response() {
     );
     assert_eq!(r.status, 502, "RFC 9110 15.2.2");
     assert_eq!(r.json()["error"]["code"], "bad_response");
+}
+
+#[test]
+fn a_websocket_101_that_does_not_answer_the_key_is_a_bad_response() {
+    // The provider's 101 carries the accept value of another key: it did not read this
+    // handshake (a status a client could steer, a cache, a confused server).
+    let (up, _heads) = naive_provider(|_| Some("websocket"));
+    let gw = gateway("ws-wrong-accept", "0", &route_toml(up, ""));
+    let handshake = |key: &str| {
+        let mut r = Reader::new(gw.connect());
+        r.send(
+            format!(
+                "GET /p/x HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        r.response(false).expect("an answer")
+    };
+    let r = handshake("AQIDBAUGBwgJCgsMDQ4PEA==");
+    assert_eq!(r.status, 502, "RFC 6455 4.1");
+    assert_eq!(r.json()["error"]["code"], "bad_response");
+    assert_eq!(handshake("dGhlIHNhbXBsZSBub25jZQ==").status, 101);
 }
 
 #[test]

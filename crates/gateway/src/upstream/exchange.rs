@@ -13,7 +13,7 @@
 
 use super::error::UpstreamError;
 use super::forward::{download, upload, ClientSide, Download, Leg, Limits, Progress};
-use super::heads::{key_protocol, offered_upgrades, request_head};
+use super::heads::{offered_upgrades, request_head, Handshake};
 use super::pool::{acquire, provider_stats, record_outcome, Lease, Outcome, UpConn};
 use super::providers::Provider;
 use crate::generation::Generation;
@@ -40,8 +40,8 @@ pub(super) struct Job<'a> {
     pub(super) providers: &'a [Rc<Provider>],
     /// The fallback chain still ahead: each provider with the request head built for it.
     pub(super) fallbacks: &'a [(usize, Vec<u8>)],
-    /// The client's `coregate-key.` protocol entry, for the 101 (`heads::select_key_protocol`).
-    pub(super) key_protocol: Option<&'a [u8]>,
+    /// What the provider's 101 must be, for an upgrade.
+    pub(super) handshake: &'a Handshake,
 }
 
 impl<'a> Job<'a> {
@@ -146,9 +146,9 @@ pub async fn proxy(
             return Flow::Close;
         }
     };
-    let key_protocol = match upgrade.is_empty() {
-        true => None,
-        false => key_protocol(buf, session.headers(), session.client_facts().key_carrier),
+    let handshake = match upgrade.is_empty() {
+        true => Handshake::default(),
+        false => Handshake::of(buf, session.headers(), session.client_facts().key_carrier),
     };
     provider_stats(&shard, provider.stat, |s| s.counters.requests += 1);
     let facts = session.facts();
@@ -183,7 +183,7 @@ pub async fn proxy(
         upgrade: &upgrade,
         providers: &config.providers.list,
         fallbacks: &fallbacks,
-        key_protocol: key_protocol.as_deref(),
+        handshake: &handshake,
     };
     let flow = if req.upgrade {
         super::tunnel::upgrade(session, job, &mut headers).await

@@ -65,11 +65,7 @@ pub(super) fn offered_upgrades(
 
 /// Whether a 101's `Upgrade` names only protocols the request offered (RFC 9110 §15.2.2:
 /// a server switches to one the client listed); a 101 without `Upgrade` is refused too.
-pub(super) fn switched_to_offered(
-    buf: &[u8],
-    headers: &[HeaderRange],
-    offered: &[Vec<u8>],
-) -> bool {
+fn switched_to_offered(buf: &[u8], headers: &[HeaderRange], offered: &[Vec<u8>]) -> bool {
     let mut named = false;
     let all_offered = field_elements(buf, headers, b"upgrade").all(|p| {
         named = true;
@@ -246,19 +242,53 @@ fn push_protocols_without_key(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     }
 }
 
-/// The `coregate-key.` entry of `Sec-WebSocket-Protocol` that carried the request's gateway
-/// key, when that is where the key came from.
-pub(super) fn key_protocol(
-    buf: &[u8],
-    headers: &[HeaderRange],
-    carrier: Option<Carrier>,
-) -> Option<Vec<u8>> {
-    if !matches!(carrier, Some(Carrier::WebSocketProtocol)) {
-        return None;
+/// What an upgrade request expects of the provider's 101, taken from the client's head
+/// before it is consumed.
+#[derive(Default)]
+pub(super) struct Handshake {
+    /// The `coregate-key.` entry of `Sec-WebSocket-Protocol` that carried the request's
+    /// gateway key, when that is where the key came from ([`select_key_protocol`]).
+    pub key_protocol: Option<Vec<u8>>,
+    /// The `Sec-WebSocket-Accept` a 101 to `websocket` must carry (RFC 6455 §4.2.2);
+    /// `None` when the client sent no `Sec-WebSocket-Key`.
+    ws_accept: Option<String>,
+}
+
+impl Handshake {
+    pub(super) fn of(buf: &[u8], headers: &[HeaderRange], carrier: Option<Carrier>) -> Handshake {
+        let key_protocol = match carrier {
+            Some(Carrier::WebSocketProtocol) => {
+                field_elements(buf, headers, b"sec-websocket-protocol")
+                    .find(|p| p.starts_with(WS_KEY_PREFIX))
+                    .map(<[u8]>::to_vec)
+            }
+            _ => None,
+        };
+        let ws_accept = field_elements(buf, headers, b"sec-websocket-key")
+            .next()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(coregate_http1::websocket::accept_key);
+        Handshake {
+            key_protocol,
+            ws_accept,
+        }
     }
-    field_elements(buf, headers, b"sec-websocket-protocol")
-        .find(|p| p.starts_with(WS_KEY_PREFIX))
-        .map(<[u8]>::to_vec)
+
+    /// Whether the provider's 101 (`buf`, `headers`) is one the request asked for: it
+    /// switches only to protocols the request offered (RFC 9110 §15.2.2), and a switch to
+    /// WebSocket proves that the provider read this request's key (RFC 6455 §4.1: the
+    /// client fails a handshake whose accept value is wrong; so does the gateway, rather
+    /// than tunnel to something that is not the WebSocket server the client asked for).
+    pub(super) fn accepts(&self, buf: &[u8], headers: &[HeaderRange], offered: &[Vec<u8>]) -> bool {
+        if !switched_to_offered(buf, headers, offered) {
+            return false;
+        }
+        if !field_elements(buf, headers, b"upgrade").any(|p| p.eq_ignore_ascii_case(b"websocket")) {
+            return true;
+        }
+        let accept = field_elements(buf, headers, b"sec-websocket-accept").next();
+        matches!((accept, &self.ws_accept), (Some(a), Some(want)) if a == want.as_bytes())
+    }
 }
 
 /// Completes the client's 101 (just written at the end of `out`) with `Sec-WebSocket-Protocol:

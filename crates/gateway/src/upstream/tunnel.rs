@@ -23,7 +23,7 @@ use super::exchange::{fail, fail_over, Job};
 use super::forward::{
     count_response_head, read_response_head, relay_response, Download, Leg, Limits, Progress,
 };
-use super::heads::{interim_head, select_key_protocol, switched_to_offered};
+use super::heads::{interim_head, select_key_protocol};
 use super::pool::{provider_stats, record_outcome, Outcome};
 use super::realtime::RealtimeUsage;
 use crate::facts::WsUsage;
@@ -115,17 +115,20 @@ pub(super) async fn upgrade(
     let (_, client_tx) = session.client_io();
     let outcome =
         match read_response_head(&mut up.rx, client_tx, leg.req, headers, leg.limits).await {
-            // A 101 must switch to a protocol the request offered (RFC 9110 §15.2.2).
+            // A 101 must switch to a protocol the request offered (RFC 9110 §15.2.2), and a
+            // WebSocket 101 must answer the request's key (RFC 6455 §4.2.2).
             Ok(resp)
                 if resp.status == 101
-                    && !switched_to_offered(up.rx.buffered(), headers, job.upgrade) =>
+                    && !job
+                        .handshake
+                        .accepts(up.rx.buffered(), headers, job.upgrade) =>
             {
                 Some(Download::BeforeHead(UpstreamError::BadResponse, true))
             }
             Ok(resp) if resp.status == 101 => {
                 count_response_head(leg, &resp);
                 interim_head(&mut client_tx.buf, up.rx.buffered(), &resp, headers);
-                if let Some(p) = job.key_protocol {
+                if let Some(p) = &job.handshake.key_protocol {
                     select_key_protocol(&mut client_tx.buf, up.rx.buffered(), headers, p);
                 }
                 up.rx.consume(resp.head_len);
