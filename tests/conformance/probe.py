@@ -644,6 +644,12 @@ def define_a():
       req(target="http://x/health"), v_ok(200))
     A("asterisk_get", "9112 3.2.4: '*' only with OPTIONS => 400", req("GET", "*"), v_reject(close=False))
     A("options_asterisk", "9112 3.2.4: valid", req("OPTIONS", "*"), v_not400)
+    A("options_max_forwards_0", "9110 7.6.2: Max-Forwards 0 => answer, MUST NOT forward",
+      req("OPTIONS", headers=["Host: x", "Max-Forwards: 0"]), v_not_forwarded)
+    A("options_max_forwards_decremented", "9110 7.6.2: MUST decrement when forwarding",
+      req("OPTIONS", headers=["Host: x", "Max-Forwards: 3"]), v_max_forwards(b"2"))
+    A("trace_not_echoed", "9110 9.3.8: TRACE echoes the forwarded head (the provider's key): refuse",
+      req("TRACE", headers=["Host: x", "Cookie: secret"]), v_reject((405, 501), close=False))
     A("connect", "9110 9.3.6: reverse proxy: refuse (405/501/400), no tunnel",
       [(req("CONNECT", "127.0.0.1:9411", headers=["Host: 127.0.0.1:9411"]), 0),
        (req(target="/headers?SMUGGLED"), 0.3)],
@@ -735,6 +741,26 @@ def v_abs_form(r):
             return "PASS", note
         return "PASS", ""
     return "FAIL", "absolute-form refused with %s" % r.codes
+
+
+def v_not_forwarded(r):
+    if not r.codes:
+        return "FAIL", "no response"
+    if r.codes[0] >= 400:
+        return "FAIL", "answered %d" % r.codes[0]
+    if "target" in (headers_json(r) or {}):
+        return "FAIL", "forwarded to the provider"
+    return "PASS", ""
+
+
+def v_max_forwards(want):
+    def f(r):
+        h = fwd_headers(r)
+        if h is None:
+            return "FAIL", "not forwarded: %s" % r.codes
+        got = [v for k, v in h if k == "max-forwards"]
+        return ("PASS", "") if got == [want.decode()] else ("FAIL", "Max-Forwards forwarded as %s" % got)
+    return f
 
 
 def v_not400(r):

@@ -85,6 +85,17 @@ pub fn field_elements<'a>(
         .flat_map(move |h| list_elements(&buf[h.value.clone()]))
 }
 
+/// A `Max-Forwards` value (1*DIGIT), saturating at `u64::MAX`.
+pub fn max_forwards(value: &[u8]) -> Option<u64> {
+    let v = trim_ows(value);
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
+}
+
 /// Strips leading and trailing SP / HTAB.
 pub fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
@@ -137,6 +148,16 @@ mod tests {
 
     fn cl(values: &[&str]) -> Result<Option<u64>, HttpError> {
         parse_content_length(values.iter().map(|v| v.as_bytes()))
+    }
+
+    #[test]
+    fn max_forwards_is_digits_only() {
+        assert_eq!(max_forwards(b" 0 "), Some(0));
+        assert_eq!(max_forwards(b"12"), Some(12));
+        assert_eq!(max_forwards(b"99999999999999999999999"), Some(u64::MAX));
+        for bad in [&b""[..], b"-1", b"1 2", b"0x1", b"+3"] {
+            assert_eq!(max_forwards(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

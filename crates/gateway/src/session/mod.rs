@@ -35,6 +35,8 @@ const INITIAL_BUF: usize = 4096;
 /// Largest request body the gateway reads and discards to keep a connection open after
 /// answering without it; larger bodies get the answer and a close.
 const MAX_DISCARD: u64 = 1 << 20;
+/// The methods the gateway serves (TRACE is refused: see `dispatch`).
+const ALLOW: &str = "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 /// Flush batched pipelined responses once they reach this size.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -217,22 +219,38 @@ impl Session {
     }
 
     async fn dispatch(&mut self, head: RequestHead) -> Flow {
-        if head.form == TargetForm::Asterisk {
-            // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7), not a route.
+        let buf = self.head_bytes();
+        let method = head.method(buf);
+        // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7), not a route; an
+        // OPTIONS with `Max-Forwards: 0` is for the first intermediary to answer (§7.6.2).
+        let answer_options = method == b"OPTIONS"
+            && (head.form == TargetForm::Asterisk || self.max_forwards() == Some(0));
+        if answer_options {
             let reply = Reply {
                 status: 200,
                 content_type: "application/json",
                 body: b"{}",
-                extra: &["Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"],
+                extra: &[ALLOW],
             };
             return self.answer_locally(&head, &reply).await;
         }
-        let buf = self.head_bytes();
+        if method == b"TRACE" {
+            // A provider that echoes TRACE would echo the credential the gateway adds.
+            self.facts.error.set(Some("method_not_allowed"));
+            let msg = "TRACE is not forwarded (it would echo the provider's credentials)";
+            let body = json_error(405, "method_not_allowed", msg, None);
+            let reply = Reply {
+                status: 405,
+                content_type: "application/json",
+                body: &body,
+                extra: &[ALLOW],
+            };
+            return self.answer_locally(&head, &reply).await;
+        }
         let config = self.shard.config();
         let target = config
             .routes
             .lookup(&buf[head.host.clone()], head.path(buf));
-        let method = head.method(buf);
         match target {
             Target::Route(i) => {
                 // Held until the exchange (or the tunnel) ends: the tenant's place in its
@@ -276,6 +294,16 @@ impl Session {
                 self.answer_locally(&head, &reply).await
             }
         }
+    }
+
+    /// The request's `Max-Forwards`, when it has one that is a number.
+    fn max_forwards(&self) -> Option<u64> {
+        let buf = self.head_bytes();
+        let h = self
+            .headers()
+            .iter()
+            .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(b"max-forwards"))?;
+        coregate_http1::max_forwards(&buf[h.value.clone()])
     }
 
     /// Answers a request without a provider: reads and discards a small body so the

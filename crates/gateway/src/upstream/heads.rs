@@ -166,6 +166,8 @@ pub(super) fn request_head(
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff.push(value);
+        } else if name.eq_ignore_ascii_case(b"max-forwards") && head.method(buf) == b"OPTIONS" {
+            push_max_forwards(&mut out, name, value);
         } else if name.eq_ignore_ascii_case(b"via") {
             via.push(value);
         } else {
@@ -312,6 +314,21 @@ pub(super) fn select_key_protocol(
     out.truncate(out.len() - 2);
     push_header(out, b"Sec-WebSocket-Protocol", protocol);
     out.extend_from_slice(b"\r\n");
+}
+
+/// `Max-Forwards` of an OPTIONS request, one less (RFC 9110 §7.6.2: each intermediary
+/// updates it; a request that arrived with 0 was answered by the gateway itself). A value
+/// that is not a number is passed on as it came.
+fn push_max_forwards(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    match coregate_http1::max_forwards(value) {
+        Some(n) => {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            coregate_http1::reply::push_u64(out, n.saturating_sub(1));
+            out.extend_from_slice(b"\r\n");
+        }
+        None => push_header(out, name, value),
+    }
 }
 
 /// The request target without its `access_token` query parameter.
