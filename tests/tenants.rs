@@ -359,7 +359,8 @@ fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
         post(gw.port, "/v1/mock/tts", "application/json", tts.as_bytes()).status,
         200
     );
-    // A Deepgram-style stream: 1,600 payload bytes of linear16 at 8 kHz is 0.1 s.
+    // A Deepgram-style stream: 1,600 payload bytes of linear16 at 8 kHz is 0.1 s, and a
+    // 20-byte text KeepAlive that is not audio.
     let mut ws = Reader::new(gw.connect());
     let path = "/v1/mock/ws?encoding=linear16&sample_rate=8000";
     ws.send(ws_handshake(path, "x-api-key: sk-acme-1\r\n").as_bytes());
@@ -368,6 +369,13 @@ fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
     frame.extend(std::iter::repeat_n(0u8, 1600));
     ws.send(&frame);
     let mut echo = vec![0u8; 4 + 1600];
+    std::io::Read::read_exact(&mut ws.stream, &mut echo).unwrap();
+    // A text KeepAlive between audio messages is control, not audio.
+    let keep_alive = br#"{"type":"KeepAlive"}"#;
+    let mut frame = vec![0x81, 0x80 | keep_alive.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(keep_alive);
+    ws.send(&frame);
+    let mut echo = vec![0u8; 2 + keep_alive.len()];
     std::io::Read::read_exact(&mut ws.stream, &mut echo).unwrap();
     ws.stream.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(ws.closed_within(Duration::from_secs(5)));
@@ -384,7 +392,8 @@ fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
     assert_eq!(route["audio_seconds"], 1.6, "{route}");
     assert_eq!(route["tts_characters"], 5, "{route}");
     assert_eq!(route["unmetered_bytes"], 0, "{route}");
-    assert_eq!(route["websocket"]["payload_bytes_up"], 1600, "{route}");
+    assert_eq!(route["websocket"]["payload_bytes_up"], 1620, "{route}");
+    assert_eq!(route["websocket"]["messages_up"], 2, "{route}");
 
     // The export has one line per request or session, with the same figures.
     let end = Instant::now() + Duration::from_secs(5);
@@ -407,7 +416,7 @@ fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
     assert_eq!(lines[1]["tts_characters"], 5, "{export}");
     assert_eq!(lines[2]["status"], 101, "{export}");
     assert_eq!(lines[2]["audio_seconds"], 0.1, "{export}");
-    assert_eq!(lines[2]["ws_payload_bytes_up"], 1600, "{export}");
+    assert_eq!(lines[2]["ws_payload_bytes_up"], 1620, "{export}");
     assert_eq!(lines[2]["request_id"].as_str().unwrap().len(), 32);
 }
 

@@ -47,6 +47,8 @@ pub struct WsUsage {
     pub messages_down: u64,
     pub payload_up: u64,
     pub payload_down: u64,
+    /// Of `payload_up`, the bytes of binary messages: the audio of a streaming STT session.
+    pub audio_up: u64,
     /// What the provider's `response.done` events reported (realtime APIs).
     pub realtime: crate::upstream::realtime::RealtimeTotals,
 }

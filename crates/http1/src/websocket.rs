@@ -62,6 +62,8 @@ pub struct FrameTracker {
     close_seen: bool,
     messages: u64,
     payload_bytes: u64,
+    /// Of `payload_bytes`, those of binary messages.
+    binary_payload_bytes: u64,
     /// Errors stick: after one, the stream cannot be framed again.
     error: Option<&'static str>,
     /// The data message in progress is text (its first frame's opcode).
@@ -163,10 +165,19 @@ impl FrameTracker {
         self.payload_bytes
     }
 
+    /// Payload bytes of binary data messages so far: what carries audio in a streaming
+    /// speech API, whose text messages are control (`KeepAlive`, `CloseStream`).
+    pub fn binary_payload_bytes(&self) -> u64 {
+        self.binary_payload_bytes
+    }
+
     fn skip_payload(&mut self, n: usize) {
         self.remaining -= n as u64;
         if self.data_frame {
             self.payload_bytes += n as u64;
+            if !self.text_message {
+                self.binary_payload_bytes += n as u64;
+            }
         }
         if self.remaining == 0 {
             self.frame_done();

@@ -234,3 +234,34 @@ fn close_reason_is_cut_at_a_char_boundary() {
     assert!(std::str::from_utf8(&f[4..]).is_ok());
     assert_eq!(close_frame(1008, &"a".repeat(200), None).len(), 2 + 125);
 }
+
+#[test]
+fn only_binary_messages_count_as_binary_payload() {
+    // Deepgram-style: audio in binary messages, KeepAlive and CloseStream as text, a
+    // fragmented binary message whose continuations stay binary, and a Ping between.
+    let stream = [
+        frame(true, OP_BINARY, &[0; 300], Some([9, 8, 7, 6]), 16),
+        text(r#"{"type":"KeepAlive"}"#),
+        frame(false, OP_BINARY, &[1; 10], Some([1, 1, 1, 1]), 7),
+        frame(true, OP_PING, b"p", Some([1, 1, 1, 1]), 7),
+        frame(true, OP_CONTINUATION, &[2; 5], Some([1, 1, 1, 1]), 7),
+        frame(false, OP_TEXT, b"{\"type\":", Some([3, 3, 3, 3]), 7),
+        frame(
+            true,
+            OP_CONTINUATION,
+            b"\"CloseStream\"}",
+            Some([3, 3, 3, 3]),
+            7,
+        ),
+    ]
+    .concat();
+    for split in [1, 3, stream.len()] {
+        let mut t = FrameTracker::new();
+        for piece in stream.chunks(split) {
+            t.feed(piece).unwrap();
+        }
+        assert_eq!(t.messages(), 4);
+        assert_eq!(t.payload_bytes(), 300 + 20 + 15 + 22);
+        assert_eq!(t.binary_payload_bytes(), 315, "{split}");
+    }
+}

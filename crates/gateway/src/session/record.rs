@@ -103,7 +103,7 @@ impl Session {
         }
         if let Some(ws) = f.ws.get() {
             if let Some(rate) = f.ws_audio_rate.get() {
-                c.audio_ms += crate::meter::audio_ms(ws.payload_up, rate);
+                c.audio_ms += crate::meter::audio_ms(ws.audio_up, rate);
             }
             c.ws_sessions = 1;
             c.ws_duration_ms = self.started_at.elapsed().as_millis() as u64;

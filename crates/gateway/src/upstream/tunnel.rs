@@ -237,7 +237,7 @@ impl Ends<'_> {
         out.map(|_| (1008, "usage budget exhausted"))
     }
 
-    /// Counts the audio streamed up so far (`payload` bytes) in the session's usage, from
+    /// Counts the audio streamed up so far (`payload` bytes of binary messages) in the session's usage, from
     /// `counted` ms already counted; returns the new count.
     fn count_audio(&self, payload: u64, counted: u64) -> u64 {
         let (Some(key), Some(rate)) = (self.usage_key, self.audio_rate) else {
@@ -322,6 +322,7 @@ async fn relay(
         messages_down: down_frames.messages(),
         payload_up: up_frames.payload_bytes(),
         payload_down: down_frames.payload_bytes(),
+        audio_up: up_frames.binary_payload_bytes(),
         realtime: downward.realtime.map(|r| r.totals).unwrap_or_default(),
     };
     (Some(carried), audio_counted)
@@ -357,8 +358,9 @@ async fn pump(from: &mut Rx, to: &mut Tx, dir: &mut Direction, links: Links<'_>)
                 dir.frames = None;
             }
             if dir.masked {
-                let payload = dir.frames.as_ref().map_or(0, |f| f.payload_bytes());
-                dir.audio_counted = ends.count_audio(payload, dir.audio_counted);
+                // Only binary messages carry audio; text ones are control (KeepAlive...).
+                let audio = dir.frames.as_ref().map_or(0, |f| f.binary_payload_bytes());
+                dir.audio_counted = ends.count_audio(audio, dir.audio_counted);
             }
             to.bytes += n as u64;
             from.consume(n);
