@@ -7,31 +7,38 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// Two tenants over a mock provider, as in tests/tenants.rs: `acme` (every route) and `lim`
-/// (only `/v1/mock/`, with `limits`), a usage export and an access log, and no admin token.
-fn usage_gateway(name: &str, limits: &str) -> (Gateway, Proc) {
+/// Tenants over a mock provider, as in tests/tenants.rs: `acme` (every route), `lim` (only
+/// `/v1/mock/`) and `more`: (name, limits) of further tenants of `/v1/mock/`. Each one's
+/// key is `sk-NAME-1`. A usage export, routes `/other/` and `/v1/mock/`, no admin token.
+fn usage_gateway(name: &str, more: &[(&str, &str)]) -> (Gateway, Proc) {
     let dir = tmpdir(name);
-    let key = |file: &str, key: &str| {
-        let path = dir.join(file);
-        std::fs::write(&path, format!("{key}\n")).unwrap();
-        format!("file:{}", path.display())
-    };
-    let (acme, lim) = (key("acme.key", "sk-acme-1"), key("lim.key", "sk-lim-1"));
     let (port, admin, mock) = (free_port(), free_port(), free_port());
     let export = dir.join("usage.jsonl").display().to_string();
     let mock_proc = mock_provider(name, mock);
     wait_port(mock, Duration::from_secs(10));
-    let cfg = format!(
+    let mut cfg = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"0\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [stats]\ninterval_ms = 100\n[auth]\nmode = \"keys\"\n\
          [usage]\nexport = \"{export}\"\n\
          [[providers]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:{mock}\"]\n\
          [[routes]]\nprefix = \"/other/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
-         [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
-         [[tenants]]\nname = \"acme\"\nkeys = [\"{acme}\"]\n\
-         [[tenants]]\nname = \"lim\"\nkeys = [\"{lim}\"]\nroutes = [\"/v1/mock/\"]\n{limits}\n"
+         [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n"
     );
+    let tenants = [("acme", "routes = []"), ("lim", "routes = [\"/v1/mock/\"]")];
+    let more: Vec<(&str, String)> = more
+        .iter()
+        .map(|(n, l)| (*n, format!("routes = [\"/v1/mock/\"]\n{l}")))
+        .collect();
+    let all = tenants.iter().map(|(n, l)| (*n, l.to_string())).chain(more);
+    for (tenant, limits) in all {
+        let path = dir.join(format!("{tenant}.key"));
+        std::fs::write(&path, format!("sk-{tenant}-1\n")).unwrap();
+        cfg.push_str(&format!(
+            "[[tenants]]\nname = \"{tenant}\"\nkeys = [\"file:{}\"]\n{limits}\n",
+            path.display()
+        ));
+    }
     (gateway_from_config(dir, port, admin, &cfg), mock_proc)
 }
 
@@ -57,16 +64,20 @@ fn route_usage<'a>(u: &'a serde_json::Value, tenant: &str, route: &str) -> &'a s
     &u["tenants"][tenant]["by_provider"]["mock"]["by_route"][route]
 }
 
-/// The usage export's lines once there are at least `n`.
-fn export_lines(gw: &Gateway, n: usize) -> Vec<serde_json::Value> {
+/// The usage export's lines once `pred` holds for them, or after 5 s.
+fn export_until(
+    gw: &Gateway,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(gw.dir.join("usage.jsonl")).unwrap_or_default();
-        if text.lines().count() >= n || Instant::now() > end {
-            return text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if pred(&lines) || Instant::now() > end {
+            return lines;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -88,7 +99,7 @@ fn a_multipart_transcription_upload_from_curl_is_metered_from_its_wav() {
     if !require_tool("curl") {
         return;
     }
-    let (gw, _mock) = usage_gateway("usage-multipart", "");
+    let (gw, _mock) = usage_gateway("usage-multipart", &[]);
     // OpenAI's transcription request, as curl's `-F` sends it: a model field, the file.
     let audio = wav(8000, 24_000);
     let file = gw.dir.join("speech.wav");
@@ -116,6 +127,169 @@ fn a_multipart_transcription_upload_from_curl_is_metered_from_its_wav() {
         body_len - audio.len() as u64,
         "{route}"
     );
-    let lines = export_lines(&gw, 1);
+    let lines = export_until(&gw, |l| !l.is_empty());
     assert_eq!(lines[0]["audio_seconds"], 1.5, "{lines:?}");
+}
+
+/// A GET with `key` in `x-api-key` (none when empty), on a connection of its own.
+fn get(port: u16, path: &str, key: &str) -> Response {
+    let auth = match key {
+        "" => String::new(),
+        k => format!("x-api-key: {k}\r\n"),
+    };
+    request(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\n\r\n"),
+    )
+}
+
+fn post(port: u16, path: &str, key: &str, ct: &str, body: &[u8]) -> Response {
+    let mut r = Reader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    r.send(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nx-api-key: {key}\r\nContent-Type: {ct}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    r.send(body);
+    r.response(false).unwrap()
+}
+
+/// The status and error code of a refusal.
+fn refused(r: &Response) -> (u16, String) {
+    let code = r.json()["error"]["code"].as_str().unwrap_or("").to_string();
+    (r.status, code)
+}
+
+/// Opens a WebSocket session to the mock for the tenant of `key`; it stays open.
+fn open_session(gw: &Gateway, key: &str) -> Reader {
+    let mut ws = Reader::new(gw.connect());
+    ws.send(ws_handshake("/v1/mock/ws", &format!("x-api-key: {key}\r\n")).as_bytes());
+    assert_eq!(ws.response(false).unwrap().status, 101);
+    ws
+}
+
+#[test]
+fn every_refusal_is_counted_by_reason_and_tenant_and_metered_when_the_tenant_is_known() {
+    let (gw, _mock) = usage_gateway(
+        "usage-refusals",
+        &[
+            ("rate", "rate_per_s = 0.01\nburst = 1"),
+            ("conc", "max_concurrent = 1"),
+            ("sess", "max_sessions = 1"),
+            ("budget", "budget_tts_chars_per_day = 3"),
+        ],
+    );
+    let (port, path) = (gw.port, "/v1/mock/bytes?size=1");
+    let code = |c: &str| c.to_string();
+    assert_eq!(refused(&get(port, path, "")), (401, code("missing_key")));
+    assert_eq!(
+        refused(&get(port, path, "sk-nobody")),
+        (401, code("unknown_key"))
+    );
+    assert_eq!(
+        refused(&get(port, "/other/bytes?size=1", "sk-lim-1")),
+        (403, code("forbidden_route"))
+    );
+    // A burst of one, then a token per 100 s.
+    assert_eq!(get(port, path, "sk-rate-1").status, 200);
+    assert_eq!(
+        refused(&get(port, path, "sk-rate-1")),
+        (429, code("rate_limited"))
+    );
+    // An open session holds the tenant's one request in flight; the other tenant's one
+    // session is all it may have.
+    let _conc = open_session(&gw, "sk-conc-1");
+    assert_eq!(
+        refused(&get(port, path, "sk-conc-1")),
+        (429, code("too_many_concurrent_requests"))
+    );
+    let _sess = open_session(&gw, "sk-sess-1");
+    let r = request(
+        port,
+        &ws_handshake("/v1/mock/ws", "x-api-key: sk-sess-1\r\n"),
+    );
+    assert_eq!(refused(&r), (429, code("too_many_sessions")));
+    // Five characters against a budget of three: refused once the aggregator has seen it.
+    let tts = r#"{"input":"héllo"}"#.as_bytes();
+    assert_eq!(
+        post(port, "/v1/mock/tts", "sk-budget-1", "application/json", tts).status,
+        200
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    let r = loop {
+        let r = get(port, path, "sk-budget-1");
+        if r.status != 200 || Instant::now() > end {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(refused(&r), (429, code("budget_exhausted")));
+
+    // /stats: one of each reason, and the classes they add up to.
+    let s = gw.stats_until(|s| s["total"]["refused"]["by_reason"]["budget_exhausted"] == 1);
+    let by_reason = &s["total"]["refused"]["by_reason"];
+    for reason in [
+        "missing_key",
+        "unknown_key",
+        "forbidden_route",
+        "rate_limited",
+        "too_many_concurrent_requests",
+        "too_many_sessions",
+        "budget_exhausted",
+    ] {
+        assert_eq!(by_reason[reason], 1, "{reason}: {by_reason}");
+    }
+    let total = &s["total"]["refused"];
+    assert_eq!(
+        (
+            &total["unauthorized"],
+            &total["forbidden"],
+            &total["limited"]
+        ),
+        (&2.into(), &1.into(), &4.into()),
+        "{total}"
+    );
+    // The budget refusal is counted with the tenant's limited requests.
+    assert_eq!(s["tenants"]["budget"]["limited"], 1, "{}", s["tenants"]);
+
+    // /metrics: per tenant (`-` when the key named none) and reason.
+    let metrics = admin_get(gw.admin, "/metrics");
+    for (tenant, reason) in [
+        ("-", "missing_key"),
+        ("-", "unknown_key"),
+        ("lim", "forbidden_route"),
+        ("rate", "rate_limited"),
+        ("conc", "too_many_concurrent_requests"),
+        ("sess", "too_many_sessions"),
+        ("budget", "budget_exhausted"),
+    ] {
+        let line = format!("coregate_refused_total{{tenant=\"{tenant}\",reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+
+    // /usage: a known tenant's refusals under their route, as 4xx; none for unknown keys.
+    let u = usage_until(&gw, |u| {
+        route_usage(u, "budget", "/v1/mock/")["responses"]["4xx"] == 1
+    });
+    assert_eq!(
+        route_usage(&u, "lim", "/other/")["responses"]["4xx"],
+        1,
+        "{u}"
+    );
+    assert_eq!(route_usage(&u, "rate", "/v1/mock/")["responses"]["2xx"], 1);
+    assert_eq!(route_usage(&u, "rate", "/v1/mock/")["responses"]["4xx"], 1);
+    assert_eq!(route_usage(&u, "conc", "/v1/mock/")["responses"]["4xx"], 1);
+    assert_eq!(route_usage(&u, "sess", "/v1/mock/")["responses"]["4xx"], 1);
+    assert!(u["tenants"].get("-").is_none(), "{u}");
+    // The export has their lines too.
+    let limited = |l: &[serde_json::Value]| l.iter().filter(|l| l["status"] == 429).count();
+    let lines = export_until(&gw, |l| limited(l) >= 4);
+    let forbidden = lines.iter().find(|l| l["status"] == 403).unwrap();
+    assert_eq!(forbidden["tenant"], "lim", "{forbidden}");
+    assert_eq!(forbidden["route"], "/other/", "{forbidden}");
+    assert_eq!(forbidden["provider"], "mock", "{forbidden}");
+    assert_eq!(limited(&lines), 4, "{lines:?}");
 }

@@ -520,6 +520,7 @@ fn ship(shard: &Shard, tx: &Sender<Snapshot>) {
         }
         let mut snap = stats.take_snapshot();
         snap.usage = shard.usage.borrow().rows();
+        snap.refused = shard.usage.borrow().refused_rows();
         snap.tenants = shard
             .tenant_limits
             .borrow()

@@ -167,7 +167,8 @@ impl Session {
     }
 
     /// Refuses a request before it reaches a provider: 401/403 (tenants) or 429 (limits,
-    /// with `Retry-After`), with the JSON error body.
+    /// with `Retry-After`), with the JSON error body; counted by reason and, when the
+    /// tenant is known, by tenant (its usage key names it).
     pub(super) async fn refuse(
         &mut self,
         head: &RequestHead,
@@ -175,7 +176,11 @@ impl Session {
         retry_after_s: Option<u64>,
     ) -> Flow {
         self.facts.error.set(Some(code));
-        self.shard.stats.borrow_mut().counters.refused[refusal_index(status)] += 1;
+        if let Some(reason) = crate::stats::refusal_index(code) {
+            self.shard.stats.borrow_mut().counters.refused[reason] += 1;
+            let tenant = self.facts.usage_key.borrow().as_ref().map(|k| k.0.clone());
+            self.shard.usage.borrow_mut().count_refused(tenant, reason);
+        }
         let body = json_error(status, code, message, None);
         let retry = retry_after_s.map(|s| format!("Retry-After: {s}"));
         let extra: Vec<&str> = retry.iter().map(String::as_str).collect();
@@ -197,15 +202,6 @@ pub(super) fn request_id_line<'a>(buf: &'a mut [u8; 96], id: &[u8]) -> &'a [u8] 
     buf[NAME.len()..end].copy_from_slice(id);
     buf[end..end + 2].copy_from_slice(b"\r\n");
     &buf[..end + 2]
-}
-
-/// The index of a refusal's status in `Counters::refused`: 401, 403, 429.
-fn refusal_index(status: u16) -> usize {
-    match status {
-        401 => 0,
-        403 => 1,
-        _ => 2,
-    }
 }
 
 /// Replaces the value of an `access_token` query parameter (a gateway key) in a logged

@@ -5,6 +5,7 @@ use super::{Flow, Session};
 use crate::generation::Generation;
 use crate::tenants::limits::{Admission, Limited};
 use crate::tenants::redis::Decision;
+use crate::tenants::Refusal;
 use coregate_http1::request::RequestHead;
 
 impl Session {
@@ -21,16 +22,20 @@ impl Session {
             Ok(Some(t)) => t,
             Ok(None) => return Ok(None),
             Err(r) => {
+                if let Refusal::Forbidden { tenant } = r {
+                    self.note_tenant(config, tenant, route);
+                }
                 return Err(self
                     .refuse(head, (r.status(), r.code(), r.message()), None)
-                    .await)
+                    .await);
             }
         };
         self.facts.tenant.set(Some((t, carrier)));
+        self.note_tenant(config, t, route);
         let name = &config.tenants.names[t];
-        self.facts
-            .note(self.shard.records_names(), &self.facts.tenant_name, name);
         if let Some(until) = self.shard.out_of_budget(t) {
+            // A budget holds the tenant back as a limit does: counted with them.
+            self.shard.tenant_limits.borrow().count_limited(t);
             let message = "the tenant's usage budget for this window is used up";
             let retry = crate::tenants::budget::retry_after(until);
             let refused = (429, "budget_exhausted", message);
@@ -59,6 +64,22 @@ impl Session {
                 let refused = (429, l.code(), l.message());
                 Err(self.refuse(head, refused, Some(l.retry_after_s())).await)
             }
+        }
+    }
+
+    /// Names the request's tenant for its log line, and its usage key: a request of a known
+    /// tenant is metered under its route whether it is let through or refused (403, 429).
+    fn note_tenant(&self, config: &Generation, tenant: usize, route: usize) {
+        let (Some(name), Some(r)) = (config.tenants.names.get(tenant), config.routes.get(route))
+        else {
+            return;
+        };
+        let logged = self.shard.records_names();
+        self.facts.note(logged, &self.facts.tenant_name, name);
+        self.facts.note(logged, &self.facts.route, &r.name);
+        if let Some(p) = config.providers.list.get(r.provider) {
+            self.facts.note(logged, &self.facts.provider, &p.name);
+            *self.facts.usage_key.borrow_mut() = Some((name.clone(), p.stat, r.name.clone()));
         }
     }
 }

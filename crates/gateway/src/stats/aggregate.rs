@@ -192,7 +192,7 @@ impl Aggregator {
         }
         let generation = s.counters.config_generation;
         self.tenants.record(s.shard, generation, s.tenants);
-        self.usage.record(s.shard, s.usage);
+        self.usage.record(s.shard, s.usage, s.refused);
         for (pv, p) in view.providers.iter_mut().zip(s.providers) {
             pv.counters = p.counters;
             pv.endpoints = p.endpoints;

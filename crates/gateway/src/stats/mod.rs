@@ -31,6 +31,24 @@ pub fn class_index(status: u16) -> usize {
     (usize::from(status / 100)).clamp(1, 5) - 1
 }
 
+/// Why the tenant gate refused a request: the error code of its answer. 401: no key, a
+/// key no tenant has; 403: a route the tenant may not use; 429: its rate, its requests in
+/// flight, its WebSocket sessions, its usage budget.
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "missing_key",
+    "unknown_key",
+    "forbidden_route",
+    "rate_limited",
+    "too_many_concurrent_requests",
+    "too_many_sessions",
+    "budget_exhausted",
+];
+
+/// The index of a refusal's error code in [`REFUSAL_REASONS`].
+pub fn refusal_index(code: &str) -> Option<usize> {
+    REFUSAL_REASONS.iter().position(|r| *r == code)
+}
+
 /// Cumulative per-shard counters (gauges where named so).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Counters {
@@ -69,9 +87,8 @@ pub struct Counters {
     pub reload_failures: u64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: u64,
-    /// Requests refused for their tenant: 401 (no or unknown key), 403 (route not
-    /// allowed), 429 (a limit).
-    pub refused: [u64; 3],
+    /// Requests refused for their tenant, by reason ([`REFUSAL_REASONS`]).
+    pub refused: [u64; REFUSAL_REASONS.len()],
     /// Gauge: 1 while this shard's shared limits fall back to local ones (Redis down).
     pub limits_fallback: u64,
     /// Lease calls to Redis that failed.
@@ -201,6 +218,8 @@ pub struct Snapshot {
     pub tenants: Vec<tenants::TenantCounters>,
     /// Usage per tenant × provider slot × route (cumulative).
     pub usage: Vec<usage::UsageRow>,
+    /// Refusals per tenant and reason (cumulative).
+    pub refused: Vec<usage::RefusedRow>,
 }
 
 impl ShardStats {
@@ -248,6 +267,7 @@ impl ShardStats {
             providers,
             tenants: Vec::new(),
             usage: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }

@@ -34,6 +34,21 @@ fn classes(r: &[u64; 5]) -> Value {
     Value::Object(m)
 }
 
+/// Refusals by class (401, 403, 429) and by reason.
+fn refused_json(r: &[u64; super::REFUSAL_REASONS.len()]) -> Value {
+    let by_reason: Map<String, Value> = super::REFUSAL_REASONS
+        .iter()
+        .zip(r)
+        .map(|(name, n)| ((*name).to_string(), Value::from(*n)))
+        .collect();
+    json!({
+        "unauthorized": r[0] + r[1],
+        "forbidden": r[2],
+        "limited": r[3..].iter().sum::<u64>(),
+        "by_reason": by_reason,
+    })
+}
+
 fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("connections_active".into(), c.connections_active.into());
@@ -56,10 +71,7 @@ fn counters_json(c: &Counters, latency: &Histogram<u64>) -> Map<String, Value> {
         "shared_limits".into(),
         json!({"fallback_shards": c.limits_fallback, "redis_failures": c.redis_failures}),
     );
-    m.insert(
-        "refused".into(),
-        json!({"unauthorized": c.refused[0], "forbidden": c.refused[1], "limited": c.refused[2]}),
-    );
+    m.insert("refused".into(), refused_json(&c.refused));
     m.insert(
         "tunnels".into(),
         json!({"active": c.tunnels_active, "total": c.tunnels_total}),

@@ -145,13 +145,39 @@ pub struct UsageRow {
     pub counters: UsageCounters,
 }
 
+/// Requests the tenant gate refused, of one tenant (`-` when the key named none) for one
+/// reason (an index in `REFUSAL_REASONS`), cumulative.
+#[derive(Debug, Clone)]
+pub struct RefusedRow {
+    pub tenant: String,
+    pub reason: usize,
+    pub count: u64,
+}
+
 /// A shard's meter.
 #[derive(Default)]
 pub struct ShardUsage {
     rows: HashMap<UsageKey, UsageCounters>,
+    refused: HashMap<(Option<Rc<str>>, usize), u64>,
 }
 
 impl ShardUsage {
+    /// Counts a refusal of `tenant` (`None`: no tenant known) for `reason`.
+    pub fn count_refused(&mut self, tenant: Option<Rc<str>>, reason: usize) {
+        *self.refused.entry((tenant, reason)).or_default() += 1;
+    }
+
+    pub fn refused_rows(&self) -> Vec<RefusedRow> {
+        self.refused
+            .iter()
+            .map(|((t, reason), count)| RefusedRow {
+                tenant: t.as_deref().unwrap_or("-").to_string(),
+                reason: *reason,
+                count: *count,
+            })
+            .collect()
+    }
+
     pub fn entry(&mut self, key: &UsageKey) -> &mut UsageCounters {
         self.rows.entry(key.clone()).or_default()
     }
@@ -175,12 +201,33 @@ type Merged = BTreeMap<(String, String, String), UsageCounters>;
 #[derive(Default)]
 pub struct UsageView {
     shards: BTreeMap<usize, Vec<UsageRow>>,
+    refused: BTreeMap<usize, Vec<RefusedRow>>,
     baseline: Merged,
 }
 
 impl UsageView {
-    pub fn record(&mut self, shard: usize, rows: Vec<UsageRow>) {
+    pub fn record(&mut self, shard: usize, rows: Vec<UsageRow>, refused: Vec<RefusedRow>) {
         self.shards.insert(shard, rows);
+        self.refused.insert(shard, refused);
+    }
+
+    /// `coregate_refused_total{tenant,reason}`: every shard's refusals, summed.
+    fn refused_metrics(&self, p: &mut Prom) {
+        let mut sum: BTreeMap<(&str, usize), u64> = BTreeMap::new();
+        for r in self.refused.values().flatten() {
+            *sum.entry((&r.tenant, r.reason)).or_default() += r.count;
+        }
+        let metric = "coregate_refused_total";
+        p.family(
+            metric,
+            "counter",
+            "Requests the tenant gate refused (401, 403, 429), by tenant (- when the key named none) and reason.",
+        );
+        for ((tenant, reason), n) in sum {
+            let reason = super::REFUSAL_REASONS.get(reason).copied().unwrap_or("-");
+            let labels = format!("tenant=\"{}\",reason=\"{reason}\"", escape(tenant));
+            p.sample(metric, &labels, n);
+        }
     }
 
     /// Totals since start, by (tenant, provider name, route).
@@ -320,6 +367,7 @@ impl UsageView {
                 |c| c.ws_messages_down,
             ),
         ];
+        self.refused_metrics(p);
         let merged = self.merged(providers);
         for (metric, help, get) in families {
             p.family(metric, "counter", help);

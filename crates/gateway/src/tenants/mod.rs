@@ -223,15 +223,15 @@ pub enum Refusal {
     MissingKey,
     /// 401: a key no tenant has.
     UnknownKey,
-    /// 403: the tenant may not use this route.
-    Forbidden,
+    /// 403: the tenant (its index) may not use this route.
+    Forbidden { tenant: usize },
 }
 
 impl Refusal {
     pub fn status(self) -> u16 {
         match self {
             Refusal::MissingKey | Refusal::UnknownKey => 401,
-            Refusal::Forbidden => 403,
+            Refusal::Forbidden { .. } => 403,
         }
     }
 
@@ -239,7 +239,7 @@ impl Refusal {
         match self {
             Refusal::MissingKey => "missing_key",
             Refusal::UnknownKey => "unknown_key",
-            Refusal::Forbidden => "forbidden_route",
+            Refusal::Forbidden { .. } => "forbidden_route",
         }
     }
 
@@ -250,7 +250,7 @@ impl Refusal {
                  Sec-WebSocket-Protocol entry coregate-key.KEY, or access_token=)"
             }
             Refusal::UnknownKey => "the gateway key is not valid",
-            Refusal::Forbidden => "this key may not use this route",
+            Refusal::Forbidden { .. } => "this key may not use this route",
         }
     }
 }
@@ -309,7 +309,7 @@ impl TenantTable {
             .ok_or(Refusal::UnknownKey)?;
         match self.allowed.get(tenant).and_then(|r| r.get(route)) {
             Some(true) => Ok(Some((tenant, carrier))),
-            _ => Err(Refusal::Forbidden),
+            _ => Err(Refusal::Forbidden { tenant }),
         }
     }
 }
