@@ -180,3 +180,47 @@ fn combined_format_sampling_and_reopen_on_sigusr1() {
         1
     );
 }
+
+#[test]
+fn combined_lines_carry_the_request_version_and_escape_as_nginx_does() {
+    let dir = tmpdir("access-combined-escape-files");
+    let log = dir.join("access.log");
+    let gw = gateway(
+        "access-combined-escape",
+        "0",
+        &format!(
+            "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
+            log.display()
+        ),
+    );
+    // HTTP/1.0, a path with a quote and a backslash, a User-Agent with a quote.
+    let r = request(
+        gw.port,
+        "GET /v1/mock/bytes?size=5&q=a\"b\\c HTTP/1.0\r\nHost: t\r\nUser-Agent: x\"y\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = lines(&log, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let line = &got[0];
+    assert!(
+        line.contains("\"GET /v1/mock/bytes?size=5&q=a\\x22b\\x5Cc HTTP/1.0\" 200 "),
+        "{line}"
+    );
+    assert!(line.contains("\"-\" \"x\\x22y\" rid="), "{line}");
+    // The standard part has exactly the quotes it opens: two, two, two.
+    assert_eq!(line.matches('"').count(), 6, "{line}");
+    // The time as nginx's $time_local, then the appended fields.
+    let time = line.split_once('[').unwrap().1.split_once(']').unwrap().0;
+    assert!(time.ends_with(" +0000") && time.len() == 26, "{time}");
+    let bytes_in: u64 = line
+        .split_once(" bytes_in=")
+        .unwrap()
+        .1
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes_in > 60, "{line}");
+    assert!(line.contains(" route=/v1/mock/ provider="), "{line}");
+}

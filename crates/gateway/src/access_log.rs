@@ -6,8 +6,9 @@
 //! A buffer the writer cannot take (the channel is full: the disk is slower than the
 //! traffic) is dropped and counted, never waited for.
 //!
-//! Formats: JSON lines (the default: every field named, `null` when unknown) or the
-//! combined log format with the request id, tenant, upstream and timings appended.
+//! Formats: JSON lines (the default: every field named, `null` when unknown) or nginx's
+//! combined log format (the tenant as its user) with the request id, route, provider,
+//! upstream, bytes in, timings and error appended.
 
 use coregate_http1::reply::push_u64;
 use crossbeam_channel::{Receiver, Sender};
@@ -74,6 +75,8 @@ pub struct Entry<'a> {
     pub client: Option<IpAddr>,
     pub method: &'a [u8],
     pub path: &'a [u8],
+    /// The request's protocol version as its request line names it (`HTTP/1.1`).
+    pub version: &'a str,
     pub route: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub upstream: Option<SocketAddr>,
@@ -327,35 +330,112 @@ pub(crate) fn push_time(out: &mut Vec<u8>, since_epoch: Duration) {
     out.push(b'Z');
 }
 
-/// `client - tenant [time] "METHOD path HTTP/1.1" status bytes "referer" "agent"`, then
-/// `rid= route= provider= upstream= ms= ttfb_ms= error=`.
+/// nginx's `combined` format, then coregate's fields after it:
+/// `client - tenant [03/Dec/2026:07:00:15 +0000] "METHOD path HTTP/1.x" status bytes_out
+/// "referer" "agent" rid= route= provider= upstream= bytes_in= ms= ttfb_ms= error=`.
+/// Bytes a log parser could misread (`"`, `\`, control and non-ASCII bytes) are written
+/// as `\xHH`, as nginx writes them; a field without a value is `-`.
 fn combined_line(out: &mut Vec<u8>, now: Duration, e: &Entry<'_>) {
-    let quoted = |b: Option<&[u8]>| match b {
-        Some(v) => String::from_utf8_lossy(v).replace('"', "\\\""),
-        None => "-".into(),
+    let dash = |out: &mut Vec<u8>, v: Option<&[u8]>| match v {
+        Some(v) if !v.is_empty() => push_clf(out, v),
+        _ => out.push(b'-'),
     };
-    let dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
-    let _ = writeln!(
-        out,
-        "{} - {} [{}] \"{} {} HTTP/1.1\" {} {} \"{}\" \"{}\" rid={} route={} provider={} \
-         upstream={} ms={:.3} ttfb_ms={} error={}",
-        dash(e.client.map(|ip| ip.to_string())),
-        e.tenant.unwrap_or("-"),
-        coregate_runtime::log::rfc3339(now),
-        String::from_utf8_lossy(e.method),
-        quoted(Some(e.path)),
-        e.status,
-        e.bytes_out,
-        quoted(e.referer),
-        quoted(e.user_agent),
-        String::from_utf8_lossy(e.request_id),
-        e.route.unwrap_or("-"),
-        e.provider.unwrap_or("-"),
-        dash(e.upstream.map(|a| a.to_string())),
-        e.duration.as_secs_f64() * 1000.0,
-        dash(e.ttfb.map(|t| format!("{:.3}", t.as_secs_f64() * 1000.0))),
-        e.error.unwrap_or("-"),
-    );
+    match e.client {
+        Some(ip) => ip.push(out),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" - ");
+    dash(out, e.tenant.map(str::as_bytes));
+    out.extend_from_slice(b" [");
+    push_clf_time(out, now);
+    out.extend_from_slice(b"] \"");
+    if e.method == b"-" {
+        // No request line was read whole (a 400 or 408 before the head ended).
+        out.push(b'-');
+    } else {
+        push_clf(out, e.method);
+        out.push(b' ');
+        push_clf(out, e.path);
+        out.push(b' ');
+        out.extend_from_slice(e.version.as_bytes());
+    }
+    out.extend_from_slice(b"\" ");
+    push_u64(out, u64::from(e.status));
+    out.push(b' ');
+    push_u64(out, e.bytes_out);
+    out.extend_from_slice(b" \"");
+    dash(out, e.referer);
+    out.extend_from_slice(b"\" \"");
+    dash(out, e.user_agent);
+    out.extend_from_slice(b"\" rid=");
+    dash(out, Some(e.request_id));
+    out.extend_from_slice(b" route=");
+    dash(out, e.route.map(str::as_bytes));
+    out.extend_from_slice(b" provider=");
+    dash(out, e.provider.map(str::as_bytes));
+    out.extend_from_slice(b" upstream=");
+    match e.upstream {
+        Some(a) => a.push(out),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" bytes_in=");
+    push_u64(out, e.bytes_in);
+    out.extend_from_slice(b" ms=");
+    push_ms(out, e.duration);
+    out.extend_from_slice(b" ttfb_ms=");
+    match e.ttfb {
+        Some(t) => push_ms(out, t),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" error=");
+    dash(out, e.error.map(str::as_bytes));
+    out.push(b'\n');
+}
+
+/// `v` with `"`, `\`, and bytes below 0x20 or above 0x7E as `\xHH` (nginx's default
+/// `escape`): a quoted field stays one field, a line one line.
+fn push_clf(out: &mut Vec<u8>, v: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in v {
+        if b == b'"' || b == b'\\' || !(0x20..0x7F).contains(&b) {
+            out.extend_from_slice(b"\\x");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xF)]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// nginx's `$time_local` in UTC: `03/Dec/2026:07:00:15 +0000`.
+fn push_clf_time(out: &mut Vec<u8>, since_epoch: Duration) {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = coregate_http1::reply::civil_from_days(days as i64);
+    let two = |out: &mut Vec<u8>, v: u64| {
+        out.push(b'0' + (v / 10 % 10) as u8);
+        out.push(b'0' + (v % 10) as u8);
+    };
+    two(out, d as u64);
+    out.push(b'/');
+    let month = MONTHS
+        .get((m as usize).wrapping_sub(1))
+        .copied()
+        .unwrap_or(b"???");
+    out.extend_from_slice(month);
+    out.push(b'/');
+    push_u64(out, y.max(0) as u64);
+    out.push(b':');
+    two(out, rem / 3600);
+    out.push(b':');
+    two(out, rem % 3600 / 60);
+    out.push(b':');
+    two(out, rem % 60);
+    out.extend_from_slice(b" +0000");
 }
 
 /// What the writer thread is told.
@@ -438,6 +518,7 @@ mod tests {
             client: Some("10.0.0.7".parse().unwrap()),
             method: b"GET",
             path: b"/a\"b\\c\x01\xff",
+            version: "HTTP/1.0",
             route: None,
             provider: Some("p"),
             upstream: Some("127.0.0.1:9".parse().unwrap()),
@@ -461,5 +542,36 @@ mod tests {
         assert_eq!(v["client"], "10.0.0.7");
         assert_eq!(v["upstream"], "127.0.0.1:9");
         assert!(out.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn combined_lines_follow_nginx_and_escape_as_it_does() {
+        let e = Entry {
+            request_id: b"r-1",
+            tenant: Some("acme"),
+            client: Some("10.0.0.7".parse().unwrap()),
+            method: b"GET",
+            path: b"/a\"b\\c\x01\xff",
+            version: "HTTP/1.0",
+            route: Some("/v1/"),
+            provider: None,
+            upstream: Some("127.0.0.1:9".parse().unwrap()),
+            status: 200,
+            bytes_in: 12,
+            bytes_out: 34,
+            duration: Duration::from_micros(1_234_567),
+            ttfb: None,
+            error: None,
+            user_agent: Some(b"ua \"x\""),
+            referer: None,
+        };
+        let mut out = Vec::new();
+        combined_line(&mut out, Duration::from_millis(1_764_694_544_524), &e);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.0.0.7 - acme [02/Dec/2025:16:55:44 +0000] \"GET /a\\x22b\\x5Cc\\x01\\xFF \
+             HTTP/1.0\" 200 34 \"-\" \"ua \\x22x\\x22\" rid=r-1 route=/v1/ provider=- \
+             upstream=127.0.0.1:9 bytes_in=12 ms=1234.567 ttfb_ms=- error=-\n"
+        );
     }
 }

@@ -76,6 +76,8 @@ pub struct Session {
 struct LoggedHead {
     method: Vec<u8>,
     path: Vec<u8>,
+    /// `HTTP/1.0` or `HTTP/1.1`, as the request line said.
+    version: &'static str,
     user_agent: Option<Vec<u8>>,
     referer: Option<Vec<u8>>,
 }

@@ -6,7 +6,7 @@ use crate::access_log::Entry;
 use crate::request_id::RequestId;
 use crate::stats::usage::{ExportLine, UsageCounters};
 use coregate_http1::reply::{json_error, Reply};
-use coregate_http1::request::RequestHead;
+use coregate_http1::request::{RequestHead, Version};
 use coregate_http1::HttpError;
 use std::time::Instant;
 
@@ -33,6 +33,10 @@ impl Session {
             };
             copy(&mut self.logged.method, head.method(buf));
             copy(&mut self.logged.path, head.path(buf));
+            self.logged.version = match head.version {
+                Version::Http10 => "HTTP/1.0",
+                Version::Http11 => "HTTP/1.1",
+            };
             redact_query_key(&mut self.logged.path);
             if log.combined() {
                 self.logged.user_agent = field(b"user-agent").map(<[u8]>::to_vec);
@@ -140,6 +144,7 @@ impl Session {
             client: self.peer_ip,
             method: &self.logged.method,
             path: &self.logged.path,
+            version: self.logged.version,
             route: some(&route),
             provider: some(&provider),
             upstream: f.upstream.get(),
