@@ -224,3 +224,103 @@ fn combined_lines_carry_the_request_version_and_escape_as_nginx_does() {
     assert!(bytes_in > 60, "{line}");
     assert!(line.contains(" route=/v1/mock/ provider="), "{line}");
 }
+
+#[test]
+fn a_websocket_tunnel_has_one_line_when_it_ends() {
+    let dir = tmpdir("access-ws-files");
+    let log = dir.join("access.jsonl");
+    let gw = gateway(
+        "access-ws",
+        "0",
+        &format!("[access_log]\npath = \"{}\"\n", log.display()),
+    );
+    let mut ws = Reader::new(gw.connect());
+    ws.send(ws_handshake("/v1/mock/ws", "X-Request-Id: tunnel-1\r\n").as_bytes());
+    assert_eq!(ws.response(false).unwrap().status, 101);
+    for _ in 0..2 {
+        ws_echo(&mut ws);
+    }
+    // Nothing is logged while the tunnel is open.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty());
+    ws.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(ws.closed_within(Duration::from_secs(5)));
+    let got = lines(&log, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let line = json(&got[0]);
+    assert_eq!(line["status"], 101, "{line}");
+    assert_eq!(line["request_id"], "tunnel-1", "{line}");
+    assert_eq!(line["path"], "/v1/mock/ws", "{line}");
+    assert_eq!(line["route"], "/v1/mock/", "{line}");
+    assert!(line["upstream"].is_string(), "{line}");
+    // The handshake and both masked frames up (8 bytes each), its answer and both echoes.
+    let handshake = ws_handshake("/v1/mock/ws", "X-Request-Id: tunnel-1\r\n").len() as u64;
+    assert_eq!(line["bytes_in"], handshake + 16, "{line}");
+    assert!(line["bytes_out"].as_u64().unwrap() > 2 * 4, "{line}");
+    assert!(line["duration_ms"].as_f64().unwrap() >= 300.0, "{line}");
+}
+
+#[test]
+fn stdout_gets_the_lines_when_it_is_the_path() {
+    let gw = gateway("access-stdout", "0", "[access_log]\npath = \"stdout\"\n");
+    let r = request(
+        gw.port,
+        "GET /v1/mock/bytes?size=1 HTTP/1.1\r\nHost: t\r\nX-Request-Id: to-stdout\r\n\
+         Connection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    // The gateway's stdout is its log file here.
+    let end = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = gw.proc.log_text();
+        let found = text
+            .lines()
+            .find(|l| l.contains("\"to-stdout\""))
+            .map(str::to_string);
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            Instant::now() < end,
+            "no access log line on stdout:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line = json(&line);
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["path"], "/v1/mock/bytes?size=1", "{line}");
+}
+
+#[test]
+fn half_the_successes_are_logged_at_sample_ok_half() {
+    let dir = tmpdir("access-sampling-files");
+    let log = dir.join("access.jsonl");
+    let gw = gateway(
+        "access-sampling",
+        "0",
+        &format!(
+            "[access_log]\npath = \"{}\"\nsample_ok = 0.5\n",
+            log.display()
+        ),
+    );
+    let mut r = Reader::new(gw.connect());
+    for _ in 0..400 {
+        r.send(b"GET /v1/mock/bytes?size=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.response(false).unwrap().status, 200);
+    }
+    // An error (every one is logged) marks the end: lines are written in order.
+    r.send(b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.response(false).unwrap().status, 404);
+    let end = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"/nope\"") {
+            break text;
+        }
+        assert!(Instant::now() < end, "the error line never came");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ok = text.lines().filter(|l| json(l)["status"] == 200).count();
+    // 400 draws at 0.5: mean 200, standard deviation 10; six of them either way.
+    assert!((140..=260).contains(&ok), "{ok} of 400 logged");
+}

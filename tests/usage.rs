@@ -293,3 +293,147 @@ fn every_refusal_is_counted_by_reason_and_tenant_and_metered_when_the_tenant_is_
     assert_eq!(forbidden["provider"], "mock", "{forbidden}");
     assert_eq!(limited(&lines), 4, "{lines:?}");
 }
+
+/// Every byte of the response to `raw` (sent with `Connection: close`), and its body
+/// de-chunked.
+fn raw_exchange(port: u16, raw: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut rest = &all[at..];
+    let mut body = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+        rest = &rest[eol + 4 + size..];
+    }
+    (all, body)
+}
+
+#[test]
+fn http_figures_classes_ttfb_tts_bytes_and_query_audio_reach_usage_and_metrics() {
+    let (gw, _mock) = usage_gateway("usage-http", &[]);
+    let port = gw.port;
+    for (path, status) in [
+        ("/v1/mock/bytes?size=10&latency_ms=5", 200),
+        ("/v1/mock/bytes?status=404", 404),
+        ("/v1/mock/bytes?status=503", 503),
+    ] {
+        assert_eq!(get(port, path, "sk-acme-1").status, status, "{path}");
+    }
+    // TTS: three frames of 640 bytes of audio, chunked.
+    let tts = br#"{"model":"tts-1","input":"twelve chars"}"#;
+    let head = format!(
+        "POST /v1/mock/tts?frames=3&frame_interval_ms=0 HTTP/1.1\r\nHost: t\r\n\
+         x-api-key: sk-lim-1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        tts.len()
+    );
+    let (all, audio) = raw_exchange(port, &[head.as_bytes(), tts].concat());
+    assert_eq!(audio.len(), 3 * 640);
+    // Deepgram's pre-recorded API: raw linear16 at 16 kHz, named by the query: 1.25 s.
+    let pcm = vec![0u8; 40_000];
+    let q = "/v1/mock/stt?model=nova-2&encoding=linear16&sample_rate=16000&channels=1";
+    let r = post(port, q, "sk-acme-1", "application/octet-stream", &pcm);
+    assert_eq!(r.status, 200);
+
+    let u = usage_until(&gw, |u| {
+        route_usage(u, "acme", "/v1/mock/")["requests"] == 4
+            && route_usage(u, "lim", "/v1/mock/")["requests"] == 1
+    });
+    let acme = route_usage(&u, "acme", "/v1/mock/");
+    let classes = &acme["responses"];
+    assert_eq!(
+        (&classes["2xx"], &classes["4xx"], &classes["5xx"]),
+        (&2.into(), &1.into(), &1.into()),
+        "{acme}"
+    );
+    assert!(acme["ttfb_ms_mean"].as_f64().unwrap() > 0.0, "{acme}");
+    assert_eq!(acme["audio_seconds"], 1.25, "{acme}");
+    assert_eq!(acme["unmetered_bytes"], 0, "{acme}");
+    let lim = route_usage(&u, "lim", "/v1/mock/");
+    assert_eq!(lim["tts_characters"], 12, "{lim}");
+    // Every byte the client got: the head and the chunk framing around the audio.
+    assert_eq!(lim["bytes_down"], all.len(), "{lim}");
+    assert!(all.len() > audio.len());
+
+    // /metrics: the usage families with their tenant label.
+    let metrics = admin_get(gw.admin, "/metrics");
+    let labels = |t: &str| format!("{{tenant=\"{t}\",provider=\"mock\",route=\"/v1/mock/\"}}");
+    for line in [
+        format!("coregate_usage_requests_total{} 4", labels("acme")),
+        format!("coregate_usage_requests_total{} 1", labels("lim")),
+        format!(
+            "coregate_usage_audio_milliseconds_total{} 1250",
+            labels("acme")
+        ),
+        format!("coregate_usage_tts_characters_total{} 12", labels("lim")),
+        format!(
+            "coregate_usage_bytes_down_total{} {}",
+            labels("lim"),
+            all.len()
+        ),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+}
+
+#[test]
+fn a_websocket_session_has_its_seconds_and_payload_down() {
+    let (gw, _mock) = usage_gateway("usage-ws", &[]);
+    let mut ws = open_session(&gw, "sk-acme-1");
+    for _ in 0..3 {
+        ws_echo(&mut ws);
+    }
+    // The session lasts at least this long: its seconds cannot be less.
+    std::thread::sleep(Duration::from_millis(300));
+    ws.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(ws.closed_within(Duration::from_secs(5)));
+    let u = usage_until(&gw, |u| {
+        route_usage(u, "acme", "/v1/mock/")["websocket"]["sessions"] == 1
+    });
+    let ws = &route_usage(&u, "acme", "/v1/mock/")["websocket"];
+    let seconds = ws["seconds"].as_f64().unwrap();
+    assert!((0.3..10.0).contains(&seconds), "{ws}");
+    assert_eq!(ws["messages_down"], 3, "{ws}");
+    assert_eq!(ws["payload_bytes_down"], 6, "{ws}");
+    assert_eq!(ws["payload_bytes_up"], 6, "{ws}");
+    let lines = export_until(&gw, |l| !l.is_empty());
+    assert_eq!(lines[0]["ws_payload_bytes_down"], 6, "{lines:?}");
+    assert!(
+        lines[0]["duration_ms"].as_f64().unwrap() >= 300.0,
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn the_usage_export_is_reopened_on_sigusr1() {
+    let (gw, _mock) = usage_gateway("usage-export-reopen", &[]);
+    let path = "/v1/mock/bytes?size=1";
+    assert_eq!(get(gw.port, path, "sk-acme-1").status, 200);
+    assert_eq!(export_until(&gw, |l| !l.is_empty()).len(), 1);
+    // logrotate: move the file, SIGUSR1, and the next line goes to a new file.
+    let (export, rotated) = (gw.dir.join("usage.jsonl"), gw.dir.join("usage.jsonl.1"));
+    std::fs::rename(&export, &rotated).unwrap();
+    gw.proc.signal(libc::SIGUSR1);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !export.exists() {
+        assert!(Instant::now() < end, "the export was not reopened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(gw.port, path, "sk-lim-1").status, 200);
+    let fresh = export_until(&gw, |l| !l.is_empty());
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert_eq!(fresh[0]["tenant"], "lim");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(old.lines().count(), 1, "{old}");
+    assert!(old.contains("\"tenant\":\"acme\""), "{old}");
+}
