@@ -384,6 +384,21 @@ fn http_figures_classes_ttfb_tts_bytes_and_query_audio_reach_usage_and_metrics()
     ] {
         assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
     }
+    // docs/tenants.md names every usage family /metrics has.
+    let docs = std::fs::read_to_string("docs/tenants.md").unwrap();
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|f| f.starts_with("coregate_usage_") || f.starts_with("coregate_refused"))
+        .collect();
+    assert!(families.len() >= 10, "{families:?}");
+    for family in families {
+        assert!(
+            docs.contains(&format!("`{family}")),
+            "docs/tenants.md lacks {family}"
+        );
+    }
 }
 
 #[test]
