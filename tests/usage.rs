@@ -281,6 +281,8 @@ fn every_refusal_is_counted_by_reason_and_tenant_and_metered_when_the_tenant_is_
     );
     assert_eq!(route_usage(&u, "rate", "/v1/mock/")["responses"]["2xx"], 1);
     assert_eq!(route_usage(&u, "rate", "/v1/mock/")["responses"]["4xx"], 1);
+    assert_eq!(route_usage(&u, "rate", "/v1/mock/")["requests"], 2);
+    assert_eq!(route_usage(&u, "rate", "/v1/mock/")["refused"], 1);
     assert_eq!(route_usage(&u, "conc", "/v1/mock/")["responses"]["4xx"], 1);
     assert_eq!(route_usage(&u, "sess", "/v1/mock/")["responses"]["4xx"], 1);
     assert!(u["tenants"].get("-").is_none(), "{u}");

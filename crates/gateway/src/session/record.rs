@@ -95,6 +95,8 @@ impl Session {
             ..UsageCounters::default()
         };
         c.responses[crate::stats::class_index(f.status.get())] = 1;
+        let refused = f.error.get().and_then(crate::stats::refusal_index);
+        c.refused = u64::from(refused.is_some());
         if let Some(us) = f.ttfb_us.get() {
             c.ttfb_sum_us = us;
             c.ttfb_count = 1;

@@ -13,6 +13,8 @@ use std::rc::Rc;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct UsageCounters {
     pub requests: u64,
+    /// Of `requests`, those the tenant gate refused (403, 429): they reached no provider.
+    pub refused: u64,
     /// Responses by class, 1xx..5xx (the gateway's own errors included).
     pub responses: [u64; 5],
     /// Bytes from the client (request heads and bodies, WebSocket frames up) and to it.
@@ -54,6 +56,7 @@ impl UsageCounters {
     fn zip(&self, o: &UsageCounters, f: fn(u64, u64) -> u64) -> UsageCounters {
         UsageCounters {
             requests: f(self.requests, o.requests),
+            refused: f(self.refused, o.refused),
             responses: std::array::from_fn(|i| f(self.responses[i], o.responses[i])),
             bytes_up: f(self.bytes_up, o.bytes_up),
             bytes_down: f(self.bytes_down, o.bytes_down),
@@ -250,8 +253,9 @@ impl UsageView {
             for r in rows {
                 let c = &r.counters;
                 let t = m.entry(r.tenant.clone()).or_default();
+                // The fleet counts the requests let through, as the rate limit does.
                 for (field, n) in [
-                    ("requests", c.requests),
+                    ("requests", c.requests.saturating_sub(c.refused)),
                     ("audio_ms", c.audio_ms),
                     ("tts_chars", c.tts_chars),
                     ("bytes_up", c.bytes_up),
@@ -387,6 +391,7 @@ impl UsageView {
 fn usage_json(c: &UsageCounters) -> Value {
     json!({
         "requests": c.requests,
+        "refused": c.refused,
         "responses": {"1xx": c.responses[0], "2xx": c.responses[1], "3xx": c.responses[2],
                       "4xx": c.responses[3], "5xx": c.responses[4]},
         "bytes_up": c.bytes_up,
