@@ -122,3 +122,31 @@ fn the_seccomp_profile_leaves_io_uring_allowed() {
         "{denied:?}"
     );
 }
+
+/// A number written as `key = N` or `key: N` in `text`.
+fn number(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .find_map(|rest| rest.trim_start_matches([' ', '=', ':']).trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} not found"))
+}
+
+#[test]
+fn a_drain_fails_health_first_and_fits_the_stop_timeouts() {
+    let config = read("deploy/coregate.toml");
+    let delay = number(&config, "drain_delay_ms");
+    let drain = number(&config, "drain_timeout_ms");
+    // A balancer checking /health every 2 s must see the 503 before the listeners close.
+    assert!(delay > 2000, "drain_delay_ms = {delay}");
+    let manifest = read("deploy/k8s/coregate.yaml");
+    let grace = number(&manifest, "terminationGracePeriodSeconds");
+    assert!((delay + drain) / 1000 < grace, "grace {grace} s");
+    let unit = read("deploy/systemd/coregate.service");
+    let stop = number(&unit, "TimeoutStopSec");
+    assert!((delay + drain) / 1000 < stop, "TimeoutStopSec {stop}");
+    // preStop starts the drain itself (coregate is the container's PID 1) and waits for it.
+    assert!(
+        manifest.contains("kill -TERM 1; while kill -0 1 2>/dev/null; do sleep 1; done"),
+        "{manifest}"
+    );
+}

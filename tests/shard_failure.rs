@@ -1,6 +1,8 @@
 //! A shard that panics takes the whole process down with a non-zero exit, so that a
 //! supervisor restarts it (docs/architecture.md, "Failure of a shard"). The panic is injected
 //! with `COREGATE_FAULT_SHARD_PANIC=<shard id>`, which makes that shard panic on its first tick.
+//! Also what balancers see of a stuck shard and of a drain: admin `/health` turns 503, and
+//! with `server.drain_delay_ms` the listeners keep serving for that long before they close.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -132,4 +134,61 @@ fn health_is_503_while_draining() {
         slow.response(false).expect("the streamed answer").status,
         200
     );
+}
+
+#[test]
+fn during_the_drain_delay_health_is_503_and_new_connections_are_served() {
+    let delay = Duration::from_millis(4000);
+    let gw = gateway_with_server("drain-delay", "0", "drain_delay_ms = 4000", "");
+    // A streamed answer (60 frames, 100 ms apart) keeps the process draining after the
+    // listeners closed, so that a refused connection is the listener's doing, not an exit.
+    let mut slow = Reader::new(gw.connect());
+    slow.send(
+        b"POST /v1/mock/tts?frames=60&frame_interval_ms=100 HTTP/1.1\r\nHost: a\r\n\
+          Content-Length: 5\r\n\r\nhello",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = std::time::Instant::now();
+    gw.proc.signal(libc::SIGTERM);
+    let end = signalled + Duration::from_secs(3);
+    let body = loop {
+        let body = admin_get(gw.admin, "/health");
+        if body.contains("draining") || std::time::Instant::now() > end {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(body.contains("\"status\":\"draining\""), "{body}");
+    // Still within the delay: a new connection is accepted and its request proxied.
+    let r = request(
+        gw.port,
+        "GET /v1/mock/bytes?size=7 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert!(
+        signalled.elapsed() < delay,
+        "the machine is too slow for this test: {:?} passed before the request",
+        signalled.elapsed()
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 7);
+    // After the delay the listeners close: new connections are refused while the
+    // streamed answer still runs.
+    let end = signalled + delay + Duration::from_secs(4);
+    let refused_at = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", gw.port)).is_err() {
+            break signalled.elapsed();
+        }
+        assert!(std::time::Instant::now() < end, "the listener never closed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(refused_at >= delay, "refused {refused_at:?} after SIGTERM");
+    let mut proc = gw.proc;
+    assert!(proc.alive(), "still draining the streamed answer");
+    assert_eq!(
+        slow.response(false).expect("the streamed answer").status,
+        200
+    );
+    assert_eq!(proc.wait_exit(Duration::from_secs(10)), Some(0));
+    let log = proc.log_text();
+    assert!(log.contains("the listeners close in 4000 ms"), "{log}");
 }

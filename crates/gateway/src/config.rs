@@ -77,6 +77,11 @@ pub struct ServerConfig {
     pub max_connections_per_shard: u32,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub drain_timeout_ms: u64,
+    /// After SIGTERM/SIGINT, how long admin `/health` answers 503 while the listeners still
+    /// accept and serve, before they close and the drain proper begins: the time a balancer's
+    /// health check needs to notice (HAProxy's `grace`, Envoy's drain time). 0: close at once.
+    /// A takeover (`serve --takeover`) never waits for it: its successor already accepts.
+    pub drain_delay_ms: u64,
     /// Let a second coregate serve the same address (SO_REUSEPORT then splits the traffic
     /// between the two): only for a takeover, where the new process starts before the old
     /// one drains. Off, a second `serve` on an address in use fails at start.
@@ -93,6 +98,7 @@ impl Default for ServerConfig {
             backlog: 4096,
             max_connections_per_shard: 0,
             drain_timeout_ms: 30_000,
+            drain_delay_ms: 0,
             allow_shared_listen: false,
         }
     }
@@ -295,6 +301,13 @@ impl Config {
         ] {
             check_range(key, v, 1, 24 * 3600 * 1000).map_err(|(k, m)| err(k, m))?;
         }
+        check_range(
+            "server.drain_delay_ms",
+            self.server.drain_delay_ms,
+            0,
+            3600 * 1000,
+        )
+        .map_err(|(k, m)| err(k, m))?;
         if self.mock.embedded != EmbeddedMock::Off {
             parse_addr(&self.mock.listen).map_err(|m| err("mock.listen", m))?;
         }

@@ -1,17 +1,20 @@
 //! Starting the drain, from whichever asks first: SIGTERM/SIGINT, or a successor process
-//! taking over the addresses (`serve --takeover`, see [`crate::takeover`]). Also the signal
-//! thread, which turns SIGHUP into a reload.
+//! taking over the addresses (`serve --takeover`, see [`crate::takeover`]). A signal's drain
+//! first waits out `server.drain_delay_ms` with `/health` at 503 and the listeners open, so
+//! that balancers stop sending before connections are refused. Also the signal thread, which
+//! turns SIGHUP into a reload.
 
 use crate::reload::Reloader;
 use crate::shard::Control;
 use crate::stats::aggregate::Query;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{bounded, Receiver, Sender};
 use signal_hook::consts::{SIGHUP, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Everything a drain stops. Cheap to clone; every clone starts the same drain.
 #[derive(Clone)]
@@ -24,6 +27,10 @@ pub struct Drainer {
     pub admin_stop: Arc<AtomicBool>,
     /// A handle on the admin listener (a dup of its fd), once it is bound.
     pub admin: Arc<Mutex<Option<TcpListener>>>,
+    /// `server.drain_delay_ms` of the config the shards serve (a reload updates it).
+    pub delay_ms: Arc<AtomicU64>,
+    /// Ends a drain delay early: a successor that takes over already accepts.
+    cut_delay: (Sender<()>, Receiver<()>),
 }
 
 impl Drainer {
@@ -34,29 +41,70 @@ impl Drainer {
             queries,
             admin_stop: Arc::new(AtomicBool::new(false)),
             admin: Arc::new(Mutex::new(None)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            cut_delay: bounded(1),
         }
     }
 
-    /// Starts the drain (once: later calls do nothing) and says why. With a `successor`,
-    /// the admin listener closes too: the successor answers on it from now on, and
-    /// balancers must see its `/health`, not this process's 503.
+    /// Starts the drain (once: later calls only hand the admin address over) and says
+    /// why. Admin `/health` turns 503 at once; the shards close their listeners after
+    /// `server.drain_delay_ms`, so that a balancer's health check sees the 503 while new
+    /// connections are still served. With a `successor` there is no delay (it already
+    /// accepts on the same addresses), and the admin listener closes too: the successor
+    /// answers on it from now on, and balancers must see its `/health`, not this 503.
     pub fn start(&self, why: &str, successor: bool) {
-        if self.started.swap(true, Ordering::SeqCst) {
+        let first = !self.started.swap(true, Ordering::SeqCst);
+        if successor {
+            self.hand_admin_over();
+            // A drain already waiting out its delay (SIGTERM came first) stops waiting.
+            let _ = self.cut_delay.0.try_send(());
+        }
+        if !first {
             return;
         }
-        coregate_runtime::log::info(&format!("{why}: draining"));
         let _ = self.queries.send(Query::Draining);
-        if successor {
-            self.admin_stop.store(true, Ordering::SeqCst);
-            if let Ok(Some(listener)) = self.admin.lock().map(|mut a| a.take()) {
-                // SAFETY: shutdown has no memory-safety preconditions; the fd is a dup the
-                // `listener` owns, open until it drops below. Shutting the socket down wakes
-                // the admin thread's blocking accept, which then sees `admin_stop`.
-                unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-            }
+        let delay = match successor {
+            true => Duration::ZERO,
+            false => Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)),
+        };
+        if delay.is_zero() {
+            coregate_runtime::log::info(&format!("{why}: draining"));
+            return self.close_listeners();
         }
+        coregate_runtime::log::info(&format!(
+            "{why}: draining; admin /health answers 503, the listeners close in {} ms \
+             (server.drain_delay_ms)",
+            delay.as_millis()
+        ));
+        let this = self.clone();
+        let waiting = std::thread::Builder::new()
+            .name("coregate-drain-delay".into())
+            .spawn(move || {
+                let _ = this.cut_delay.1.recv_timeout(delay);
+                coregate_runtime::log::info("drain delay over: closing the listeners");
+                this.close_listeners();
+            });
+        if waiting.is_err() {
+            coregate_runtime::log::warn("cannot wait out the drain delay: draining now");
+            self.close_listeners();
+        }
+    }
+
+    /// Has every shard stop accepting and drain.
+    fn close_listeners(&self) {
         for c in &self.controls {
             let _ = c.try_send(Control::Drain);
+        }
+    }
+
+    /// Closes the admin listener for a successor that binds the same address.
+    fn hand_admin_over(&self) {
+        self.admin_stop.store(true, Ordering::SeqCst);
+        if let Ok(Some(listener)) = self.admin.lock().map(|mut a| a.take()) {
+            // SAFETY: shutdown has no memory-safety preconditions; the fd is a dup the
+            // `listener` owns, open until it drops below. Shutting the socket down wakes
+            // the admin thread's blocking accept, which then sees `admin_stop`.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
         }
     }
 }

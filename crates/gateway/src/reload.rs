@@ -116,6 +116,8 @@ pub struct Reloader {
     pub queries: Sender<Query>,
     /// The resolver thread's generation: an older resolver thread stops when it changes.
     pub resolver: Arc<AtomicU64>,
+    /// `server.drain_delay_ms` as the drain reads it when it starts.
+    pub drain_delay_ms: Arc<AtomicU64>,
 }
 
 impl Reloader {
@@ -223,6 +225,8 @@ impl Reloader {
             self.controls.clone(),
             (new.number, self.resolver.clone()),
         );
+        self.drain_delay_ms
+            .store(new.config.server.drain_delay_ms, Ordering::SeqCst);
         self.running = new.config.clone();
         self.tls = new.tls.clone();
         let new = Arc::new(new);

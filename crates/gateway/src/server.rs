@@ -189,11 +189,12 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         },
     ));
 
-    let drainer = Drainer {
-        admin_stop,
-        admin: admin_handle,
-        ..Drainer::new(controls.clone(), drain_notice.clone())
-    };
+    let mut drainer = Drainer::new(controls.clone(), drain_notice.clone());
+    drainer.admin_stop = admin_stop;
+    drainer.admin = admin_handle;
+    drainer
+        .delay_ms
+        .store(config.server.drain_delay_ms, Ordering::SeqCst);
     let reloader = Reloader {
         source,
         running: config,
@@ -207,6 +208,7 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         controls: controls.clone(),
         queries: drain_notice.clone(),
         resolver,
+        drain_delay_ms: drainer.delay_ms.clone(),
     };
     let reopen: Vec<_> = access_log
         .into_iter()
