@@ -1,7 +1,9 @@
 //! SIGHUP reloads the config without dropping a connection: new routes and providers, keys
-//! and certificates take effect; connections, pooled provider connections and WebSocket
-//! tunnels open before it carry on; an invalid config is refused and the old one stays;
-//! settings that need a restart are reported.
+//! (provider and tenant `file:` keys) and certificates (new paths, or rewritten in place) take
+//! effect; connections, requests in flight, pooled provider connections and WebSocket tunnels
+//! open before it carry on; an invalid config is refused with `coregate check`'s words and the
+//! old one stays; settings that need a restart (listen address, cores) and `env:` keys are
+//! reported.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -38,6 +40,22 @@ fn provider(name: &str, port: u16, prefix: &str) -> String {
         "[[providers]]\nname = \"{name}\"\nendpoints = [\"127.0.0.1:{port}\"]\n\
          [[routes]]\nprefix = \"{prefix}\"\nprovider = \"{name}\"\nrewrite = \"/\"\n"
     )
+}
+
+/// What `coregate check` says of the gateway's config file (it must refuse it).
+fn check_error(gw: &Gateway) -> String {
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg(gw.dir.join("coregate.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "check passed: {}", output_text(&out));
+    // Its one error line: `<time> ERROR coregate: <the error>`.
+    let text = String::from_utf8_lossy(&out.stderr);
+    let text = text.trim();
+    text.split_once("coregate: ")
+        .map_or(text, |(_, e)| e)
+        .to_string()
 }
 
 fn get(r: &mut Reader, path: &str) -> Response {
@@ -105,6 +123,7 @@ fn an_invalid_config_is_refused_and_the_running_one_stays() {
     let error = config["last_reload"]["error"].as_str().unwrap().to_string();
     assert!(error.contains("coregate.toml"), "{error}");
     assert!(error.contains("line"), "{error}");
+    assert_eq!(error, check_error(&gw));
     assert_eq!(
         request(gw.port, "GET /a/bytes?size=3 HTTP/1.1\r\nHost: t\r\n\r\n").status,
         200
@@ -117,6 +136,7 @@ fn an_invalid_config_is_refused_and_the_running_one_stays() {
     assert_eq!(config["reloads_refused"], 2, "{config}");
     let error = config["last_reload"]["error"].as_str().unwrap();
     assert!(error.contains("routes[1].provider"), "{error}");
+    assert_eq!(error, check_error(&gw));
     assert_eq!(
         request(gw.port, "GET /a/bytes?size=3 HTTP/1.1\r\nHost: t\r\n\r\n").status,
         200
@@ -260,4 +280,180 @@ fn new_certificates_are_served_after_the_reload() {
     for _ in 0..6 {
         assert_eq!(served(), "new.example.test");
     }
+}
+
+#[test]
+fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let pa = free_port();
+    let _a = mock_provider("reload-inflight", pa);
+    wait_port(pa, Duration::from_secs(10));
+    let first = provider("a", pa, "/a/");
+    let gw = gateway("reload-inflight", "0", &first);
+    // The mock waits 3 s before its response head: the reload lands meanwhile.
+    let mut slow = Reader::new(gw.connect());
+    slow.send(b"GET /a/bytes?size=10&latency_ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let s = gw.stats_until(|s| s["total"]["providers"]["a"]["requests"] == 1);
+    assert_eq!(
+        s["total"]["providers"]["a"]["requests"], 1,
+        "the request is on its way"
+    );
+
+    // The new config points provider `a` at a port where nothing listens.
+    let dead = free_port();
+    rewrite(&gw, &first, &provider("a", dead, "/a/"));
+    reload(&gw, 1);
+    let now = request(gw.port, "GET /a/bytes?size=10 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(now.status, 502, "a new request uses the new config");
+    slow.stream.set_nonblocking(true).unwrap();
+    let pending = matches!(
+        slow.stream.peek(&mut [0u8; 1]),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    slow.stream.set_nonblocking(false).unwrap();
+    assert!(
+        pending,
+        "the slow answer arrived before the reload was applied"
+    );
+    let old = slow.response(false).expect("the answer in flight");
+    assert_eq!(old.status, 200);
+    assert_eq!(old.body.len(), 10);
+}
+
+#[test]
+fn a_rotated_tenant_key_file_takes_effect_on_reload() {
+    let gw = gateway("reload-tenant-key", "0", "");
+    let key = gw.dir.join("tenant.key");
+    std::fs::write(&key, "sk-tenant-old-41\n").unwrap();
+    let tenants = format!(
+        "[auth]\nmode = \"keys\"\n[[tenants]]\nname = \"t\"\nkeys = [\"file:{}\"]\n",
+        key.display()
+    );
+    rewrite(&gw, "", &tenants);
+    reload(&gw, 1);
+    let with = |k: &str| {
+        request(
+            gw.port,
+            &format!("GET /v1/mock/bytes?size=3 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {k}\r\n\r\n"),
+        )
+        .status
+    };
+    assert_eq!(with("sk-tenant-old-41"), 200);
+    std::fs::write(&key, "sk-tenant-new-73\n").unwrap();
+    reload(&gw, 2);
+    assert_eq!(with("sk-tenant-new-73"), 200);
+    assert_eq!(with("sk-tenant-old-41"), 401);
+    let log = gw.proc.log_text();
+    assert!(!log.contains("sk-tenant-"), "{log}");
+}
+
+#[test]
+fn an_env_key_is_reported_as_fixed_until_a_restart() {
+    let dir = tmpdir("reload-env-key");
+    let (port, admin, mock) = (free_port(), free_port(), free_port());
+    let path = dir.join("coregate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"0\"\n[admin]\nlisten = \
+             \"127.0.0.1:{admin}\"\n[stats]\ninterval_ms = 100\n[mock]\nlisten = \
+             \"127.0.0.1:{mock}\"\n[[providers]]\nname = \"keyed\"\nendpoints = \
+             [\"127.0.0.1:{mock}\"]\napi_key = \"env:RELOAD_TEST_KEY\"\nauth_header = \"authorization\"\nauth_value = \"Bearer {{key}}\"\n"
+        ),
+    )
+    .unwrap();
+    let proc = spawn_command(
+        std::process::Command::new(BIN)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("RELOAD_TEST_KEY", "sk-env-reload-5e"),
+        dir.join("gateway.log"),
+    );
+    if !listening_within(admin, Duration::from_secs(15)) {
+        panic!("not serving: {}", proc.log_text());
+    }
+    let gw = Gateway {
+        proc,
+        port,
+        admin,
+        dir,
+    };
+    reload(&gw, 1);
+    let log = gw.proc.log_text();
+    assert!(
+        log.contains("env: keys keep the value the process started with")
+            && log.contains("provider keyed (RELOAD_TEST_KEY)"),
+        "{log}"
+    );
+    assert!(!log.contains("sk-env-reload-5e"), "{log}");
+}
+
+#[test]
+fn a_certificate_rewritten_in_place_is_served_after_the_reload() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tmpdir("reload-certs-in-place-files");
+    let ca = TestCa::new(&dir, "in-place");
+    let old = ca.leaf(&dir, "old", &["old.example.test", "localhost"], false);
+    let new = ca.leaf(&dir, "new", &["new.example.test", "localhost"], false);
+    let (cert, key) = (dir.join("served.crt"), dir.join("served.key"));
+    let install = |leaf: &Leaf| {
+        std::fs::copy(&leaf.cert, &cert).unwrap();
+        std::fs::copy(&leaf.key, &key).unwrap();
+    };
+    install(&old);
+    let tls_port = free_port();
+    let server = format!(
+        "tls_listen = \"127.0.0.1:{tls_port}\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let gw = gateway_with_server("reload-certs-in-place", "0", &server, "");
+    wait_port(tls_port, Duration::from_secs(10));
+    assert_eq!(served_name(tls_port, &ca.pem), "old.example.test");
+    install(&new);
+    reload(&gw, 1);
+    assert_eq!(served_name(tls_port, &ca.pem), "new.example.test");
+}
+
+/// The first name of the certificate served on `port` (Python's ssl, trusting `ca`).
+fn served_name(port: u16, ca: &std::path::Path) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/client.py"))
+        .args(["cert", "127.0.0.1", &port.to_string()])
+        .arg(ca)
+        .arg("localhost")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_changed_core_list_needs_a_restart_and_keeps_its_shards() {
+    let gw = gateway("reload-cores", "0", "");
+    let path = gw.dir.join("coregate.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("cores = \"0\"", "cores = \"all\"")).unwrap();
+    let config = reload(&gw, 1);
+    assert_eq!(config["last_reload"]["result"], "applied", "{config}");
+    assert_eq!(
+        config["last_reload"]["needs_restart"],
+        serde_json::json!(["server.cores"]),
+        "{config}"
+    );
+    let s = gw.stats();
+    assert_eq!(s["shards"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["shards"][0]["core"], 0, "{s}");
+    assert_eq!(
+        request(
+            gw.port,
+            "GET /v1/mock/bytes?size=3 HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        .status,
+        200
+    );
+    let log = gw.proc.log_text();
+    assert!(
+        log.contains("server.cores changed but only takes effect after a restart"),
+        "{log}"
+    );
 }

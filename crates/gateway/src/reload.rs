@@ -8,9 +8,10 @@
 //! refused config leaves the running one in place, and is logged and counted.
 //!
 //! Settings bound to sockets and threads (listen addresses, cores, the admin listener, the
-//! embedded mock, the stats interval, the connection cap) cannot change at run time: a
-//! reload that changes them applies everything else, keeps their old values and logs each
-//! one as needing a restart.
+//! embedded mock, the stats interval, the connection cap, the access log and the usage
+//! export) cannot change at run time: a reload that changes them applies everything else,
+//! keeps their old values and logs each one as needing a restart. `env:` keys cannot change
+//! either (the environment is the one the process started with): each reload names them.
 
 use crate::config::Config;
 use crate::generation::NewConfig;
@@ -134,6 +135,9 @@ impl Reloader {
                          keeping the running value"
                     ));
                 }
+                if let Some(line) = env_keys_line(&self.running) {
+                    coregate_runtime::log::info(&line);
+                }
                 ReloadEvent::Applied { number, restart }
             }
             Err(e) => {
@@ -234,6 +238,31 @@ impl Reloader {
             let _ = c.send(Control::Reload(new.clone()));
         }
     }
+}
+
+/// The reload's note on `env:` keys, when the config has any: a process's environment is
+/// fixed at its start, so a reload reads the same values again, and a rotated `env:` key
+/// needs a restart (or a `file:` key, which a reload reads anew). Names the providers and
+/// tenants and their variables, never a value.
+fn env_keys_line(config: &Config) -> Option<String> {
+    let env = |source: &str| source.strip_prefix("env:").map(str::to_string);
+    let providers = config
+        .providers
+        .iter()
+        .filter_map(|p| env(&p.api_key).map(|v| format!("provider {} ({v})", p.name)));
+    let tenants = config.tenants.iter().flat_map(|t| {
+        t.keys
+            .iter()
+            .filter_map(|k| env(k).map(|v| format!("tenant {} ({v})", t.name)))
+    });
+    let named: Vec<String> = providers.chain(tenants).collect();
+    (!named.is_empty()).then(|| {
+        format!(
+            "reload: env: keys keep the value the process started with (a new value needs a \
+             restart; file: keys are read again): {}",
+            named.join(", ")
+        )
+    })
 }
 
 /// A setting by its key, with how to read it from a config (as text, to compare).
