@@ -128,14 +128,17 @@ pub fn private_netns_allowed() -> bool {
     unshare_allowed("-n")
 }
 
-/// Whether `unshare <flag>` (`-n` network, `-m` mount namespace) works here. Prints why not.
+/// Whether `unshare <flag>` (`-n` network, `-m` mount namespace) works here. When it does
+/// not (not root, no CAP_SYS_ADMIN, a container that refuses namespaces) the test is skipped
+/// with `SKIPPED: unshare (<why>)`, or fails under `COREGATE_REQUIRE_TOOLS=1`: CI runs as
+/// root, and a test that cannot run there must not pass without running.
 pub fn unshare_allowed(flag: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        skipped(format_args!(
-            "needs root (a private namespace, unshare {flag})"
-        ));
-        return false;
+        return unavailable(
+            "unshare",
+            format_args!("needs root for a private namespace, unshare {flag}"),
+        );
     }
     if !require_tool("unshare") {
         return false;
@@ -145,12 +148,20 @@ pub fn unshare_allowed(flag: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        skipped(format_args!(
-            "`unshare {flag}` is refused here (no CAP_SYS_ADMIN?)"
-        ));
+    ok || unavailable(
+        "unshare",
+        format_args!("`unshare {flag}` is refused here (no CAP_SYS_ADMIN?)"),
+    )
+}
+
+/// A tool that is installed but cannot run here: fails the test under
+/// `COREGATE_REQUIRE_TOOLS=1`, else prints `SKIPPED: <tool> (<why>)`. Returns false.
+fn unavailable(tool: &str, why: std::fmt::Arguments) -> bool {
+    if std::env::var_os("COREGATE_REQUIRE_TOOLS").is_some_and(|v| v == "1") {
+        panic!("{tool}: {why}, and COREGATE_REQUIRE_TOOLS=1 requires it (CI runs as root)");
     }
-    ok
+    skipped(format_args!("{tool} ({why})"));
+    false
 }
 
 /// Prints `SKIPPED: <why>` straight to stderr: not through eprintln!, which the test harness
