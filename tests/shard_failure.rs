@@ -72,9 +72,10 @@ fn without_the_fault_the_gateway_keeps_serving() {
     assert!(proc.alive(), "gateway still running");
 }
 
-#[test]
-fn a_stuck_shard_is_flagged_and_health_turns_503() {
-    let dir = tmpdir("shard-stall");
+/// A one-shard gateway whose shard 0 stalls: at once, or after `after_ms` of serving (and
+/// reporting stats every 100 ms).
+fn serve_with_stalling_shard(name: &str, after_ms: Option<u64>) -> (Proc, u16) {
+    let dir = tmpdir(name);
     let (port, admin, mock) = (free_port(), free_port(), free_port());
     let path = dir.join("coregate.toml");
     std::fs::write(
@@ -86,26 +87,81 @@ fn a_stuck_shard_is_flagged_and_health_turns_503() {
         ),
     )
     .unwrap();
-    let gw = spawn_command(
-        Command::new(BIN)
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("COREGATE_FAULT_SHARD_STALL", "0"),
-        dir.join("gateway.log"),
-    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config", path.to_str().unwrap()])
+        .env("COREGATE_FAULT_SHARD_STALL", "0");
+    if let Some(ms) = after_ms {
+        cmd.env("COREGATE_FAULT_SHARD_STALL_AFTER_MS", ms.to_string());
+    }
+    let gw = spawn_command(&mut cmd, dir.join("gateway.log"));
     wait_port(admin, Duration::from_secs(10));
+    (gw, admin)
+}
+
+/// Polls admin /health until it says `degraded` (15 s at most); returns its body.
+fn degraded_health(admin: u16) -> String {
     let end = std::time::Instant::now() + Duration::from_secs(15);
-    let body = loop {
+    loop {
         let body = admin_get(admin, "/health");
         if body.contains("degraded") || std::time::Instant::now() > end {
-            break body;
+            return body;
         }
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+}
+
+/// Asserts that /health, /stats and /metrics all show shard 0 stale.
+fn assert_shard_0_stale(gw: &Proc, admin: u16, reported: bool) {
+    let body = degraded_health(admin);
     let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
     assert_eq!(v["status"], "degraded", "{body}");
     assert_eq!(v["stale_shards"], serde_json::json!([0]));
+    let stats: serde_json::Value = serde_json::from_str(&admin_get(admin, "/stats")).unwrap();
+    let shard = &stats["shards"][0];
+    assert_eq!(shard["shard"], 0, "{stats}");
+    assert_eq!(shard["stale"], true, "{stats}");
+    assert_eq!(shard["reported"], reported, "{stats}");
+    let metrics = admin_get(admin, "/metrics");
+    assert!(
+        metrics.contains("coregate_shard_stale{shard=\"0\"} 1"),
+        "{metrics}"
+    );
+    // The aggregator logs stale shards on its 1 s tick.
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    while !gw.log_text().contains("shard 0: no stats snapshot") && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let log = gw.log_text();
     assert!(log.contains("shard 0: no stats snapshot"), "{log}");
+}
+
+#[test]
+fn a_shard_stuck_from_the_start_is_flagged_and_health_turns_503() {
+    let (gw, admin) = serve_with_stalling_shard("shard-stall", None);
+    assert_shard_0_stale(&gw, admin, false);
+}
+
+#[test]
+fn a_shard_that_stops_reporting_while_serving_is_flagged_and_health_turns_503() {
+    let (gw, admin) = serve_with_stalling_shard("shard-stall-later", Some(1500));
+    // Before the stall (snapshots every 100 ms): reported, not stale, health ok.
+    let end = std::time::Instant::now() + Duration::from_secs(1);
+    let stats = loop {
+        let stats: serde_json::Value = serde_json::from_str(&admin_get(admin, "/stats")).unwrap();
+        if stats["shards"][0]["reported"] == true || std::time::Instant::now() > end {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(stats["shards"][0]["stale"], false, "{stats}");
+    assert_eq!(stats["shards"][0]["reported"], true, "{stats}");
+    assert!(admin_get(admin, "/health").contains("\"ok\""));
+    let metrics = admin_get(admin, "/metrics");
+    assert!(
+        metrics.contains("coregate_shard_stale{shard=\"0\"} 0"),
+        "{metrics}"
+    );
+    assert_shard_0_stale(&gw, admin, true);
 }
 
 #[test]

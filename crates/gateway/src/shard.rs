@@ -267,6 +267,7 @@ async fn shard_main(spec: ShardSpec) {
     }
     let _ = spec.ready.send(Ok(()));
     let fault = injected_fault(spec.id);
+    let started = Instant::now();
 
     let slots = Rc::new(glommio::sync::Semaphore::new(spec.max_connections as u64));
     let accepts: Vec<_> = listeners
@@ -290,7 +291,7 @@ async fn shard_main(spec: ShardSpec) {
     let mut memory = MemoryRelease::default();
     loop {
         glommio::timer::sleep(tick).await;
-        inject(spec.id, fault);
+        inject(spec.id, fault, started);
         shard.date.borrow_mut().refresh();
         memory.tick(shard.stats.borrow().counters.connections_active);
         if Instant::now() >= next_snapshot {
@@ -471,12 +472,13 @@ fn take_control(shard: &Shard, control: &Receiver<Control>, connection_cap: usiz
 /// Fault injection for tests/shard_failure.rs, read once: `COREGATE_FAULT_SHARD_PANIC=<id>`
 /// makes that shard panic on its first tick (the process must then exit non-zero);
 /// `COREGATE_FAULT_SHARD_STALL=<id>` blocks its thread instead, as a task that never yields
-/// would (admin /health must then turn 503).
+/// would (admin /health must then turn 503): on its first tick, before any snapshot, or
+/// with `COREGATE_FAULT_SHARD_STALL_AFTER_MS=<ms>` once it has run (and reported) that long.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {
     None,
     Panic,
-    Stall,
+    Stall { after: Duration },
 }
 
 fn injected_fault(id: usize) -> Fault {
@@ -489,19 +491,24 @@ fn injected_fault(id: usize) -> Fault {
     if is("COREGATE_FAULT_SHARD_PANIC") {
         Fault::Panic
     } else if is("COREGATE_FAULT_SHARD_STALL") {
-        Fault::Stall
+        let after = std::env::var("COREGATE_FAULT_SHARD_STALL_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_millis);
+        Fault::Stall { after }
     } else {
         Fault::None
     }
 }
 
 #[allow(clippy::panic)]
-fn inject(id: usize, fault: Fault) {
+fn inject(id: usize, fault: Fault, started: Instant) {
     match fault {
         Fault::None => {}
         Fault::Panic => panic!("shard {id}: panic injected by COREGATE_FAULT_SHARD_PANIC"),
+        Fault::Stall { after } if started.elapsed() < after => {}
         // Blocks the executor for good, without ending the thread.
-        Fault::Stall => loop {
+        Fault::Stall { .. } => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
     }

@@ -107,6 +107,11 @@ impl Aggregator {
             .collect()
     }
 
+    /// How many shards were started.
+    pub fn expected_shards(&self) -> usize {
+        self.expected
+    }
+
     /// The config generation each started shard last reported (`None`: no snapshot yet).
     pub fn shard_generations(&self) -> Vec<Option<u64>> {
         (0..self.expected)

@@ -254,7 +254,8 @@ fn add_provider(a: &mut ProviderCounters, b: &ProviderCounters) {
 
 /// The `/stats` document.
 pub fn stats_json(agg: &Aggregator) -> Value {
-    let shards: Vec<Value> = agg
+    let stale = agg.stale_shards();
+    let mut shards: Vec<Value> = agg
         .shards
         .values()
         .map(|s: &ShardView| {
@@ -263,7 +264,8 @@ pub fn stats_json(agg: &Aggregator) -> Value {
             m.insert("core".into(), s.core.into());
             m.insert("tid".into(), s.tid.into());
             // No snapshot for a few intervals: the counters shown are frozen.
-            m.insert("stale".into(), (s.seen.elapsed() > agg.stale_after).into());
+            m.insert("stale".into(), stale.contains(&s.shard).into());
+            m.insert("reported".into(), true.into());
             m.insert(
                 "providers".into(),
                 providers_json(&agg.provider_names, &s.providers),
@@ -271,6 +273,11 @@ pub fn stats_json(agg: &Aggregator) -> Value {
             Value::Object(m)
         })
         .collect();
+    // A shard silent since start (stuck before its first snapshot) has no counters to show,
+    // but must be seen: it is listed, stale, once the grace period is over.
+    for id in stale.iter().filter(|id| !agg.shards.contains_key(id)) {
+        shards.push(json!({"shard": id, "stale": true, "reported": false}));
+    }
     let (c, h, providers) = merged(agg);
     let mut total = counters_json(&c, &h);
     total.insert(
@@ -480,6 +487,16 @@ pub fn prometheus(agg: &Aggregator) -> String {
             &s.latency_us,
             s.counters.latency_sum_us,
         );
+    }
+    p.family(
+        "coregate_shard_stale",
+        "gauge",
+        "1 while a shard sends no stats snapshot (stuck or gone; admin /health is 503).",
+    );
+    let stale = agg.stale_shards();
+    for id in 0..agg.expected_shards() {
+        let v = u64::from(stale.contains(&id));
+        p.sample("coregate_shard_stale", &format!("shard=\"{id}\""), v);
     }
     super::provider_metrics::provider_metrics(&mut p, agg);
     agg.config.metrics(&mut p);
