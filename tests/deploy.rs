@@ -1,7 +1,8 @@
 //! The deployment files are checked, not only written: the systemd unit passes
 //! `systemd-analyze verify`, the Kubernetes manifest passes kubernetes-validate (strict, the
 //! schemas bundled with it), the config they ship passes `coregate check` and is the same in
-//! both, and the seccomp profile leaves io_uring allowed.
+//! both, the seccomp profile leaves io_uring allowed, a drain fits the stop timeouts, the unit
+//! can write its logs and the pod asks for no capability it could not use.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -147,6 +148,25 @@ fn a_drain_fails_health_first_and_fits_the_stop_timeouts() {
     // preStop starts the drain itself (coregate is the container's PID 1) and waits for it.
     assert!(
         manifest.contains("kill -TERM 1; while kill -0 1 2>/dev/null; do sleep 1; done"),
+        "{manifest}"
+    );
+}
+
+#[test]
+fn the_unit_can_write_logs_and_the_pod_asks_for_no_capability() {
+    let unit = read("deploy/systemd/coregate.service");
+    // ProtectSystem=strict: the log directory is the one writable place.
+    assert!(unit.contains("\nProtectSystem=strict\n"));
+    assert!(unit.contains("\nLogsDirectory=coregate\n"), "{unit}");
+    // CPUAffinity is the host's: the commented line says how to set it.
+    assert!(unit.contains("systemctl edit coregate") && unit.contains("#CPUAffinity="));
+    let manifest = read("deploy/k8s/coregate.yaml");
+    // A capability added for a non-root user never reaches the process.
+    assert!(manifest.contains("drop: [\"ALL\"]"), "{manifest}");
+    assert!(
+        !manifest
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("add:")),
         "{manifest}"
     );
 }
