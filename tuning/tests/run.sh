@@ -174,6 +174,17 @@ for f in "$tuning/profiles/high-concurrency.conf" "$tuning/profiles/low-latency.
 		grep -q "^${k}[[:space:]]*=" "$tuning/profiles/baseline.conf" || not_in_base="$not_in_base $k"
 	done < <(sed -n 's/^\([A-Za-z0-9_][A-Za-z0-9_./-]*\)[[:space:]]*=.*/\1/p' "$f")
 done
+# Every profile meant for production keeps connections queued on an old listener through
+# an upgrade (serve --takeover); only the untuned reference leaves it off.
+no_migrate=""
+for f in "$tuning/profiles/high-concurrency.conf" "$tuning/profiles/low-latency.conf"; do
+	grep -qE '^net\.ipv4\.tcp_migrate_req[[:space:]]*=[[:space:]]*1[[:space:]]*$' "$f" || no_migrate="$no_migrate ${f##*/}"
+done
+if [ -z "$no_migrate" ]; then
+	ok "every production profile sets net.ipv4.tcp_migrate_req = 1"
+else
+	fail "every production profile sets net.ipv4.tcp_migrate_req = 1" "missing in:$no_migrate"
+fi
 if [ -z "$not_in_base" ]; then
 	ok "baseline records every key the other profiles change"
 else

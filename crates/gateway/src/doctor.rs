@@ -312,7 +312,12 @@ fn somaxconn_check(config: &Config) -> Check {
 /// Whether connections queued on a closing listener move to another listener on the same
 /// address (Linux 5.14+): what a `serve --takeover` upgrade needs to lose none.
 pub fn migrate_req_check() -> Check {
-    match read_trim("/proc/sys/net/ipv4/tcp_migrate_req").as_deref() {
+    migrate_req_verdict(read_trim("/proc/sys/net/ipv4/tcp_migrate_req").as_deref())
+}
+
+/// [`migrate_req_check`] for the sysctl's value (`None`: the kernel has no such key).
+fn migrate_req_verdict(value: Option<&str>) -> Check {
+    match value {
         Some("1") => check(Level::Ok, MIGRATE_REQ, "1".into(), None),
         Some(v) => check(
             Level::Warn,
@@ -322,12 +327,16 @@ pub fn migrate_req_check() -> Check {
                  connections still queued on the old process's listeners when it drains \
                  are reset"
             ),
-            Some("sysctl -w net.ipv4.tcp_migrate_req=1 (tuning/profiles set it)".into()),
+            Some(
+                "sysctl -w net.ipv4.tcp_migrate_req=1 (tuning/'s production profiles set it)"
+                    .into(),
+            ),
         ),
         None => check(
             Level::Warn,
             MIGRATE_REQ,
-            "no net.ipv4.tcp_migrate_req (kernel before 5.14): an upgrade may reset              connections queued on the old process's listeners"
+            "no net.ipv4.tcp_migrate_req (kernel before 5.14): an upgrade may reset \
+             connections queued on the old process's listeners"
                 .into(),
             None,
         ),
@@ -489,5 +498,22 @@ pub fn report(config: &Config) -> i32 {
         Some(Level::Fail) => 2,
         Some(Level::Warn) => 1,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_req_messages_read_as_one_sentence() {
+        for value in [Some("1"), Some("0"), None] {
+            let c = migrate_req_verdict(value);
+            assert!(!c.message.contains("  "), "{value:?}: {:?}", c.message);
+            assert!(c.fix.as_deref().is_none_or(|f| !f.contains("  ")));
+        }
+        assert_eq!(migrate_req_verdict(Some("1")).level, Level::Ok);
+        assert_eq!(migrate_req_verdict(Some("0")).level, Level::Warn);
+        assert_eq!(migrate_req_verdict(None).level, Level::Warn);
     }
 }
