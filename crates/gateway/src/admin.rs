@@ -53,52 +53,8 @@ pub fn serve(
 fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    let (path, query) = loop {
-        match s.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => len += n,
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = req.method.unwrap_or("");
-                let (path, query) = req
-                    .path
-                    .unwrap_or("")
-                    .split_once('?')
-                    .unwrap_or((req.path.unwrap_or(""), ""));
-                let (path, query) = (path.to_string(), query.to_string());
-                // `/health` stays open: balancers probe it without credentials.
-                let health = path == "/health" || path == "/";
-                if !health && token.is_some_and(|t| !presents(req.headers, t)) {
-                    respond_error(
-                        &mut s,
-                        401,
-                        "unauthorized",
-                        "the admin API needs Authorization: Bearer TOKEN (admin.token)",
-                    );
-                    return;
-                }
-                if method != "GET" && method != "HEAD" {
-                    respond_error(
-                        &mut s,
-                        405,
-                        "method_not_allowed",
-                        "the admin API is GET only",
-                    );
-                    return;
-                }
-                break (path, query);
-            }
-            Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            _ => {
-                respond_error(&mut s, 400, "bad_request", "malformed or oversized request");
-                return;
-            }
-        }
+    let Some((path, query)) = read_request(&mut s, token) else {
+        return;
     };
     let (tx, rx) = crossbeam_channel::bounded(1);
     let (query, ctype) = match path.as_str() {
@@ -111,38 +67,23 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
                 .any(|p| p == "reset=1" || p == "reset=true");
             (Query::Usage { reset, reply: tx }, "application/json")
         }
-        "/health" | "/" => {
-            // 503 while draining or with a stale shard, so that a balancer stops sending.
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let answer = queries
-                .send(Query::Health(tx))
-                .ok()
-                .and_then(|_| rx.recv_timeout(Duration::from_secs(5)).ok());
-            match answer {
-                Some((true, body)) => respond(&mut s, 200, "application/json", &body),
-                Some((false, body)) => respond(&mut s, 503, "application/json", &body),
-                None => respond_error(&mut s, 503, "aggregator_busy", "no answer within 5 s"),
-            }
-            return;
-        }
+        "/health" | "/" => return answer_health(&mut s, queries),
         _ => {
-            respond_error(
+            return respond_error(
                 &mut s,
                 404,
                 "not_found",
                 "no such admin path (try /stats, /metrics, /usage or /health)",
-            );
-            return;
+            )
         }
     };
     if queries.send(query).is_err() {
-        respond_error(
+        return respond_error(
             &mut s,
             503,
             "aggregator_stopped",
             "the stats aggregator has stopped",
         );
-        return;
     }
     match rx.recv_timeout(Duration::from_secs(5)) {
         Ok(body) => respond(&mut s, 200, ctype, &body),
@@ -152,6 +93,63 @@ fn handle(mut s: TcpStream, queries: &Sender<Query>, token: Option<&Digest>) {
             "aggregator_busy",
             "the stats aggregator did not answer within 5 s",
         ),
+    }
+}
+
+/// Reads one request head and returns its path and query string; answers (and returns
+/// `None`) a malformed or oversized head, a missing admin token, or a method other than GET
+/// or HEAD.
+fn read_request(s: &mut TcpStream, token: Option<&Digest>) -> Option<(String, String)> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    loop {
+        match s.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => len += n,
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                let target = req.path.unwrap_or("");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                // `/health` stays open: balancers probe it without credentials.
+                let health = path == "/health" || path == "/";
+                if !health && token.is_some_and(|t| !presents(req.headers, t)) {
+                    respond_error(
+                        s,
+                        401,
+                        "unauthorized",
+                        "the admin API needs Authorization: Bearer TOKEN (admin.token)",
+                    );
+                    return None;
+                }
+                if !matches!(req.method, Some("GET" | "HEAD")) {
+                    respond_error(s, 405, "method_not_allowed", "the admin API is GET only");
+                    return None;
+                }
+                return Some((path.to_string(), query.to_string()));
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            _ => {
+                respond_error(s, 400, "bad_request", "malformed or oversized request");
+                return None;
+            }
+        }
+    }
+}
+
+/// `/health`: 503 while draining or with a stale shard, so that a balancer stops sending.
+fn answer_health(s: &mut TcpStream, queries: &Sender<Query>) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let answer = queries
+        .send(Query::Health(tx))
+        .ok()
+        .and_then(|_| rx.recv_timeout(Duration::from_secs(5)).ok());
+    match answer {
+        Some((true, body)) => respond(s, 200, "application/json", &body),
+        Some((false, body)) => respond(s, 503, "application/json", &body),
+        None => respond_error(s, 503, "aggregator_busy", "no answer within 5 s"),
     }
 }
 

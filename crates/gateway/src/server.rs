@@ -28,6 +28,81 @@ const HANDOVER_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// serving, has it drain. Returns an error message for start-up failures (bad config, bad
 /// core list, port in use, executor failure).
 pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
+    let start = prepare(&source, takeover)?;
+    let mut slots = StatSlots::default();
+    let provider_slots = slots.assign(&start.config.providers);
+    let (snap_tx, snap_rx) = bounded(1024 * start.cores.len());
+    let (query_tx, query_rx) = unbounded();
+    start_stats(&start, slots.names().to_vec(), snap_rx, query_rx)?;
+    let admin = AdminShared::default();
+    if !start.config.admin.listen.is_empty() {
+        let wait = (!start.held.is_empty()).then_some(start.handover);
+        start_admin(&start.config.admin, wait, query_tx.clone(), admin.clone())?;
+    }
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let logs = Logs::open(&start.config)?;
+    let first = Arc::new(NewConfig {
+        number: 1,
+        config: start.config.clone(),
+        addresses: start.addresses.clone(),
+        client_tls: crate::upstream::providers::client_tls(&start.config.providers)?,
+        tls: start.tls.clone(),
+        slot_count: provider_slots.len(),
+        slots: provider_slots,
+    });
+    let shards = start_shards(&start, first, snap_tx, &logs)?;
+    let resolver = start_helpers(&start, &shards.controls, &query_tx)?;
+    log_serving(&start);
+
+    let mut drainer = Drainer::new(shards.controls.clone(), query_tx.clone());
+    (drainer.admin_stop, drainer.admin) = admin;
+    drainer
+        .delay_ms
+        .store(start.config.server.drain_delay_ms, Ordering::SeqCst);
+    let reloader = Reloader {
+        source,
+        running: start.config,
+        generation: 1,
+        slots,
+        tls: start.tls,
+        mock: start.mock,
+        shard_count: start.cores.len(),
+        nofile: start.nofile,
+        connection_cap: start.max_connections,
+        controls: shards.controls.clone(),
+        queries: query_tx,
+        resolver,
+        drain_delay_ms: drainer.delay_ms.clone(),
+    };
+    spawn_signal_thread(signals, reloader, drainer.clone(), logs.reopeners())?;
+    take_over(start.claims, start.held, start.handover, &drainer);
+    wait_for_shards(shards.threads, &shards.exits, &drainer.started)?;
+    coregate_runtime::log::info("drained; exiting");
+    Ok(())
+}
+
+/// What start-up settles before any thread starts.
+struct Start {
+    /// The config, with the embedded mock's route and pools fitted to the fd limit.
+    config: Config,
+    nofile: u64,
+    cores: Vec<usize>,
+    /// Where the embedded mock provider listens, when it runs.
+    mock: Option<String>,
+    /// This process's claims on the data-plane addresses, and those a predecessor holds.
+    claims: Vec<std::os::unix::net::UnixListener>,
+    held: Vec<String>,
+    /// How long a successor waits for what its predecessor holds until it drains.
+    handover: std::time::Duration,
+    max_connections: usize,
+    tls: Option<coregate_runtime::tls::ServerCerts>,
+    addresses: crate::resolver::Addresses,
+}
+
+/// Loads and checks everything the shards will need: config, limits, cores, the embedded
+/// mock, the address claims, certificates and provider addresses; logs the warnings.
+fn prepare(source: &ConfigSource, takeover: bool) -> Result<Start, String> {
     let mut config = source.load()?;
     let nofile = raise_nofile_limit();
     let cores = coregate_runtime::cores::parse_core_list(
@@ -45,7 +120,6 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
     };
     // Held until the process exits (or a successor takes over).
     let (claims, held) = crate::takeover::claim(&config, takeover)?;
-    // How long a successor waits for what its predecessor holds until it drains.
     let handover =
         std::time::Duration::from_millis(config.server.drain_timeout_ms) + HANDOVER_MARGIN;
     crate::budget::fit_default_pools(&mut config, cores.len(), nofile);
@@ -56,7 +130,23 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
     };
     let addresses = crate::resolver::resolve_all(&config.providers)
         .map_err(|(key, m)| format!("{key}: {m}"))?;
-    for w in crate::doctor::startup_warnings(&config) {
+    log_startup_warnings(&config);
+    Ok(Start {
+        config,
+        nofile,
+        cores,
+        mock,
+        claims,
+        held,
+        handover,
+        max_connections,
+        tls,
+        addresses,
+    })
+}
+
+fn log_startup_warnings(config: &Config) {
+    for w in crate::doctor::startup_warnings(config) {
         coregate_runtime::log::warn(&w);
     }
     for p in config
@@ -70,152 +160,164 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
             p.name
         ));
     }
+}
 
-    let mut slots = StatSlots::default();
-    let provider_slots = slots.assign(&config.providers);
-    let provider_names = slots.names().to_vec();
-    let (snap_tx, snap_rx) = bounded(1024 * cores.len());
-    let (query_tx, query_rx) = unbounded();
-    let drain_notice = query_tx.clone();
-    let shard_count = cores.len();
-    let stats_interval = std::time::Duration::from_millis(config.stats.interval_ms);
+/// Starts the aggregator's thread.
+fn start_stats(
+    start: &Start,
+    provider_names: Vec<String>,
+    snapshots: Receiver<crate::stats::Snapshot>,
+    queries: Receiver<Query>,
+) -> Result<(), String> {
+    let shard_count = start.cores.len();
+    let interval = std::time::Duration::from_millis(start.config.stats.interval_ms);
     std::thread::Builder::new()
         .name("coregate-stats".into())
         .spawn(move || {
-            Aggregator::new(provider_names, stats_interval, shard_count).run(snap_rx, query_rx)
+            Aggregator::new(provider_names, interval, shard_count).run(snapshots, queries)
         })
-        .map_err(|e| format!("cannot start the stats thread: {e}"))?;
-    let admin_stop = Arc::new(AtomicBool::new(false));
-    let admin_handle = Arc::new(Mutex::new(None));
-    if !config.admin.listen.is_empty() {
-        let wait = (!held.is_empty()).then_some(handover);
-        let shared = (admin_stop.clone(), admin_handle.clone());
-        start_admin(&config.admin, wait, query_tx, shared)?;
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the stats thread: {e}"))
+}
+
+/// The access log and the usage export writers, those the config asks for.
+struct Logs {
+    access: Option<crate::access_log::Writer>,
+    usage: Option<crate::access_log::Writer>,
+}
+
+impl Logs {
+    fn open(config: &Config) -> Result<Logs, String> {
+        let start = |path: &str, key: &str| match path.is_empty() {
+            true => Ok(None),
+            false => crate::access_log::start(path, key).map(Some),
+        };
+        let access = start(&config.access_log.path, "access_log.path")?;
+        let usage = start(&config.usage.export, "usage.export")?;
+        Ok(Logs { access, usage })
     }
 
-    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    /// Where SIGUSR1's "reopen" goes.
+    fn reopeners(&self) -> Vec<Sender<crate::access_log::Message>> {
+        self.access
+            .iter()
+            .chain(&self.usage)
+            .map(|w| w.control.clone())
+            .collect()
+    }
+}
 
-    let access_log = match config.access_log.enabled() {
-        true => Some(crate::access_log::start(
-            &config.access_log.path,
-            "access_log.path",
-        )?),
-        false => None,
-    };
-    let usage_export = match config.usage.export.is_empty() {
-        false => Some(crate::access_log::start(
-            &config.usage.export,
-            "usage.export",
-        )?),
-        true => None,
-    };
+/// The running shards, as the main thread holds them.
+struct Shards {
+    controls: Vec<Sender<Control>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    exits: Receiver<ShardExit>,
+}
+
+/// Starts one shard per core and waits until each has bound its listeners (or stops them
+/// all and fails with the first error).
+fn start_shards(
+    start: &Start,
+    first: Arc<NewConfig>,
+    snapshots: Sender<crate::stats::Snapshot>,
+    logs: &Logs,
+) -> Result<Shards, String> {
     let (ready_tx, ready_rx) = unbounded();
-    let (exit_tx, exit_rx) = unbounded();
+    let (exit_tx, exits) = unbounded();
     let mut controls: Vec<Sender<Control>> = Vec::new();
     let mut threads = Vec::new();
-    let first = Arc::new(NewConfig {
-        number: 1,
-        config: config.clone(),
-        addresses: addresses.clone(),
-        client_tls: crate::upstream::providers::client_tls(&config.providers)?,
-        tls: tls.clone(),
-        slot_count: provider_slots.len(),
-        slots: provider_slots,
-    });
-    for (id, &core) in cores.iter().enumerate() {
+    for (id, &core) in start.cores.iter().enumerate() {
         let (ctl_tx, ctl_rx) = unbounded();
         controls.push(ctl_tx);
         let spec = ShardSpec {
             id,
             core,
             config: first.clone(),
-            max_connections,
-            snapshots: snap_tx.clone(),
+            max_connections: start.max_connections,
+            snapshots: snapshots.clone(),
             control: ctl_rx,
             ready: ready_tx.clone(),
             exited: exit_tx.clone(),
-            access_log: access_log.as_ref().map(|w| w.lines.clone()),
-            usage_export: usage_export.as_ref().map(|w| w.lines.clone()),
-            shard_count: cores.len(),
+            access_log: logs.access.as_ref().map(|w| w.lines.clone()),
+            usage_export: logs.usage.as_ref().map(|w| w.lines.clone()),
+            shard_count: start.cores.len(),
         };
         threads
             .push(crate::shard::spawn(spec).map_err(|e| format!("cannot start shard {id}: {e}"))?);
     }
-    drop(snap_tx);
     drop(ready_tx);
-    drop(exit_tx);
-    for _ in 0..cores.len() {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                stop_all(&controls);
-                return Err(e);
-            }
-            Err(_) => {
-                stop_all(&controls);
-                return Err("a shard exited during start-up".into());
-            }
-        }
+    for _ in 0..start.cores.len() {
+        let failed = match ready_rx.recv() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(_) => "a shard exited during start-up".into(),
+        };
+        stop_all(&controls);
+        return Err(failed);
     }
-    let _ = drain_notice.send(Query::ShardControls(controls.clone()));
-    let _ = drain_notice.send(Query::Tenants(crate::tenants::budget::of_config(&config)));
+    Ok(Shards {
+        controls,
+        threads,
+        exits,
+    })
+}
+
+/// Tells the aggregator about the shards and tenants, and starts the threads that feed the
+/// shards: the fleet usage writer (Redis limits), the resolver and the active health
+/// checks. Returns the resolver's generation, which a reload advances.
+fn start_helpers(
+    start: &Start,
+    controls: &[Sender<Control>],
+    queries: &Sender<Query>,
+) -> Result<Arc<AtomicU64>, String> {
+    let config = &start.config;
+    let _ = queries.send(Query::ShardControls(controls.to_vec()));
+    let _ = queries.send(Query::Tenants(crate::tenants::budget::of_config(config)));
     if config.limits.backend == crate::tenants::redis::Backend::Redis {
         let fleet = crate::config::parse_addr(&config.limits.redis)
             .ok()
             .and_then(crate::stats::fleet::start);
         if let Some(tx) = fleet {
-            let _ = drain_notice.send(Query::FleetUsage(tx));
+            let _ = queries.send(Query::FleetUsage(tx));
         }
     }
     let resolver = Arc::new(AtomicU64::new(1));
     crate::resolver::spawn(
         &config.providers,
-        &addresses,
-        controls.clone(),
+        &start.addresses,
+        controls.to_vec(),
         (1, resolver.clone()),
     )
     .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
-    crate::upstream::active::spawn(&config.providers, controls.clone(), (1, resolver.clone()));
+    crate::upstream::active::spawn(&config.providers, controls.to_vec(), (1, resolver.clone()));
+    Ok(resolver)
+}
+
+fn log_serving(start: &Start) {
+    let config = &start.config;
     coregate_runtime::log::info(&format!(
-        "serving on {} with {} shard(s) on cores {cores:?}, up to {max_connections} \
-         connections per shard; admin on {}",
-        serving_on(&config),
-        cores.len(),
+        "serving on {} with {} shard(s) on cores {:?}, up to {} connections per shard; \
+         admin on {}",
+        serving_on(config),
+        start.cores.len(),
+        start.cores,
+        start.max_connections,
         if config.admin.listen.is_empty() {
             "(disabled)"
         } else {
             &config.admin.listen
         },
     ));
+}
 
-    let mut drainer = Drainer::new(controls.clone(), drain_notice.clone());
-    drainer.admin_stop = admin_stop;
-    drainer.admin = admin_handle;
-    drainer
-        .delay_ms
-        .store(config.server.drain_delay_ms, Ordering::SeqCst);
-    let reloader = Reloader {
-        source,
-        running: config,
-        generation: 1,
-        slots,
-        tls,
-        mock,
-        shard_count: cores.len(),
-        nofile,
-        connection_cap: max_connections,
-        controls: controls.clone(),
-        queries: drain_notice.clone(),
-        resolver,
-        drain_delay_ms: drainer.delay_ms.clone(),
-    };
-    let reopen: Vec<_> = access_log
-        .into_iter()
-        .chain(usage_export)
-        .map(|w| w.control)
-        .collect();
-    spawn_signal_thread(signals, reloader, drainer.clone(), reopen)?;
+/// Answers a successor's takeover request from now on, and, when a predecessor holds the
+/// addresses (`serve --takeover`), asks it to drain and takes its claims once freed.
+fn take_over(
+    claims: Vec<std::os::unix::net::UnixListener>,
+    held: Vec<String>,
+    handover: std::time::Duration,
+    drainer: &Drainer,
+) {
     let successor = drainer.clone();
     let on_drain = move || successor.start("a new coregate took over the addresses", true);
     if !held.is_empty() {
@@ -230,10 +332,6 @@ pub fn serve(source: ConfigSource, takeover: bool) -> Result<(), String> {
         crate::takeover::claim_when_free(held, handover, on_drain.clone());
     }
     crate::takeover::serve_claims(claims, on_drain);
-
-    wait_for_shards(threads, &exit_rx, &drainer.started)?;
-    coregate_runtime::log::info("drained; exiting");
-    Ok(())
 }
 
 /// Waits until every shard has ended after a drain. A shard that panics, or ends while no
@@ -269,13 +367,17 @@ fn wait_for_shards(
     Ok(())
 }
 
+/// What the admin thread shares with the drain: the flag that stops it and a handle on its
+/// listener (both for a successor that takes the admin address over).
+type AdminShared = (Arc<AtomicBool>, Arc<Mutex<Option<std::net::TcpListener>>>);
+
 /// The admin listener's thread. With `wait` (a takeover), the address may still be its
 /// predecessor's for a moment: it is bound as soon as it is free.
 fn start_admin(
     admin: &crate::config::AdminConfig,
     wait: Option<std::time::Duration>,
     queries: Sender<Query>,
-    (stop, handle): (Arc<AtomicBool>, Arc<Mutex<Option<std::net::TcpListener>>>),
+    (stop, handle): AdminShared,
 ) -> Result<(), String> {
     let listener = match wait {
         None => Some(crate::admin::bind(&admin.listen)?),

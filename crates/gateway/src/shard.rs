@@ -205,7 +205,6 @@ fn current_tid() -> i64 {
 }
 
 async fn shard_main(spec: ShardSpec) {
-    let cfg = &spec.config.config;
     let listeners = match bind_listeners(&spec) {
         Ok(l) => l,
         Err(e) => {
@@ -220,13 +219,49 @@ async fn shard_main(spec: ShardSpec) {
             return;
         }
     };
+    let shard = new_shard(&spec, generation);
+    if spec.id == 0 {
+        // Once per process: which read path this kernel gave the shards (all alike).
+        let multishot = coregate_runtime::executor::multishot_receives();
+        coregate_runtime::log::info(&format!(
+            "socket reads: {}",
+            coregate_runtime::executor::socket_reads(multishot)
+        ));
+    }
+    let _ = spec.ready.send(Ok(()));
+
+    let slots = Rc::new(glommio::sync::Semaphore::new(spec.max_connections as u64));
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, tls)| {
+            glommio::spawn_local(crate::accept::accept_loop(
+                shard.clone(),
+                listener,
+                slots.clone(),
+                spec.max_connections,
+                tls,
+            ))
+        })
+        .collect();
+    let pool_sweeper = glommio::spawn_local(crate::upstream::pool::sweep_idle(shard.clone()));
+    housekeeping(&shard, &spec).await;
+    drain(&shard, accepts, &spec.snapshots).await;
+    pool_sweeper.await;
+    shard.flush_logs();
+    ship(&shard, &spec.snapshots);
+    coregate_runtime::deadline::release_wakers();
+}
+
+/// The shard's state at start, on config generation `generation`.
+fn new_shard(spec: &ShardSpec, generation: Generation) -> Rc<Shard> {
+    let cfg = &spec.config.config;
     let mut stats = ShardStats::new(spec.id, spec.core, current_tid(), spec.config.slot_count);
     stats.counters.config_generation = generation.number;
     generation
         .providers
         .register_endpoints(&mut stats.providers);
     let tenant_count = generation.tenants.names.len();
-    let shard = Rc::new(Shard {
+    Rc::new(Shard {
         id: spec.id,
         core: spec.core,
         limits: Cell::new(spec.config.limits()),
@@ -256,36 +291,15 @@ async fn shard_main(spec: ShardSpec) {
         budget_until: RefCell::new(Vec::new()),
         redis_limits: RefCell::new(crate::tenants::redis::for_config(cfg, tenant_count)),
         inflight: Cell::new(0),
-    });
-    if spec.id == 0 {
-        // Once per process: which read path this kernel gave the shards (all alike).
-        let multishot = coregate_runtime::executor::multishot_receives();
-        coregate_runtime::log::info(&format!(
-            "socket reads: {}",
-            coregate_runtime::executor::socket_reads(multishot)
-        ));
-    }
-    let _ = spec.ready.send(Ok(()));
+    })
+}
+
+/// The housekeeping tick (date cache, memory release, stats shipping, log flushing,
+/// control messages) until a drain is asked for.
+async fn housekeeping(shard: &Rc<Shard>, spec: &ShardSpec) {
     let fault = injected_fault(spec.id);
     let started = Instant::now();
-
-    let slots = Rc::new(glommio::sync::Semaphore::new(spec.max_connections as u64));
-    let accepts: Vec<_> = listeners
-        .into_iter()
-        .map(|(listener, tls)| {
-            glommio::spawn_local(crate::accept::accept_loop(
-                shard.clone(),
-                listener,
-                slots.clone(),
-                spec.max_connections,
-                tls,
-            ))
-        })
-        .collect();
-    let pool_sweeper = glommio::spawn_local(crate::upstream::pool::sweep_idle(shard.clone()));
-
-    // Housekeeping tick: date cache, stats shipping, control messages.
-    let interval = Duration::from_millis(cfg.stats.interval_ms);
+    let interval = Duration::from_millis(spec.config.config.stats.interval_ms);
     let tick = interval.min(Duration::from_millis(100));
     let mut next_snapshot = Instant::now() + interval;
     let mut memory = MemoryRelease::default();
@@ -296,19 +310,13 @@ async fn shard_main(spec: ShardSpec) {
         memory.tick(shard.stats.borrow().counters.connections_active);
         if Instant::now() >= next_snapshot {
             next_snapshot += interval;
-            ship(&shard, &spec.snapshots);
+            ship(shard, &spec.snapshots);
         }
         shard.flush_logs();
-        if !take_control(&shard, &spec.control, spec.max_connections) {
-            break;
+        if !take_control(shard, &spec.control, spec.max_connections) {
+            return;
         }
     }
-
-    drain(&shard, accepts, &spec.snapshots).await;
-    pool_sweeper.await;
-    shard.flush_logs();
-    ship(&shard, &spec.snapshots);
-    coregate_runtime::deadline::release_wakers();
 }
 
 /// How long a drain leaves keep-alive connections for their next request (answered with
