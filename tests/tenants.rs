@@ -219,6 +219,60 @@ fn concurrency_and_session_caps_answer_429() {
     assert_eq!(r.json()["error"]["code"], "too_many_sessions");
 }
 
+/// Each shard's open client connections, from `/stats`.
+fn open_per_shard(gw: &Gateway) -> Vec<u64> {
+    let s = stats(gw);
+    let shards = s["shards"].as_array().cloned().unwrap_or_default();
+    shards
+        .iter()
+        .map(|s| s["connections_active"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// Two keep-alive connections to a two-shard gateway that SO_REUSEPORT put on different
+/// shards: the second is opened again until `/stats` shows one open on each.
+fn one_connection_per_shard(gw: &Gateway) -> (Reader, Reader) {
+    let first = Reader::new(gw.connect());
+    for _ in 0..40 {
+        let second = Reader::new(gw.connect());
+        let end = Instant::now() + Duration::from_secs(2);
+        loop {
+            let open = open_per_shard(gw);
+            if open == [1, 1] {
+                return (first, second);
+            }
+            if open.iter().sum::<u64>() == 2 || Instant::now() > end {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(second);
+        let end = Instant::now() + Duration::from_secs(2);
+        while open_per_shard(gw).iter().sum::<u64>() != 1 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!(
+        "never had one connection on each shard: {:?}",
+        open_per_shard(gw)
+    );
+}
+
+/// Asks at `per_s` on `r` for `secs` (paced by the clock, not by the answers):
+/// (asked, admitted).
+fn offer(mut r: Reader, per_s: f64, secs: f64) -> (u64, u64) {
+    let start = Instant::now();
+    let (mut asked, mut ok) = (0u64, 0u64);
+    while start.elapsed().as_secs_f64() < secs {
+        let due = start + Duration::from_secs_f64(asked as f64 / per_s);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        r.send(b"GET /v1/mock/bytes?size=1 HTTP/1.1\r\nHost: t\r\nx-api-key: sk-lim-1\r\n\r\n");
+        ok += u64::from(r.response(false).unwrap().status == 200);
+        asked += 1;
+    }
+    (asked, ok)
+}
+
 #[test]
 fn shares_follow_a_skewed_load_and_the_limit_holds_within_ten_percent() {
     let (rate, burst, secs) = (100.0, 10.0, 4.0);
@@ -227,26 +281,23 @@ fn shares_follow_a_skewed_load_and_the_limit_holds_within_ten_percent() {
         "0-1",
         &format!("rate_per_s = {rate}\nburst = {burst}\n"),
     );
-    let port = gw.port;
-    let run = move |pause: Duration| {
-        let mut r = Reader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
-        let (mut ok, end) = (0u64, Instant::now() + Duration::from_secs_f64(secs));
-        while Instant::now() < end {
-            r.send(b"GET /v1/mock/bytes?size=1 HTTP/1.1\r\nHost: t\r\nx-api-key: sk-lim-1\r\n\r\n");
-            ok += u64::from(r.response(false).unwrap().status == 200);
-            std::thread::sleep(pause);
-        }
-        ok
-    };
-    // One connection (so one shard) asks as fast as it can, another at about 20/s.
-    let heavy = std::thread::spawn(move || run(Duration::ZERO));
-    let light = std::thread::spawn(move || run(Duration::from_millis(50)));
-    let admitted = heavy.join().unwrap() + light.join().unwrap();
+    let (heavy, light) = one_connection_per_shard(&gw);
+    // 90/10 across the two shards, both over their time window: 180/s and 20/s against 100/s.
+    let heavy = std::thread::spawn(move || offer(heavy, 180.0, secs));
+    let light = std::thread::spawn(move || offer(light, 20.0, secs));
+    let ((_, heavy_ok), (light_asked, light_ok)) = (heavy.join().unwrap(), light.join().unwrap());
+    let admitted = heavy_ok + light_ok;
     let expected = rate * secs + burst;
+    eprintln!("admitted {heavy_ok} + {light_ok} of {light_asked}, expected {expected}");
     let error = (admitted as f64 - expected).abs() / expected;
     assert!(
         error <= 0.10,
-        "admitted {admitted}, expected {expected} (off by {error:.3})"
+        "admitted {admitted} ({heavy_ok} + {light_ok}), expected {expected} (off by {error:.3})"
+    );
+    // The light shard keeps what it asks: the heavy one does not take its share.
+    assert!(
+        light_ok as f64 >= 0.9 * light_asked as f64,
+        "the light shard got {light_ok} of {light_asked}"
     );
 }
 

@@ -209,7 +209,7 @@ impl Reloader {
         let _ = self
             .queries
             .send(Query::ProviderNames(self.slots.names().to_vec()));
-        let tenants = crate::tenants::budget::of_config(&new.config);
+        let tenants = crate::tenants::for_aggregator(&new.config);
         let _ = self.queries.send(Query::Tenants(tenants));
         self.generation = new.number;
         self.resolver.store(new.number, Ordering::SeqCst);

@@ -24,7 +24,7 @@ pub enum Query {
     /// The provider names of the stats slots, after a reload added providers.
     ProviderNames(Vec<String>),
     /// The tenants of the config the shards (now) serve, with their budgets.
-    Tenants(Vec<(String, crate::tenants::budget::Budgets)>),
+    Tenants(Vec<crate::tenants::AggregatorTenant>),
     /// `/usage`, and whether to start a new window after answering.
     Usage {
         reset: bool,

@@ -5,6 +5,7 @@ use super::render::{escape, Prom};
 use crate::shard::Control;
 use crate::tenants::budget::{Budgets, Spent, Windows};
 use crate::tenants::limits::shares_for;
+use crate::tenants::AggregatorTenant;
 use crossbeam_channel::Sender;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -25,6 +26,8 @@ pub struct TenantBalance {
     /// The current generation's tenants, in table order.
     pub names: Vec<String>,
     budgets: Vec<Budgets>,
+    /// Each tenant's request rate (0: none), which the shares split.
+    rates: Vec<f64>,
     windows: Vec<Windows>,
     /// Until when each tenant is out of budget, as last told to the shards.
     exhausted: Vec<Option<u64>>,
@@ -32,16 +35,28 @@ pub struct TenantBalance {
     shards: BTreeMap<usize, (u64, Vec<TenantCounters>)>,
     /// Per shard: the attempts at the last rebalance.
     seen: BTreeMap<usize, Vec<u64>>,
+    /// Per shard: each tenant's demand (attempts per second), smoothed over intervals.
+    demand: BTreeMap<usize, Vec<f64>>,
+    /// When the last rebalance ran.
+    rebalanced: Option<std::time::Instant>,
     /// Where shares go (set once the shards run).
     pub controls: Vec<Sender<Control>>,
 }
 
 impl TenantBalance {
-    pub fn set_tenants(&mut self, tenants: Vec<(String, Budgets)>) {
-        let n = tenants.len();
-        (self.names, self.budgets) = tenants.into_iter().unzip();
+    pub fn set_tenants(&mut self, tenants: Vec<AggregatorTenant>) {
+        let old_names = std::mem::replace(
+            &mut self.names,
+            tenants.iter().map(|t| t.name.clone()).collect(),
+        );
+        self.budgets = tenants.iter().map(|t| t.budgets).collect();
+        self.rates = tenants.iter().map(|t| t.rate_per_s).collect();
+        let n = self.names.len();
+        drop(old_names);
         self.windows = vec![Windows::default(); n];
         self.exhausted = vec![None; n];
+        // The tenants' places in the table may have moved: demand starts over.
+        self.demand.clear();
     }
 
     /// Checks every tenant's budgets against `spent` (totals since start, by name) and
@@ -78,8 +93,8 @@ impl TenantBalance {
         self.shards.insert(shard, (generation, counts));
     }
 
-    /// Gives every shard a share of each tenant's limits in proportion to its demand
-    /// since the last rebalance. Skipped while shards disagree on the config generation
+    /// Gives every shard a share of each tenant's limits from its demand since the last
+    /// rebalances (`shares_for`). Skipped while shards disagree on the config generation
     /// (a reload is under way: the tenants may have moved).
     pub fn rebalance(&mut self) {
         let n = self.controls.len();
@@ -96,33 +111,53 @@ impl TenantBalance {
             .map(|(_, c)| c.len())
             .min()
             .unwrap_or(0);
+        let now = std::time::Instant::now();
+        let elapsed = self
+            .rebalanced
+            .replace(now)
+            .map_or(0.0, |at| now.duration_since(at).as_secs_f64());
+        if elapsed > 0.0 {
+            self.update_demand(tenants, elapsed);
+        }
         let mut shares = vec![vec![f64::NAN; tenants]; n];
         for t in 0..tenants {
-            let demand: Vec<u64> = (0..n)
-                .map(|s| {
-                    let now = self.shards.get(&s).map_or(0, |(_, c)| c[t].attempts);
-                    let before = self
-                        .seen
-                        .get(&s)
-                        .and_then(|v| v.get(t))
-                        .copied()
-                        .unwrap_or(0);
-                    now.saturating_sub(before)
-                })
+            let demand: Vec<f64> = (0..n)
+                .map(|s| self.demand.get(&s).and_then(|d| d.get(t)).copied())
+                .map(|d| d.unwrap_or(0.0))
                 .collect();
-            if let Some(split) = shares_for(&demand) {
-                for (s, share) in split.into_iter().enumerate() {
-                    shares[s][t] = share;
-                }
+            let rate = self.rates.get(t).copied().unwrap_or(0.0);
+            for (row, share) in shares
+                .iter_mut()
+                .zip(shares_for(&demand, rate).unwrap_or_default())
+            {
+                row[t] = share;
             }
-        }
-        for (s, (_, counts)) in &self.shards {
-            self.seen
-                .insert(*s, counts.iter().map(|c| c.attempts).collect());
         }
         for (s, c) in self.controls.iter().enumerate() {
             let shares = std::mem::take(&mut shares[s]);
             let _ = c.try_send(Control::TenantShares { generation, shares });
+        }
+    }
+
+    /// Folds each shard's attempts since the last rebalance (`elapsed` seconds ago) into
+    /// its smoothed demand: half the last interval's rate, half what came before, so one
+    /// interval's few requests on a light shard do not swing its share.
+    fn update_demand(&mut self, tenants: usize, elapsed: f64) {
+        for (s, (_, counts)) in &self.shards {
+            let before = self.seen.get(s);
+            let smoothed = self.demand.entry(*s).or_default();
+            smoothed.resize(tenants, f64::NAN);
+            for (t, d) in smoothed.iter_mut().enumerate() {
+                let prior = before.and_then(|v| v.get(t)).copied().unwrap_or(0);
+                let rate = counts[t].attempts.saturating_sub(prior) as f64 / elapsed;
+                *d = if d.is_nan() {
+                    rate
+                } else {
+                    0.5 * *d + 0.5 * rate
+                };
+            }
+            self.seen
+                .insert(*s, counts.iter().map(|c| c.attempts).collect());
         }
     }
 

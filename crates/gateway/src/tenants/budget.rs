@@ -39,14 +39,6 @@ impl Budgets {
     }
 }
 
-/// Every tenant of `cfg` with its budgets, for the aggregator.
-pub fn of_config(cfg: &crate::config::Config) -> Vec<(String, Budgets)> {
-    cfg.tenants
-        .iter()
-        .map(|t| (t.name.clone(), Budgets::of(t)))
-        .collect()
-}
-
 /// A tenant's usage in the units budgets count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Spent {

@@ -4,14 +4,15 @@
 //! bucket, in-flight and session counts: `Cell`s, no atomics). SO_REUSEPORT spreads
 //! connections by hash, not by tenant, so a tenant's traffic can sit on one shard; equal
 //! fixed shares would then admit a fraction of its limit. Instead every shard reports each
-//! tenant's demand (requests attempted) with its stats, and the aggregator gives each shard
-//! a share proportional to its demand over the last interval (a floor keeps a little
+//! tenant's demand (requests attempted) with its stats, and the aggregator splits the limit
+//! max-min fairly over the shards' recent demand (`shares_for`; a floor keeps a little
 //! everywhere, so traffic that moves is not refused outright), sent back as a control
 //! message. The request path only reads its shard's share.
 //!
-//! Accuracy: the rate holds to within the floor's slack once shares follow the demand
-//! (one stats interval after it moves); concurrency and session caps are rounded up per
-//! shard, so a tenant can exceed them by at most one per shard.
+//! Accuracy: the rate holds to within the headroom and floor a light shard leaves unused,
+//! a few stats intervals after the load moves (demand is smoothed); concurrency and
+//! session caps are rounded up per shard, so a tenant can exceed them by at most one per
+//! shard.
 
 use super::TenantConfig;
 use std::cell::Cell;
@@ -276,23 +277,49 @@ impl Drop for Admission {
     }
 }
 
-/// The shares the aggregator gives: each shard's part of a tenant's demand over the last
-/// interval (`demand[shard]`), with a floor of 5 % divided among the shards; `None` when
-/// nobody asked (the shares stay as they are).
-pub fn shares_for(demand: &[u64]) -> Option<Vec<f64>> {
-    let total: u64 = demand.iter().sum();
-    if total == 0 || demand.is_empty() {
+/// Headroom a shard that asks for less than its fair part gets over its recent demand, so
+/// that a little more traffic there is not refused before the next rebalance.
+const HEADROOM: f64 = 1.1;
+/// The least any shard keeps (split among the shards), so traffic that moves to an idle
+/// shard is not refused outright.
+const FLOOR: f64 = 0.05;
+
+/// The shares the aggregator gives, from each shard's recent demand for a tenant
+/// (`demand[shard]`, requests per second asked, admitted or not); `None` when nobody asked
+/// (the shares stay as they are).
+///
+/// With a rate limit, the split is max-min fair (water-filling): a shard asking for less
+/// than an equal part of what is left gets what it asks (plus `HEADROOM`), and the shards
+/// asking more share the rest equally. Demand counts refused requests too, so a shard
+/// asking flat out would otherwise take nearly all of a proportional split and starve a
+/// light one. Without a rate (only concurrency caps), shares follow the demand.
+pub fn shares_for(demand: &[f64], rate_per_s: f64) -> Option<Vec<f64>> {
+    let total: f64 = demand.iter().sum();
+    if demand.is_empty() || total.is_nan() || total <= 0.0 {
         return None;
     }
     let n = demand.len() as f64;
-    let floor = 0.05 / n;
-    let rest = 1.0 - floor * n;
-    Some(
-        demand
-            .iter()
-            .map(|&d| floor + rest * d as f64 / total as f64)
-            .collect(),
-    )
+    let floor = FLOOR / n;
+    if rate_per_s.is_nan() || rate_per_s <= 0.0 {
+        let rest = 1.0 - FLOOR;
+        return Some(demand.iter().map(|d| floor + rest * d / total).collect());
+    }
+    let wants: Vec<f64> = demand
+        .iter()
+        .map(|d| (d * HEADROOM / rate_per_s).max(floor))
+        .collect();
+    let mut order: Vec<usize> = (0..wants.len()).collect();
+    order.sort_by(|&a, &b| wants[a].total_cmp(&wants[b]));
+    let mut shares = vec![0.0; wants.len()];
+    let mut left = 1.0;
+    for (k, &i) in order.iter().enumerate() {
+        let fair = left / (wants.len() - k) as f64;
+        shares[i] = wants[i].min(fair);
+        left -= shares[i];
+    }
+    // Everyone asks for less than the limit: what is left is spread evenly.
+    let spare = left.max(0.0) / n;
+    Some(shares.iter().map(|s| s + spare).collect())
 }
 
 #[cfg(test)]
@@ -349,14 +376,36 @@ mod tests {
     }
 
     #[test]
-    fn shares_follow_the_demand_with_a_floor() {
-        let s = shares_for(&[90, 10]).unwrap();
+    fn a_light_shard_keeps_what_it_asks_and_the_heavy_one_takes_the_rest() {
+        // 100/s: one shard asks 2000/s (mostly refused), the other 20/s.
+        let s = shares_for(&[2000.0, 20.0], 100.0).unwrap();
+        assert!(
+            (s[1] - 0.22).abs() < 1e-9 && (s[0] - 0.78).abs() < 1e-9,
+            "{s:?}"
+        );
+        // Both over an equal part: equal shares.
+        let s = shares_for(&[300.0, 90.0], 100.0).unwrap();
+        assert!((s[0] - 0.5).abs() < 1e-9, "{s:?}");
+        // Both under the limit: each what it asks, the spare spread evenly.
+        let s = shares_for(&[10.0, 30.0], 100.0).unwrap();
+        assert!(
+            (s[0] - 0.39).abs() < 1e-9 && (s[1] - 0.61).abs() < 1e-9,
+            "{s:?}"
+        );
+        // An idle shard keeps the floor.
+        let s = shares_for(&[500.0, 0.0], 100.0).unwrap();
+        assert!((s[1] - 0.025).abs() < 1e-9, "{s:?}");
+        assert_eq!(shares_for(&[0.0, 0.0], 100.0), None);
+    }
+
+    #[test]
+    fn without_a_rate_shares_follow_the_demand_with_a_floor() {
+        let s = shares_for(&[90.0, 10.0], 0.0).unwrap();
         assert!(
             (s[0] - 0.88).abs() < 1e-9 && (s[1] - 0.12).abs() < 1e-9,
             "{s:?}"
         );
-        let s = shares_for(&[100, 0]).unwrap();
+        let s = shares_for(&[100.0, 0.0], 0.0).unwrap();
         assert!((s[1] - 0.025).abs() < 1e-9, "{s:?}");
-        assert_eq!(shares_for(&[0, 0]), None);
     }
 }

@@ -70,6 +70,26 @@ pub struct TenantConfig {
 
 pub type Digest = [u8; 32];
 
+/// A tenant as the aggregator needs it: its budgets, and its rate for the shards' shares.
+#[derive(Debug, Clone)]
+pub struct AggregatorTenant {
+    pub name: String,
+    pub budgets: budget::Budgets,
+    pub rate_per_s: f64,
+}
+
+/// Every tenant of `cfg`, for the aggregator.
+pub fn for_aggregator(cfg: &crate::config::Config) -> Vec<AggregatorTenant> {
+    cfg.tenants
+        .iter()
+        .map(|t| AggregatorTenant {
+            name: t.name.clone(),
+            budgets: budget::Budgets::of(t),
+            rate_per_s: t.rate_per_s,
+        })
+        .collect()
+}
+
 /// SHA-256 of a presented or configured key.
 pub fn digest(key: &[u8]) -> Digest {
     let d = ring::digest::digest(&ring::digest::SHA256, key);
