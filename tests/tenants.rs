@@ -572,3 +572,74 @@ fn an_audio_budget_closes_the_running_session_with_1008_and_refuses_new_requests
         200
     );
 }
+
+/// Sends `text` for speech as tenant `lim`.
+fn tts_as_lim(port: u16, text: &str) -> Response {
+    let body = format!(r#"{{"model":"m","input":"{text}","voice":"v"}}"#);
+    request(
+        port,
+        &format!(
+            "POST /v1/mock/tts HTTP/1.1\r\nHost: t\r\nx-api-key: sk-lim-1\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn a_reload_keeps_what_a_tenant_spent_of_its_daily_budget() {
+    let (gw, _mock) = tenants_gateway(
+        "tenants-budget-reload",
+        "0-1",
+        "budget_tts_chars_per_day = 10\n",
+    );
+    assert_eq!(tts_as_lim(gw.port, "abcdef").status, 200);
+    let spent = |gw: &Gateway| {
+        admin_json(gw, "/usage")["tenants"]["lim"]["by_provider"]["mock"]["by_route"]["/v1/mock/"]
+            ["tts_characters"]
+            .as_u64()
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    while spent(&gw) != Some(6) {
+        assert!(Instant::now() < end, "6 characters never counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A few budget checks see the 6 characters before the reload.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // An unrelated change: a new tenant ahead of `lim`, which moves its place in the table.
+    let path = gw.dir.join("coregate.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let new_tenant = format!(
+        "[[tenants]]\nname = \"newcomer\"\nkeys = [\"sha256:{}\"]\n[[tenants]]\nname = \"acme\"",
+        "ab".repeat(32)
+    );
+    std::fs::write(
+        &path,
+        cfg.replace("[[tenants]]\nname = \"acme\"", &new_tenant),
+    )
+    .unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = stats(&gw)["config"].clone();
+        if c["reloads_applied"] == 1 && c["applied_by_all_shards"] == true {
+            break;
+        }
+        assert!(Instant::now() < end, "the reload never applied: {c}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 4 more characters make 10: the day's budget is gone, as it would be without the reload.
+    assert_eq!(tts_as_lim(gw.port, "wxyz").status, 200);
+    let end = Instant::now() + Duration::from_secs(3);
+    let r = loop {
+        let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
+        if r.status == 429 || Instant::now() > end {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_exhausted");
+}

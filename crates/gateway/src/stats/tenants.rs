@@ -31,6 +31,8 @@ pub struct TenantBalance {
     windows: Vec<Windows>,
     /// Until when each tenant is out of budget, as last told to the shards.
     exhausted: Vec<Option<u64>>,
+    /// The config generation every shard was last told `exhausted` under.
+    told_generation: Option<u64>,
     /// Per shard: the config generation its counts belong to, and the counts.
     shards: BTreeMap<usize, (u64, Vec<TenantCounters>)>,
     /// Per shard: the attempts at the last rebalance.
@@ -51,10 +53,20 @@ impl TenantBalance {
         );
         self.budgets = tenants.iter().map(|t| t.budgets).collect();
         self.rates = tenants.iter().map(|t| t.rate_per_s).collect();
-        let n = self.names.len();
-        drop(old_names);
-        self.windows = vec![Windows::default(); n];
-        self.exhausted = vec![None; n];
+        // A tenant's windows (what it spent before this minute and day) carry over a
+        // reload by name, or a SIGHUP would give it its whole daily budget again; a tenant
+        // new to the config starts fresh, one removed is dropped.
+        let mut kept: std::collections::HashMap<String, (Windows, Option<u64>)> = old_names
+            .into_iter()
+            .zip(std::mem::take(&mut self.windows))
+            .zip(std::mem::take(&mut self.exhausted))
+            .map(|((name, w), e)| (name, (w, e)))
+            .collect();
+        (self.windows, self.exhausted) = self
+            .names
+            .iter()
+            .map(|name| kept.remove(name).unwrap_or_default())
+            .unzip();
         // The tenants' places in the table may have moved: demand starts over.
         self.demand.clear();
     }
@@ -80,11 +92,20 @@ impl TenantBalance {
                 changed = true;
             }
         }
-        let generation = self.shards.values().map(|(g, _)| *g).max();
-        if let (true, Some(generation)) = (changed, generation) {
+        let generations = self.shards.values().map(|(g, _)| *g);
+        let (Some(generation), Some(oldest)) = (generations.clone().max(), generations.min())
+        else {
+            return;
+        };
+        // A shard forgets who is out of budget when it switches generation (a reload), so
+        // the flags go again until every shard has them under its new generation.
+        if changed || self.told_generation != Some(generation) {
             for c in &self.controls {
                 let until = self.exhausted.clone();
                 let _ = c.try_send(Control::TenantBudgets { generation, until });
+            }
+            if oldest == generation {
+                self.told_generation = Some(generation);
             }
         }
     }

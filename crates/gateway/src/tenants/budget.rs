@@ -8,7 +8,8 @@
 //! 1008 and a reason. Nothing on the request path asks another core: the shard reads its
 //! own flag. Accuracy: a budget can be overrun by what the tenant uses within one stats
 //! interval (plus requests already in flight), since the totals travel with the stats.
-//! Windows are UTC minutes and UTC days.
+//! Windows are UTC minutes and UTC days; the aggregator carries each tenant's windows over
+//! a reload by name (`stats::tenants`), so a reload does not hand a budget out again.
 
 use super::TenantConfig;
 use serde::{Deserialize, Serialize};
