@@ -1,7 +1,8 @@
 //! A tenant's rate shared by two gateway processes through a real Redis: the combined
-//! admitted rate holds the limit; with Redis killed, requests keep flowing on local limits
-//! (no stall), the fallback shows, and the shared limit comes back with Redis. Both nodes'
-//! usage adds up in Redis for a fleet-wide view.
+//! admitted rate holds the limit; with Redis killed or hung (SIGSTOP) while both are
+//! driven, requests keep flowing on local limits (no request waits for Redis), the fallback
+//! shows in /stats, /metrics and the log, and the shared limit comes back with Redis. Both
+//! nodes' usage adds up in Redis for a fleet-wide view.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -65,6 +66,83 @@ fn fallback_shards(gw: &Gateway) -> serde_json::Value {
     gw.stats()["total"]["shared_limits"]["fallback_shards"].clone()
 }
 
+/// `redis-cli -p PORT ARGS...`'s output, trimmed.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Tenant `t`'s fleet-wide request total for today in Redis.
+fn fleet_requests(port: u16) -> u64 {
+    let key = cli(port, &["--scan", "--pattern", "coregate:usage:t:*"]);
+    cli(port, &["HGET", &key, "requests"]).parse().unwrap_or(0)
+}
+
+/// The value of the one-shard gateway's `/metrics` sample `name`.
+fn metric(gw: &Gateway, name: &str) -> u64 {
+    let text = admin_get(gw.admin, "/metrics");
+    let prefix = format!("{name}{{shard=\"0\",core=\"0\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Drives both gateways flat out for `secs`, doing `meanwhile` after `after` secs:
+/// (admitted by both, the slowest answer either saw).
+fn drive_both(
+    a: &Gateway,
+    b: &Gateway,
+    secs: f64,
+    after: f64,
+    meanwhile: impl FnOnce(),
+) -> (u64, Duration) {
+    let (pa, pb) = (a.port, b.port);
+    let ta = std::thread::spawn(move || drive(pa, secs));
+    let tb = std::thread::spawn(move || drive(pb, secs));
+    std::thread::sleep(Duration::from_secs_f64(after));
+    meanwhile();
+    let (x, y) = (ta.join().unwrap(), tb.join().unwrap());
+    (x.0 + y.0, x.1.max(y.1))
+}
+
+/// The combined admitted rate of both gateways over `secs` holds the limit within ±10 %.
+fn assert_shared_rate(
+    a: &Gateway,
+    b: &Gateway,
+    rate: u32,
+    burst: u32,
+    secs: f64,
+    when: &str,
+) -> u64 {
+    let (admitted, _) = drive_both(a, b, secs, 0.0, || {});
+    let expected = f64::from(rate) * secs + f64::from(burst);
+    let error = (admitted as f64 - expected).abs() / expected;
+    eprintln!("{when}: admitted {admitted} by both, expected {expected}");
+    assert!(
+        error <= 0.10,
+        "{when}: admitted {admitted} by both, expected {expected} ({error:.3})"
+    );
+    admitted
+}
+
+/// Drives `gw` lightly until its shard is back on Redis leases.
+fn wait_for_leases(gw: &Gateway) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while fallback_shards(gw) != 0 {
+        assert!(Instant::now() < end, "never went back to Redis");
+        drive(gw.port, 0.2);
+    }
+}
+
+/// No request waited for Redis: every answer within this, well under the 250 ms Redis
+/// timeout a request waiting on Redis would take.
+const NO_STALL: Duration = Duration::from_millis(150);
+
 #[test]
 fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
     if !require_tool("redis-server") {
@@ -72,42 +150,22 @@ fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
     }
     let dir = tmpdir("shared-limits");
     let (rport, mport) = (free_port(), free_port());
-    let mut redis_proc = redis(rport, &dir);
+    // Killed when dropped, a panic included (SIGKILL ends a stopped process too).
+    let redis_proc = redis(rport, &dir);
     let _mock = mock_provider("shared-limits", mport);
     wait_port(mport, Duration::from_secs(10));
     let (rate, burst, secs) = (50u32, 10u32, 4.0);
     let a = gateway_on("shared-limits-a", rport, mport, rate, burst);
     let b = gateway_on("shared-limits-b", rport, mport, rate, burst);
-
-    let (pa, pb) = (a.port, b.port);
-    let ta = std::thread::spawn(move || drive(pa, secs));
-    let tb = std::thread::spawn(move || drive(pb, secs));
-    let (admitted, _) = {
-        let (x, y) = (ta.join().unwrap(), tb.join().unwrap());
-        (x.0 + y.0, x.1.max(y.1))
-    };
-    let expected = f64::from(rate) * secs + f64::from(burst);
-    let error = (admitted as f64 - expected).abs() / expected;
-    assert!(
-        error <= 0.10,
-        "admitted {admitted} by both, expected {expected} ({error:.3})"
-    );
+    let admitted = assert_shared_rate(&a, &b, rate, burst, secs, "Redis up");
     assert_eq!(fallback_shards(&a), 0);
+    assert_eq!(metric(&a, "coregate_limits_redis_failures_total"), 0);
 
     // Both nodes add their usage to the fleet totals in Redis: every admitted request.
     if require_tool("redis-cli") {
-        let cli = |args: &[&str]| {
-            let out = Command::new("redis-cli")
-                .args(["-p", &rport.to_string()])
-                .args(args)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
         let end = Instant::now() + Duration::from_secs(5);
         let total = loop {
-            let key = cli(&["--scan", "--pattern", "coregate:usage:t:*"]);
-            let n: u64 = cli(&["HGET", &key, "requests"]).parse().unwrap_or(0);
+            let n = fleet_requests(rport);
             if n >= admitted || Instant::now() > end {
                 break n;
             }
@@ -116,14 +174,49 @@ fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
         assert_eq!(total, admitted, "fleet total in Redis");
     }
 
-    // Redis dies: requests go on, answered at once, on each node's own limit.
-    redis_proc.signal(libc::SIGKILL);
-    let _ = redis_proc.wait_exit(Duration::from_secs(5));
-    let (during, slowest) = drive(pa, 1.5);
+    // Redis dies while both nodes are driven: requests go on, answered at once, on each
+    // node's own limit.
+    let (during, slowest) = drive_both(&a, &b, 2.5, 0.8, || {
+        redis_proc.signal(libc::SIGKILL);
+    });
+    drop(redis_proc);
     assert!(during > 0, "nothing admitted while Redis was down");
     assert!(
-        slowest < Duration::from_millis(500),
-        "a request waited {slowest:?}"
+        slowest < NO_STALL,
+        "a request waited {slowest:?} (Redis killed)"
+    );
+    for gw in [&a, &b] {
+        let s = gw.stats_until(|s| s["total"]["shared_limits"]["fallback_shards"] == 1);
+        assert_eq!(
+            s["total"]["shared_limits"]["fallback_shards"], 1,
+            "{}",
+            s["total"]
+        );
+        assert_eq!(metric(gw, "coregate_limits_fallback"), 1);
+        assert!(metric(gw, "coregate_limits_redis_failures_total") >= 1);
+        let log = gw.proc.log_text();
+        assert!(
+            log.contains("limits: Redis at") && log.contains("unreachable"),
+            "{log}"
+        );
+    }
+
+    // Redis is back on the same port: leases resume, and the shared limit holds again.
+    let redis_proc = redis(rport, &dir);
+    wait_for_leases(&a);
+    wait_for_leases(&b);
+    assert!(a.proc.log_text().contains("Redis answers again"));
+    assert_eq!(metric(&a, "coregate_limits_fallback"), 0);
+
+    // Redis hangs (SIGSTOP: connections open, nothing answers) mid-drive, then resumes.
+    let failures_before = metric(&a, "coregate_limits_redis_failures_total");
+    let (during, slowest) = drive_both(&a, &b, 2.5, 0.8, || {
+        redis_proc.signal(libc::SIGSTOP);
+    });
+    assert!(during > 0, "nothing admitted while Redis hung");
+    assert!(
+        slowest < NO_STALL,
+        "a request waited {slowest:?} (Redis hung)"
     );
     let s = a.stats_until(|s| s["total"]["shared_limits"]["fallback_shards"] == 1);
     assert_eq!(
@@ -131,23 +224,9 @@ fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
         "{}",
         s["total"]
     );
-    assert!(
-        a.proc.log_text().contains("unreachable"),
-        "{}",
-        a.proc.log_text()
-    );
-
-    // Redis is back on the same port: leases resume.
-    let _redis_again = redis(rport, &dir);
-    let end = Instant::now() + Duration::from_secs(10);
-    while fallback_shards(&a) != 0 {
-        assert!(Instant::now() < end, "never went back to Redis");
-        drive(pa, 0.2);
-    }
-    assert!(a.proc.log_text().contains("Redis answers again"));
-    let metrics = admin_get(a.admin, "/metrics");
-    assert!(
-        metrics.contains("coregate_limits_fallback{shard=\"0\",core=\"0\"} 0"),
-        "{metrics}"
-    );
+    assert!(metric(&a, "coregate_limits_redis_failures_total") > failures_before);
+    redis_proc.signal(libc::SIGCONT);
+    wait_for_leases(&a);
+    wait_for_leases(&b);
+    assert_shared_rate(&a, &b, rate, burst, secs, "after Redis hung and resumed");
 }
