@@ -230,3 +230,72 @@ fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
     wait_for_leases(&b);
     assert_shared_rate(&a, &b, rate, burst, secs, "after Redis hung and resumed");
 }
+
+/// `INFO commandstats`' call count of `command` (`evalsha`, `eval`), 0 when never called.
+fn redis_calls(port: u16, command: &str) -> u64 {
+    let info = cli(port, &["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One request of tenant `t` on a new connection: its status.
+fn one_request(port: u16) -> u16 {
+    request(
+        port,
+        "GET /m/bytes?size=1 HTTP/1.1\r\nHost: t\r\nx-api-key: sk-t\r\nConnection: close\r\n\r\n",
+    )
+    .status
+}
+
+#[test]
+fn leases_start_without_refusing_and_a_dry_bucket_costs_one_call_per_batch() {
+    if !require_tool("redis-server") || !require_tool("redis-cli") {
+        return;
+    }
+    let dir = tmpdir("shared-leases");
+    let (rport, mport) = (free_port(), free_port());
+    let _redis = redis(rport, &dir);
+    let _mock = mock_provider("shared-leases", mport);
+    wait_port(mport, Duration::from_secs(10));
+    let (rate, secs) = (50u32, 2.0);
+    let gw = gateway_on("shared-leases-gw", rport, mport, rate, 10);
+
+    // The tenant's first request starts the shard's first lease and is decided locally
+    // meanwhile, not refused.
+    assert_eq!(one_request(gw.port), 200);
+
+    // Flat out, far over the limit: the shared bucket is dry most of the time, and a short
+    // grant holds the next lease back until the bucket would have refilled a batch, so
+    // Redis sees about one call per batch period (batch: 50 ms of the rate, 3 tokens),
+    // not one per request.
+    let before = redis_calls(rport, "evalsha") + redis_calls(rport, "eval");
+    let (admitted, _) = drive(gw.port, secs);
+    let calls = redis_calls(rport, "evalsha") + redis_calls(rport, "eval") - before;
+    let per_batch = f64::from(rate) * secs / 3.0;
+    eprintln!("{admitted} admitted with {calls} lease calls ({per_batch} batch periods)");
+    assert!(calls > 0, "no lease call reached Redis");
+    assert!(
+        (calls as f64) <= 1.5 * per_batch + 10.0,
+        "{calls} lease calls for {per_batch} batch periods"
+    );
+    // The script goes by its digest: sent whole once (NOSCRIPT on a fresh Redis).
+    assert!(
+        redis_calls(rport, "eval") <= 1,
+        "{}",
+        cli(rport, &["INFO", "commandstats"])
+    );
+    assert!(redis_calls(rport, "evalsha") >= calls - 1);
+
+    // A reload starts the leases over; the first request is again decided locally.
+    std::thread::sleep(Duration::from_millis(1100));
+    gw.proc.signal(libc::SIGHUP);
+    let s = gw.stats_until(|s| {
+        s["config"]["reloads_applied"] == 1 && s["config"]["applied_by_all_shards"] == true
+    });
+    assert_eq!(s["config"]["reloads_applied"], 1, "{}", s["config"]);
+    assert_eq!(one_request(gw.port), 200);
+}

@@ -6,7 +6,13 @@
 //! by Redis's own clock so node clocks do not matter), and spends them locally. A request
 //! only reads a `Cell`; a lease is a task of its own, started when the shard's tokens run
 //! low. Each shard keeps its own connection (no cross-core hop), spoken with the
-//! `redis-protocol` codec over the shard's own glommio socket.
+//! `redis-protocol` codec over the shard's own glommio socket. The script goes by its
+//! digest (`EVALSHA`), sent whole (`EVAL`) only when Redis answers `NOSCRIPT`.
+//!
+//! Until a tenant's first lease on a shard comes back (at start and after a reload), the
+//! local limiter decides its requests rather than refusing them. When the shared bucket
+//! cannot fill the next batch, no lease is asked before it would have refilled one, so a
+//! tenant over its limit costs about one call per batch period, not one per request.
 //!
 //! When Redis cannot be reached (connect, write or read failing or taking over 250 ms), the
 //! shard says so in the log and `/stats` and falls back to the local limiter (its share of
@@ -40,7 +46,8 @@ pub enum Backend {
     Redis,
 }
 
-/// The lease: refill the bucket by Redis's clock, take up to `want` whole tokens.
+/// The lease: refill the bucket by Redis's clock, take up to `want` whole tokens; returns
+/// the grant and the whole tokens left.
 const LEASE_SCRIPT: &str = r#"
 local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -52,7 +59,7 @@ tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
 local grant = math.max(0, math.min(want, math.floor(tokens)))
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - grant), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / math.max(rate, 0.001)) + 60000)
-return grant
+return {grant, math.floor(tokens - grant)}
 "#;
 
 /// How long a Redis exchange may take before the shard falls back to local limits.
@@ -65,6 +72,12 @@ const RETRY: Duration = Duration::from_secs(1);
 struct Lease {
     tokens: Cell<u64>,
     in_flight: Cell<bool>,
+    /// A lease has come back since this state was made (process start or reload): until
+    /// then the local limiter decides, rather than refusing while the first lease is out.
+    answered: Cell<bool>,
+    /// After a short grant, no new lease before this: the shared bucket is dry, and asking
+    /// again at once would cost an EVAL per request.
+    not_before: Cell<Option<Instant>>,
 }
 
 /// A shard's side of the shared limits.
@@ -77,13 +90,15 @@ pub struct RedisLimits {
     leases: Vec<Lease>,
     /// Lease calls that failed (Redis down or slow).
     pub failures: Cell<u64>,
+    /// The lease script's digest, for `EVALSHA`.
+    script_sha: String,
 }
 
 /// What the shard's limiter does for a request of one tenant.
 pub enum Decision {
     /// A leased token was spent.
     Admit,
-    /// No leased token now (a lease is under way): 429.
+    /// No leased token now (a lease is under way, or the shared bucket is dry): 429.
     Wait,
     /// Redis is down: decide locally.
     Local,
@@ -98,6 +113,7 @@ impl RedisLimits {
             retry_at: Cell::new(None),
             leases: (0..tenants).map(|_| Lease::default()).collect(),
             failures: Cell::new(0),
+            script_sha: script_sha(),
         })
     }
 
@@ -108,14 +124,20 @@ impl RedisLimits {
             return Decision::Local;
         };
         let batch = batch(rate);
-        if lease.tokens.get() <= batch / 2 && !lease.in_flight.get() && self.may_try() {
+        let now = Instant::now();
+        let backed_off = lease.not_before.get().is_some_and(|t| now < t);
+        if lease.tokens.get() <= batch / 2
+            && !lease.in_flight.get()
+            && !backed_off
+            && self.may_try(now)
+        {
             lease.in_flight.set(true);
             let me = self.clone();
             let key = format!("coregate:bucket:{name}");
             glommio::spawn_local(async move { me.lease(tenant, key, rate, burst, batch).await })
                 .detach();
         }
-        if !self.healthy.get() {
+        if !self.healthy.get() || !lease.answered.get() {
             return Decision::Local;
         }
         match lease.tokens.get() {
@@ -128,8 +150,8 @@ impl RedisLimits {
     }
 
     /// Whether Redis may be asked now (always while healthy; once per `RETRY` while down).
-    fn may_try(&self) -> bool {
-        self.healthy.get() || self.retry_at.get().is_none_or(|t| Instant::now() >= t)
+    fn may_try(&self, now: Instant) -> bool {
+        self.healthy.get() || self.retry_at.get().is_none_or(|t| now >= t)
     }
 
     async fn lease(self: Rc<Self>, tenant: usize, key: String, rate: f64, burst: f64, want: u64) {
@@ -140,8 +162,17 @@ impl RedisLimits {
         if let Some(lease) = self.leases.get(tenant) {
             lease.in_flight.set(false);
             match result {
-                Ok(granted) => {
+                Ok((granted, left)) => {
                     lease.tokens.set(lease.tokens.get() + granted);
+                    lease.answered.set(true);
+                    // The shared bucket cannot fill the next batch: no lease before it
+                    // would have refilled one, or each request over the limit would cost a
+                    // call that grants (next to) nothing.
+                    let missing = want.saturating_sub(left) as f64;
+                    let wait = Duration::from_secs_f64((missing / rate).min(1.0));
+                    lease
+                        .not_before
+                        .set((missing > 0.0).then(|| Instant::now() + wait));
                     if !self.healthy.replace(true) {
                         coregate_runtime::log::info("limits: Redis answers again: shared limits");
                     }
@@ -164,8 +195,16 @@ impl RedisLimits {
         }
     }
 
-    /// One EVAL of the lease script; the number of tokens granted.
-    async fn call(&self, key: &str, rate: f64, burst: f64, want: u64) -> std::io::Result<u64> {
+    /// One lease call; the number of tokens granted. The script goes by its digest
+    /// (`EVALSHA`); only when Redis does not have it yet (a new or restarted Redis:
+    /// `NOSCRIPT`) is the whole script sent, with `EVAL`, which also loads it.
+    async fn call(
+        &self,
+        key: &str,
+        rate: f64,
+        burst: f64,
+        want: u64,
+    ) -> std::io::Result<(u64, u64)> {
         // Taken out first: the borrow must not be held across the connect below.
         let existing = self.conn.borrow_mut().take();
         let conn = match existing {
@@ -177,29 +216,54 @@ impl RedisLimits {
             }
         };
         let (rate, burst, want) = (rate.to_string(), burst.to_string(), want.to_string());
-        let mut out = Vec::new();
-        let args = ["EVAL", LEASE_SCRIPT, "1", key, &rate, &burst, &want];
-        encode_command(&mut out, &args)?;
-        conn.write_all(&out).await?;
-        let mut buf = Vec::with_capacity(64);
-        let mut chunk = [0u8; 256];
-        let reply = loop {
-            if let Some((frame, _)) = decode(&buf).map_err(std::io::Error::other)? {
-                break frame;
-            }
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
+        let args = [key, &rate, &burst, &want];
+        let mut reply = exchange(&conn, &[&["EVALSHA", &self.script_sha, "1"], &args[..]]).await?;
+        if matches!(&reply, OwnedFrame::Error(e) if e.starts_with("NOSCRIPT")) {
+            reply = exchange(&conn, &[&["EVAL", LEASE_SCRIPT, "1"], &args[..]]).await?;
+        }
         *self.conn.borrow_mut() = Some(conn);
+        let count = |f: Option<&OwnedFrame>| match f {
+            Some(OwnedFrame::Integer(n)) => Some((*n).max(0) as u64),
+            _ => None,
+        };
         match reply {
-            OwnedFrame::Integer(n) => Ok(n.max(0) as u64),
+            OwnedFrame::Array(a) if a.len() == 2 => match (count(a.first()), count(a.get(1))) {
+                (Some(granted), Some(left)) => Ok((granted, left)),
+                _ => Err(std::io::Error::other(format!("unexpected reply {a:?}"))),
+            },
             OwnedFrame::Error(e) => Err(std::io::Error::other(format!("Redis: {e}"))),
             other => Err(std::io::Error::other(format!("unexpected reply {other:?}"))),
         }
     }
+}
+
+/// Sends one command (its arguments in parts) and reads its reply.
+async fn exchange(conn: &Stream, parts: &[&[&str]]) -> std::io::Result<OwnedFrame> {
+    let args: Vec<&str> = parts.concat();
+    let mut out = Vec::new();
+    encode_command(&mut out, &args)?;
+    conn.write_all(&out).await?;
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 256];
+    loop {
+        if let Some((frame, _)) = decode(&buf).map_err(std::io::Error::other)? {
+            return Ok(frame);
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The lease script's SHA-1 in hex, as `EVALSHA` names it.
+fn script_sha() -> String {
+    let d = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        LEASE_SCRIPT.as_bytes(),
+    );
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Appends a Redis command (an array of bulk strings) to `out`: the one encoder of the
