@@ -30,6 +30,12 @@ fn redis(port: u16, dir: &std::path::Path) -> Proc {
 
 /// A gateway on one shard whose tenant `t` (key `sk-t`) has `rate`/s shared through Redis.
 fn gateway_on(name: &str, redis_port: u16, mock: u16, rate: u32, burst: u32) -> Gateway {
+    let limits = format!("redis = \"127.0.0.1:{redis_port}\"\n");
+    gateway_with_limits(name, &limits, mock, rate, burst)
+}
+
+/// [`gateway_on`] with `limits` (the `[limits]` keys but `backend`) as given.
+fn gateway_with_limits(name: &str, limits: &str, mock: u16, rate: u32, burst: u32) -> Gateway {
     let dir = tmpdir(name);
     let key = dir.join("t.key");
     std::fs::write(&key, "sk-t\n").unwrap();
@@ -37,7 +43,7 @@ fn gateway_on(name: &str, redis_port: u16, mock: u16, rate: u32, burst: u32) -> 
     let cfg = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"0\"\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n[stats]\ninterval_ms = 100\n\
-         [auth]\nmode = \"keys\"\n[limits]\nbackend = \"redis\"\nredis = \"127.0.0.1:{redis_port}\"\n\
+         [auth]\nmode = \"keys\"\n[limits]\nbackend = \"redis\"\n{limits}\
          [[providers]]\nname = \"m\"\nendpoints = [\"127.0.0.1:{mock}\"]\n\
          [[routes]]\nprefix = \"/m/\"\nprovider = \"m\"\nrewrite = \"/\"\n\
          [[tenants]]\nname = \"t\"\nkeys = [\"file:{}\"]\nrate_per_s = {rate}\nburst = {burst}\n",
@@ -298,4 +304,94 @@ fn leases_start_without_refusing_and_a_dry_bucket_costs_one_call_per_batch() {
     });
     assert_eq!(s["config"]["reloads_applied"], 1, "{}", s["config"]);
     assert_eq!(one_request(gw.port), 200);
+}
+
+#[test]
+fn redis_by_dns_name_with_a_password_from_a_file() {
+    if !require_tool("redis-server") || !require_tool("redis-cli") {
+        return;
+    }
+    let dir = tmpdir("shared-auth");
+    let (rport, mport) = (free_port(), free_port());
+    let password = "s3cret-redis-pw";
+    let _redis = spawn_command(
+        Command::new("redis-server").args([
+            "--port",
+            &rport.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            password,
+        ]),
+        dir.join("redis.log"),
+    );
+    wait_port(rport, Duration::from_secs(10));
+    let _mock = mock_provider("shared-auth", mport);
+    wait_port(mport, Duration::from_secs(10));
+    let pw_file = dir.join("redis.pw");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    // `localhost` goes through the resolver (getaddrinfo), as any DNS name would.
+    let limits = format!(
+        "redis = \"localhost:{rport}\"\nredis_password = \"file:{}\"\n",
+        pw_file.display()
+    );
+    let gw = gateway_with_limits("shared-auth-gw", &limits, mport, 50, 10);
+    let (admitted, _) = drive(gw.port, 1.0);
+    assert!(admitted > 0);
+    assert_eq!(fallback_shards(&gw), 0, "{}", gw.proc.log_text());
+    assert_eq!(metric(&gw, "coregate_limits_redis_failures_total"), 0);
+    let authed = |args: &[&str]| {
+        cli(
+            rport,
+            &[&["-a", password, "--no-auth-warning"], args].concat(),
+        )
+    };
+    let info = authed(&["INFO", "commandstats"]);
+    assert!(info.contains("cmdstat_evalsha:calls="), "{info}");
+    // The fleet writer authenticates too: the tenant's totals arrive.
+    let end = Instant::now() + Duration::from_secs(5);
+    while authed(&["--scan", "--pattern", "coregate:usage:t:*"]).is_empty() {
+        assert!(
+            Instant::now() < end,
+            "no fleet totals: {}",
+            gw.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!gw.proc.log_text().contains(password));
+
+    // `check` shows where the password comes from, never the password.
+    let cfg = gw.dir.join("coregate.toml");
+    let out = Command::new(BIN)
+        .args(["check", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("redis_password = \"<redacted: file:"),
+        "{text}"
+    );
+    assert!(!text.contains(password), "{text}");
+
+    // A name that does not resolve is a config error naming the file and the key.
+    let bad = dir.join("bad.toml");
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    let body = body.replace(&format!("localhost:{rport}"), "no-such-host.invalid:6379");
+    std::fs::write(&bad, body).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{}: limits.redis:", bad.display())),
+        "{text}"
+    );
+    assert!(text.contains("does not resolve"), "{text}");
 }

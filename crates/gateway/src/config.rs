@@ -247,6 +247,7 @@ impl Config {
         let providers: Vec<&str> = providers.iter().map(String::as_str).collect();
         crate::tenants::prepare(&cfg.auth, &mut cfg.tenants, &prefixes, &providers)
             .map_err(keyed)?;
+        crate::tenants::redis_target::prepare(&mut cfg.limits).map_err(keyed)?;
         if !cfg.admin.token.is_empty() {
             let d = crate::tenants::load_key(&cfg.admin.token)
                 .map_err(|m| keyed(("admin.token".into(), m)))?;
@@ -315,7 +316,8 @@ impl Config {
         crate::route::validate_routes(&self.routes, &self.provider_names())
             .map_err(|(k, m)| err(&k, m))?;
         if self.limits.backend == crate::tenants::redis::Backend::Redis {
-            parse_addr(&self.limits.redis).map_err(|m| err("limits.redis", m))?;
+            crate::tenants::redis_target::check_form(&self.limits.redis)
+                .map_err(|m| err("limits.redis", m))?;
         }
         self.access_log
             .validate()
@@ -412,6 +414,9 @@ impl Config {
         }
         for r in &mut shown.routes {
             redact_headers(&mut r.add_headers);
+        }
+        if !shown.limits.redis_password.is_empty() {
+            shown.limits.redis_password = format!("<redacted: {}>", shown.limits.redis_password);
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

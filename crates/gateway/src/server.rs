@@ -274,8 +274,7 @@ fn start_helpers(
     let _ = queries.send(Query::ShardControls(controls.to_vec()));
     let _ = queries.send(Query::Tenants(crate::tenants::for_aggregator(config)));
     if config.limits.backend == crate::tenants::redis::Backend::Redis {
-        let fleet = crate::config::parse_addr(&config.limits.redis)
-            .ok()
+        let fleet = crate::tenants::redis_target::RedisTarget::of(&config.limits)
             .and_then(crate::stats::fleet::start);
         if let Some(tx) = fleet {
             let _ = queries.send(Query::FleetUsage(tx));

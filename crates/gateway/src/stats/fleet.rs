@@ -10,12 +10,13 @@
 //! process ends meanwhile.
 
 use crate::tenants::redis::encode_command;
+use crate::tenants::redis_target::RedisTarget;
 use crossbeam_channel::{Receiver, Sender};
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// One tenant's increments: (field, amount).
@@ -25,16 +26,16 @@ const TIMEOUT: Duration = Duration::from_millis(250);
 const KEEP_DAYS: u64 = 35;
 
 /// Starts the writer thread; the aggregator sends it each interval's increments.
-pub fn start(addr: SocketAddr) -> Option<Sender<Increments>> {
+pub fn start(target: RedisTarget) -> Option<Sender<Increments>> {
     let (tx, rx) = crossbeam_channel::bounded::<Increments>(64);
     std::thread::Builder::new()
         .name("coregate-fleet-usage".into())
-        .spawn(move || run(addr, rx))
+        .spawn(move || run(target, rx))
         .ok()?;
     Some(tx)
 }
 
-fn run(addr: SocketAddr, rx: Receiver<Increments>) {
+fn run(mut target: RedisTarget, rx: Receiver<Increments>) {
     let mut pending = Increments::new();
     let mut conn: Option<TcpStream> = None;
     while let Ok(more) = rx.recv() {
@@ -44,22 +45,51 @@ fn run(addr: SocketAddr, rx: Receiver<Increments>) {
                 *row.entry(f).or_default() += n;
             }
         }
-        match write(addr, &mut conn, &pending) {
+        match write(&target, &mut conn, &pending) {
             Ok(()) => pending.clear(),
             Err(e) => {
                 conn = None;
                 coregate_runtime::log::warn(&format!(
-                    "usage: cannot add the fleet totals in Redis at {addr} ({e}); kept for \
-                     the next interval"
+                    "usage: cannot add the fleet totals in Redis at {} ({e}); kept for the \
+                     next interval",
+                    target.name
                 ));
+                // This thread may block: a DNS name is resolved again at once.
+                if target.is_dns_name() {
+                    if let Ok(addrs) = crate::tenants::redis_target::resolve(&target.name) {
+                        target.addrs = addrs;
+                    }
+                }
             }
         }
     }
 }
 
+/// A new connection: each address in turn, then `AUTH` when there is a password.
+fn connect(target: &RedisTarget) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::other("no address");
+    for addr in &target.addrs {
+        match TcpStream::connect_timeout(addr, TIMEOUT) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.set_write_timeout(Some(TIMEOUT))?;
+                if let Some(auth) = target.auth_command() {
+                    let mut out = Vec::new();
+                    encode_command(&mut out, &auth)?;
+                    s.write_all(&out)?;
+                    read_replies(&mut s, 1)?;
+                }
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Sends every increment in one pipeline and reads the replies.
 fn write(
-    addr: SocketAddr,
+    target: &RedisTarget,
     conn: &mut Option<TcpStream>,
     pending: &Increments,
 ) -> std::io::Result<()> {
@@ -67,10 +97,7 @@ fn write(
         return Ok(());
     }
     if conn.is_none() {
-        let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        s.set_write_timeout(Some(TIMEOUT))?;
-        *conn = Some(s);
+        *conn = Some(connect(target)?);
     }
     let Some(s) = conn.as_mut() else {
         return Ok(());
@@ -89,6 +116,11 @@ fn write(
         commands += 1;
     }
     s.write_all(&out)?;
+    read_replies(s, commands)
+}
+
+/// Reads `commands` replies; an error reply fails the whole.
+fn read_replies(s: &mut TcpStream, commands: usize) -> std::io::Result<()> {
     let (mut buf, mut chunk, mut replies) = (Vec::new(), [0u8; 4096], 0);
     while replies < commands {
         match decode(&buf).map_err(std::io::Error::other)? {

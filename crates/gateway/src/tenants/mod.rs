@@ -16,6 +16,7 @@
 pub mod budget;
 pub mod limits;
 pub mod redis;
+pub mod redis_target;
 
 use coregate_http1::request::{HeaderRange, RequestHead};
 use serde::{Deserialize, Serialize};

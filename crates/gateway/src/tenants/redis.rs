@@ -19,6 +19,7 @@
 //! this node's limit: the nodes are not coordinated meanwhile); it tries Redis again every
 //! second and goes back to leases when it answers.
 
+use super::redis_target::RedisTarget;
 use coregate_runtime::wire::Stream;
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode;
@@ -34,8 +35,18 @@ use std::time::{Duration, Instant};
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub backend: Backend,
-    /// `host:port` of the Redis shared by the nodes (with `backend = "redis"`).
+    /// `host:port` of the Redis shared by the nodes (with `backend = "redis"`): an IP
+    /// literal or a DNS name, resolved at load and again after a connection failure.
     pub redis: String,
+    /// Redis's password (`AUTH`), as `env:NAME` or `file:/path`; empty: none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub redis_password: String,
+    /// Where `redis` resolved at load (never serialized).
+    #[serde(skip)]
+    pub redis_addrs: Vec<SocketAddr>,
+    /// The password `redis_password` points to, read at load (never serialized or printed).
+    #[serde(skip)]
+    pub redis_secret: Option<crate::upstream::credentials::Secret>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +93,11 @@ struct Lease {
 
 /// A shard's side of the shared limits.
 pub struct RedisLimits {
-    addr: SocketAddr,
+    target: RedisTarget,
+    /// The addresses the next connection tries, in turn.
+    addrs: RefCell<Vec<SocketAddr>>,
+    /// A resolution of the name under way on a thread of its own (after a failure).
+    resolving: RefCell<Option<crossbeam_channel::Receiver<Vec<SocketAddr>>>>,
     conn: RefCell<Option<Stream>>,
     /// Redis answered the last lease (false: the local limiter decides).
     pub healthy: Cell<bool>,
@@ -105,9 +120,11 @@ pub enum Decision {
 }
 
 impl RedisLimits {
-    pub fn new(addr: SocketAddr, tenants: usize) -> Rc<RedisLimits> {
+    pub fn new(target: RedisTarget, tenants: usize) -> Rc<RedisLimits> {
         Rc::new(RedisLimits {
-            addr,
+            addrs: RefCell::new(target.addrs.clone()),
+            target,
+            resolving: RefCell::new(None),
             conn: RefCell::new(None),
             healthy: Cell::new(true),
             retry_at: Cell::new(None),
@@ -186,13 +203,75 @@ impl RedisLimits {
         self.conn.borrow_mut().take();
         self.failures.set(self.failures.get() + 1);
         self.retry_at.set(Some(Instant::now() + RETRY));
+        self.resolve_again();
         if self.healthy.replace(false) {
             coregate_runtime::log::warn(&format!(
                 "limits: Redis at {} unreachable ({why}); each node limits alone until it \
                  answers",
-                self.addr
+                self.target.name
             ));
         }
+    }
+
+    /// After a failure, resolves a DNS name again on a thread of its own (getaddrinfo
+    /// blocks, and a shard never waits for it); the next connection after it answers
+    /// uses the new addresses. A name that no longer resolves keeps the last ones.
+    fn resolve_again(&self) {
+        if !self.target.is_dns_name() || self.resolving.borrow().is_some() {
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let name = self.target.name.clone();
+        let started = std::thread::Builder::new()
+            .name("coregate-redis-resolve".into())
+            .spawn(move || {
+                if let Ok(addrs) = super::redis_target::resolve(&name) {
+                    let _ = tx.send(addrs);
+                }
+            });
+        if started.is_ok() {
+            *self.resolving.borrow_mut() = Some(rx);
+        }
+    }
+
+    /// Takes the addresses of a finished resolution, if one came back.
+    fn take_resolved(&self) {
+        let mut resolving = self.resolving.borrow_mut();
+        let Some(rx) = resolving.as_ref() else {
+            return;
+        };
+        match rx.try_recv() {
+            Ok(addrs) => {
+                *self.addrs.borrow_mut() = addrs;
+                *resolving = None;
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => *resolving = None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+    }
+
+    /// A new connection: each address in turn, then `AUTH` when there is a password.
+    async fn connect(&self) -> std::io::Result<Stream> {
+        self.take_resolved();
+        let addrs = self.addrs.borrow().clone();
+        let mut last = std::io::Error::other("no address");
+        for addr in addrs {
+            match glommio::net::TcpStream::connect_timeout(addr, TIMEOUT).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    let conn = Stream::new(tcp);
+                    if let Some(auth) = self.target.auth_command() {
+                        let reply = exchange(&conn, &[&auth[..]]).await?;
+                        if let OwnedFrame::Error(e) = reply {
+                            return Err(std::io::Error::other(format!("AUTH: {e}")));
+                        }
+                    }
+                    return Ok(conn);
+                }
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
     }
 
     /// One lease call; the number of tokens granted. The script goes by its digest
@@ -209,11 +288,7 @@ impl RedisLimits {
         let existing = self.conn.borrow_mut().take();
         let conn = match existing {
             Some(c) => c,
-            None => {
-                let tcp = glommio::net::TcpStream::connect_timeout(self.addr, TIMEOUT).await?;
-                let _ = tcp.set_nodelay(true);
-                Stream::new(tcp)
-            }
+            None => self.connect().await?,
         };
         let (rate, burst, want) = (rate.to_string(), burst.to_string(), want.to_string());
         let args = [key, &rate, &burst, &want];
@@ -285,11 +360,8 @@ fn batch(rate: f64) -> u64 {
     (rate * 0.05).ceil().max(1.0) as u64
 }
 
-/// The shared limits of `cfg`, when its backend is Redis (its address was checked).
+/// The shared limits of `cfg`, when its backend is Redis (its address was resolved at load).
 pub fn for_config(cfg: &crate::config::Config, tenants: usize) -> Option<Rc<RedisLimits>> {
-    if cfg.limits.backend != Backend::Redis {
-        return None;
-    }
-    let addr = crate::config::parse_addr(&cfg.limits.redis).ok()?;
-    Some(RedisLimits::new(addr, tenants))
+    let target = RedisTarget::of(&cfg.limits)?;
+    Some(RedisLimits::new(target, tenants))
 }
