@@ -248,6 +248,14 @@ fn redis_calls(port: u16, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The lease calls Redis has seen: (`EVALSHA`, `EVAL`), less the fleet writer's `EVAL`s
+/// (one per applied batch, each leaving a `coregate:batch:*` key).
+fn lease_calls(port: u16) -> (u64, u64) {
+    let (sha, eval) = (redis_calls(port, "evalsha"), redis_calls(port, "eval"));
+    let batches = cli(port, &["--scan", "--pattern", "coregate:batch:*"]);
+    (sha, eval.saturating_sub(batches.lines().count() as u64))
+}
+
 /// One request of tenant `t` on a new connection: its status.
 fn one_request(port: u16) -> u16 {
     request(
@@ -278,9 +286,10 @@ fn leases_start_without_refusing_and_a_dry_bucket_costs_one_call_per_batch() {
     // grant holds the next lease back until the bucket would have refilled a batch, so
     // Redis sees about one call per batch period (batch: 50 ms of the rate, 3 tokens),
     // not one per request.
-    let before = redis_calls(rport, "evalsha") + redis_calls(rport, "eval");
+    let before = lease_calls(rport);
     let (admitted, _) = drive(gw.port, secs);
-    let calls = redis_calls(rport, "evalsha") + redis_calls(rport, "eval") - before;
+    let after = lease_calls(rport);
+    let calls = (after.0 + after.1).saturating_sub(before.0 + before.1);
     let per_batch = f64::from(rate) * secs / 3.0;
     eprintln!("{admitted} admitted with {calls} lease calls ({per_batch} batch periods)");
     assert!(calls > 0, "no lease call reached Redis");
@@ -289,12 +298,8 @@ fn leases_start_without_refusing_and_a_dry_bucket_costs_one_call_per_batch() {
         "{calls} lease calls for {per_batch} batch periods"
     );
     // The script goes by its digest: sent whole once (NOSCRIPT on a fresh Redis).
-    assert!(
-        redis_calls(rport, "eval") <= 1,
-        "{}",
-        cli(rport, &["INFO", "commandstats"])
-    );
-    assert!(redis_calls(rport, "evalsha") >= calls - 1);
+    assert!(after.1 <= 1, "{}", cli(rport, &["INFO", "commandstats"]));
+    assert!(after.0 - before.0 >= calls - 1);
 
     // A reload starts the leases over; the first request is again decided locally.
     std::thread::sleep(Duration::from_millis(1100));
@@ -394,4 +399,55 @@ fn redis_by_dns_name_with_a_password_from_a_file() {
         "{text}"
     );
     assert!(text.contains("does not resolve"), "{text}");
+}
+
+/// `n` requests of tenant `t`, one every `gap`: how many were admitted.
+fn paced(port: u16, n: usize, gap: Duration) -> u64 {
+    let mut ok = 0;
+    for _ in 0..n {
+        ok += u64::from(one_request(port) == 200);
+        std::thread::sleep(gap);
+    }
+    ok
+}
+
+#[test]
+fn a_fleet_batch_retried_after_a_lost_answer_counts_once() {
+    if !require_tool("redis-server") || !require_tool("redis-cli") {
+        return;
+    }
+    let dir = tmpdir("shared-fleet");
+    let (rport, mport) = (free_port(), free_port());
+    let redis_proc = redis(rport, &dir);
+    let _mock = mock_provider("shared-fleet", mport);
+    wait_port(mport, Duration::from_secs(10));
+    let gw = gateway_on("shared-fleet-gw", rport, mport, 1000, 1000);
+    let settled = |want: u64| {
+        let end = Instant::now() + Duration::from_secs(5);
+        while fleet_requests(rport) < want && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fleet_requests(rport)
+    };
+    let before = paced(gw.port, 10, Duration::from_millis(10));
+    assert_eq!(settled(before), before);
+
+    // Redis hangs past the writer's 250 ms timeout while requests go on: every interval's
+    // attempt is written into a socket Redis will read once it resumes, and times out.
+    redis_proc.signal(libc::SIGSTOP);
+    let during = paced(gw.port, 20, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(600));
+    redis_proc.signal(libc::SIGCONT);
+    let total = before + during;
+    assert_eq!(settled(total), total);
+    // Every lost attempt has been read by now; nothing counted twice.
+    std::thread::sleep(Duration::from_millis(1000));
+    let key = cli(rport, &["--scan", "--pattern", "coregate:usage:t:*"]);
+    assert_eq!(
+        fleet_requests(rport),
+        total,
+        "{}",
+        cli(rport, &["HGETALL", &key])
+    );
+    assert!(gw.proc.log_text().contains("cannot add the fleet totals"));
 }

@@ -4,10 +4,13 @@
 //! `tts_chars`, `bytes_up`, `bytes_down`, `ws_sessions`; kept 35 days).
 //!
 //! The aggregator hands each interval's increments to a thread of its own, which alone talks
-//! to Redis (blocking, 250 ms timeouts, one pipelined round trip per interval): neither a
-//! shard nor the aggregator ever waits for Redis. Increments that could not be written are
-//! kept (merged) and sent with the next interval's, so a Redis outage loses nothing unless the
-//! process ends meanwhile.
+//! to Redis (blocking, 250 ms timeouts, one script call per batch): neither a shard nor the
+//! aggregator ever waits for Redis. Each batch has an id (this process's node id and a
+//! sequence number), and one Lua script applies its increments only if `SET id NX EX 86400`
+//! succeeds: a batch whose answer was lost (a timeout, a connection cut after Redis applied
+//! it) is sent again as it was, under the same id, and counted once. Increments that arrive
+//! meanwhile wait for the next batch, so a Redis outage loses nothing unless the process
+//! ends meanwhile.
 
 use crate::tenants::redis::encode_command;
 use crate::tenants::redis_target::RedisTarget;
@@ -35,34 +38,92 @@ pub fn start(target: RedisTarget) -> Option<Sender<Increments>> {
     Some(tx)
 }
 
+/// Applies a batch once: `KEYS[1]` is the batch id, `KEYS[2..]` the usage hashes;
+/// `ARGV`: the id's TTL, the hashes' TTL, then per hash its field count and field/amount
+/// pairs. Returns 1 when applied, 0 when this batch was applied before.
+const BATCH_SCRIPT: &str = r#"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local i = 3
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('EXPIRE', KEYS[k], ARGV[2])
+end
+return 1
+"#;
+
+/// How long Redis remembers a batch id (a batch retried later would count again).
+const BATCH_ID_TTL_S: u64 = 86_400;
+
+/// One interval's increments (or several, after a failure), fixed once formed so that a
+/// retry sends exactly what the lost attempt did.
+struct Batch {
+    id: String,
+    day: String,
+    increments: Increments,
+}
+
 fn run(mut target: RedisTarget, rx: Receiver<Increments>) {
-    let mut pending = Increments::new();
+    let node = node_id();
+    let mut sequence = 0u64;
+    let (mut waiting, mut batch) = (Increments::new(), None::<Batch>);
     let mut conn: Option<TcpStream> = None;
     while let Ok(more) = rx.recv() {
-        for (tenant, fields) in more {
-            let row = pending.entry(tenant).or_default();
-            for (f, n) in fields {
-                *row.entry(f).or_default() += n;
+        merge(&mut waiting, more);
+        // The batch in hand (one that failed) goes first, as it was; then the waiting ones.
+        for _ in 0..2 {
+            if batch.is_none() && !waiting.is_empty() {
+                sequence += 1;
+                batch = Some(Batch {
+                    id: format!("coregate:batch:{node}:{sequence}"),
+                    day: utc_day(),
+                    increments: std::mem::take(&mut waiting),
+                });
             }
-        }
-        match write(&target, &mut conn, &pending) {
-            Ok(()) => pending.clear(),
-            Err(e) => {
-                conn = None;
-                coregate_runtime::log::warn(&format!(
-                    "usage: cannot add the fleet totals in Redis at {} ({e}); kept for the \
-                     next interval",
-                    target.name
-                ));
-                // This thread may block: a DNS name is resolved again at once.
-                if target.is_dns_name() {
-                    if let Ok(addrs) = crate::tenants::redis_target::resolve(&target.name) {
-                        target.addrs = addrs;
+            let Some(b) = &batch else { break };
+            match write(&target, &mut conn, b) {
+                Ok(()) => batch = None,
+                Err(e) => {
+                    conn = None;
+                    coregate_runtime::log::warn(&format!(
+                        "usage: cannot add the fleet totals in Redis at {} ({e}); the batch is \
+                         sent again with the next interval",
+                        target.name
+                    ));
+                    // This thread may block: a DNS name is resolved again at once.
+                    if target.is_dns_name() {
+                        if let Ok(addrs) = crate::tenants::redis_target::resolve(&target.name) {
+                            target.addrs = addrs;
+                        }
                     }
+                    break;
                 }
             }
         }
     }
+}
+
+fn merge(into: &mut Increments, more: Increments) {
+    for (tenant, fields) in more {
+        let row = into.entry(tenant).or_default();
+        for (f, n) in fields {
+            *row.entry(f).or_default() += n;
+        }
+    }
+}
+
+/// This process among the fleet's: host name, process id and start time, so that two
+/// nodes (or a restarted one) never share batch ids.
+fn node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}:{}:{started}", host.trim(), std::process::id())
 }
 
 /// A new connection: each address in turn, then `AUTH` when there is a password.
@@ -87,36 +148,33 @@ fn connect(target: &RedisTarget) -> std::io::Result<TcpStream> {
     Err(last)
 }
 
-/// Sends every increment in one pipeline and reads the replies.
-fn write(
-    target: &RedisTarget,
-    conn: &mut Option<TcpStream>,
-    pending: &Increments,
-) -> std::io::Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
+/// Applies `batch` with one script call (applied once, whatever the retries).
+fn write(target: &RedisTarget, conn: &mut Option<TcpStream>, batch: &Batch) -> std::io::Result<()> {
     if conn.is_none() {
         *conn = Some(connect(target)?);
     }
     let Some(s) = conn.as_mut() else {
         return Ok(());
     };
-    let day = utc_day();
-    let mut out = Vec::new();
-    let mut commands = 0;
-    for (tenant, fields) in pending {
-        let key = format!("coregate:usage:{tenant}:{day}");
-        for (field, n) in fields.iter().filter(|(_, n)| **n > 0) {
-            encode_command(&mut out, &["HINCRBY", &key, field, &n.to_string()])?;
-            commands += 1;
+    let mut keys = vec![batch.id.clone()];
+    let mut argv = vec![BATCH_ID_TTL_S.to_string(), (KEEP_DAYS * 86_400).to_string()];
+    for (tenant, fields) in &batch.increments {
+        let fields: Vec<_> = fields.iter().filter(|(_, n)| **n > 0).collect();
+        keys.push(format!("coregate:usage:{tenant}:{}", batch.day));
+        argv.push(fields.len().to_string());
+        for (field, n) in fields {
+            argv.push((*field).to_string());
+            argv.push(n.to_string());
         }
-        let ttl = (KEEP_DAYS * 86_400).to_string();
-        encode_command(&mut out, &["EXPIRE", &key, &ttl])?;
-        commands += 1;
     }
+    let count = keys.len().to_string();
+    let mut args: Vec<&str> = vec!["EVAL", BATCH_SCRIPT, &count];
+    args.extend(keys.iter().map(String::as_str));
+    args.extend(argv.iter().map(String::as_str));
+    let mut out = Vec::new();
+    encode_command(&mut out, &args)?;
     s.write_all(&out)?;
-    read_replies(s, commands)
+    read_replies(s, 1)
 }
 
 /// Reads `commands` replies; an error reply fails the whole.
