@@ -116,6 +116,11 @@ fn missing_unknown_and_forbidden_are_401_401_403_and_counted() {
     let r = get(gw.port, "/v1/mock/headers", "");
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["code"], "missing_key");
+    // Every 401 names its scheme (RFC 9110 §11.6.1); a bad key is RFC 6750's invalid_token.
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"coregate\"")
+    );
     let r = get(
         gw.port,
         "/v1/mock/headers",
@@ -123,9 +128,14 @@ fn missing_unknown_and_forbidden_are_401_401_403_and_counted() {
     );
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["code"], "unknown_key");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"coregate\", error=\"invalid_token\"")
+    );
     let r = get(gw.port, "/other/headers", "x-api-key: sk-lim-1\r\n");
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "forbidden_route");
+    assert_eq!(r.header("www-authenticate"), None);
     // acme may use every route; /health needs no key.
     assert_eq!(
         get(gw.port, "/other/headers", "x-api-key: sk-acme-1\r\n").status,
@@ -145,8 +155,29 @@ fn the_admin_api_needs_its_token_except_health() {
     let body = admin_get(gw.admin, "/stats");
     assert!(body.contains("\"unauthorized\""), "{body}");
     assert!(admin_get(gw.admin, "/health").contains("\"ok\""));
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
     use std::io::{Read, Write};
+    // The 401s carry their challenge: bare without a token, invalid_token with a wrong one.
+    let raw = |auth: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
+        write!(s, "GET /stats HTTP/1.1\r\nHost: a\r\n{auth}\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let out = raw("");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        out.contains("\r\nWWW-Authenticate: Bearer realm=\"coregate\"\r\n"),
+        "{out}"
+    );
+    let out = raw("Authorization: Bearer wrong\r\n");
+    assert!(
+        out.contains(
+            "\r\nWWW-Authenticate: Bearer realm=\"coregate\", error=\"invalid_token\"\r\n"
+        ),
+        "{out}"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
     write!(
         s,
         "GET /stats HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer admin-secret\r\n\r\n"

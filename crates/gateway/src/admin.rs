@@ -116,12 +116,15 @@ fn read_request(s: &mut TcpStream, token: Option<&Digest>) -> Option<(String, St
                 // `/health` stays open: balancers probe it without credentials.
                 let health = path == "/health" || path == "/";
                 if !health && token.is_some_and(|t| !presents(req.headers, t)) {
-                    respond_error(
-                        s,
+                    let body = coregate_http1::reply::json_error(
                         401,
                         "unauthorized",
                         "the admin API needs Authorization: Bearer TOKEN (admin.token)",
+                        None,
                     );
+                    let challenge = crate::tenants::www_authenticate(has_bearer(req.headers));
+                    let body = String::from_utf8_lossy(&body);
+                    respond_with(s, 401, "application/json", challenge, &body);
                     return None;
                 }
                 if !matches!(req.method, Some("GET" | "HEAD")) {
@@ -165,8 +168,18 @@ fn respond_error(s: &mut TcpStream, status: u16, code: &str, message: &str) {
 }
 
 fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) {
+    respond_with(s, status, ctype, "", body);
+}
+
+/// [`respond`] with one more header line (`Name: value`, or "" for none).
+fn respond_with(s: &mut TcpStream, status: u16, ctype: &str, header: &str, body: &str) {
+    let extra = if header.is_empty() {
+        String::new()
+    } else {
+        format!("{header}\r\n")
+    };
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         coregate_http1::reply::reason(status),
         body.len()
     );
@@ -181,6 +194,13 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) {
             break;
         }
     }
+}
+
+/// Whether the request presents a bearer token at all (a wrong one is `invalid_token`).
+fn has_bearer(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("authorization") && bearer_token(h.value).is_some())
 }
 
 /// Whether the request's `Authorization: Bearer` token has the digest `token` (compared as

@@ -190,7 +190,11 @@ impl Session {
         }
         let body = json_error(status, code, message, None);
         let retry = retry_after_s.map(|s| format!("Retry-After: {s}"));
-        let extra: Vec<&str> = retry.iter().map(String::as_str).collect();
+        let mut extra: Vec<&str> = retry.iter().map(String::as_str).collect();
+        if status == 401 {
+            let presented = code == crate::tenants::Refusal::UnknownKey.code();
+            extra.push(crate::tenants::www_authenticate(presented));
+        }
         let reply = Reply {
             status,
             content_type: "application/json",

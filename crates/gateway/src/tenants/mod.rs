@@ -276,6 +276,17 @@ impl Refusal {
     }
 }
 
+/// The `WWW-Authenticate` header line every 401 carries (RFC 9110 §11.6.1): the Bearer
+/// scheme, with RFC 6750's `error="invalid_token"` when a key was presented but is not
+/// valid (a missing key gets the bare challenge).
+pub fn www_authenticate(presented: bool) -> &'static str {
+    if presented {
+        "WWW-Authenticate: Bearer realm=\"coregate\", error=\"invalid_token\""
+    } else {
+        "WWW-Authenticate: Bearer realm=\"coregate\""
+    }
+}
+
 impl TenantTable {
     /// `routes` are the route table's (prefix, provider name) in its order.
     pub fn new(
