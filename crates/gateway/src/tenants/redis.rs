@@ -16,8 +16,9 @@
 //!
 //! When Redis cannot be reached (connect, write or read failing or taking over 250 ms), the
 //! shard says so in the log and `/stats` and falls back to the local limiter (its share of
-//! this node's limit: the nodes are not coordinated meanwhile); it tries Redis again every
-//! second and goes back to leases when it answers.
+//! this node's limit: the nodes are not coordinated meanwhile); it tries Redis again at
+//! most once a second, when a request of a tenant with a rate arrives, and goes back to
+//! leases when it answers.
 
 use super::redis_target::RedisTarget;
 use coregate_runtime::wire::Stream;
