@@ -207,7 +207,7 @@ impl Default for MockConfig {
 }
 
 impl Config {
-    /// Loads and validates a config file.
+    /// Loads and validates a config file; resolves `limits.redis` and reads its password.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -215,7 +215,16 @@ impl Config {
             key: String::new(),
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, &source)
+        let mut cfg = Config::parse(&text, &source)?;
+        // Resolved here, not in `parse`: parsing stays offline (the fuzzer feeds it).
+        crate::tenants::redis_target::prepare(&mut cfg.limits).map_err(|(key, message)| {
+            ConfigError {
+                source,
+                key,
+                message,
+            }
+        })?;
+        Ok(cfg)
     }
 
     /// Parses and validates TOML text; `source` names it in errors.
@@ -247,7 +256,6 @@ impl Config {
         let providers: Vec<&str> = providers.iter().map(String::as_str).collect();
         crate::tenants::prepare(&cfg.auth, &mut cfg.tenants, &prefixes, &providers)
             .map_err(keyed)?;
-        crate::tenants::redis_target::prepare(&mut cfg.limits).map_err(keyed)?;
         if !cfg.admin.token.is_empty() {
             let d = crate::tenants::load_key(&cfg.admin.token)
                 .map_err(|m| keyed(("admin.token".into(), m)))?;
