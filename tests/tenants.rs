@@ -403,17 +403,6 @@ fn usage_is_metered_per_tenant_provider_and_route_and_resets() {
     }
 }
 
-/// A WAV file of `data` bytes of 16-bit mono audio at `rate` Hz.
-fn wav(rate: u32, data: usize) -> Vec<u8> {
-    let mut b = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0".to_vec();
-    b.extend_from_slice(&rate.to_le_bytes());
-    b.extend_from_slice(&(rate * 2).to_le_bytes());
-    b.extend_from_slice(b"\x02\0\x10\0data");
-    b.extend_from_slice(&(data as u32).to_le_bytes());
-    b.extend(std::iter::repeat_n(0u8, data));
-    b
-}
-
 fn post(port: u16, path: &str, ct: &str, body: &[u8]) -> Response {
     let mut r = Reader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
     r.send(
