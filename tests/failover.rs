@@ -245,7 +245,8 @@ fn an_endpoint_that_starts_failing_is_ejected_within_its_threshold_and_comes_bac
         ),
     );
     assert!(statuses(gw.port, 20).iter().all(|&s| s == 200));
-    assert!(flaky.seen() >= 5, "both endpoints take traffic");
+    // Both take traffic (how much each is for the latency tie-break to say).
+    assert!(flaky.seen() >= 1, "both endpoints take traffic");
     // It starts failing mid-run: the client sees exactly the failures that eject it (the
     // 500s were answers, relayed as they are), then none.
     flaky.set(500);
@@ -265,10 +266,7 @@ fn an_endpoint_that_starts_failing_is_ejected_within_its_threshold_and_comes_bac
     let before = flaky.seen();
     assert!(statuses(gw.port, 20).iter().all(|&s| s == 200));
     let share = flaky.seen() - before;
-    assert!(
-        share >= 5,
-        "{share} of 20 requests went to the recovered endpoint"
-    );
+    assert!(share >= 1, "no request probed the recovered endpoint");
     let s = gw.stats_until(|s| s["total"]["providers"]["p"]["endpoints"]["ejected"] == 0);
     assert_eq!(s["total"]["providers"]["p"]["responses"]["5xx"], 3);
 }

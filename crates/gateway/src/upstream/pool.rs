@@ -239,6 +239,9 @@ pub fn record_outcome(shard: &Shard, provider: &Provider, ep: &Endpoint, outcome
         Outcome::Failed(_) => return,
     };
     if let Some(time) = ep.health.failure(&provider.cfg, Instant::now()) {
+        // Its latency from before says nothing about it after the ejection: kept, it could
+        // lose every tie-break (see `Provider::pick`) to the endpoints that stayed.
+        ep.forget_latency();
         provider_stats(shard, provider.stat, |s| {
             s.counters.ejections += 1;
             if let Some(e) = s.endpoints.get_mut(ep.stat.get()) {
