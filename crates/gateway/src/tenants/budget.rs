@@ -55,6 +55,9 @@ pub struct Windows {
     day_base: Spent,
     minute: u64,
     day: u64,
+    /// Checked before: a fresh tenant's windows start from nothing spent, not from the
+    /// totals of its first check (which may already hold its first requests).
+    checked: bool,
 }
 
 /// A tenant that is out of budget, until (seconds since the epoch) its window ends.
@@ -69,13 +72,18 @@ impl Windows {
             .unwrap_or(Duration::ZERO)
             .as_secs();
         let (minute, day) = (secs / 60, secs / 86_400);
+        let fresh = !std::mem::replace(&mut self.checked, true);
         if minute != self.minute {
             self.minute = minute;
-            self.minute_base = total;
+            if !fresh {
+                self.minute_base = total;
+            }
         }
         if day != self.day {
             self.day = day;
-            self.day_base = total;
+            if !fresh {
+                self.day_base = total;
+            }
         }
         let since = |base: Spent| Spent {
             audio_ms: total.audio_ms.saturating_sub(base.audio_ms),
@@ -136,6 +144,22 @@ mod tests {
         assert_eq!(until, 1_800_000_000 / 60 * 60 + 60);
         // The next minute counts from what was spent by its start.
         assert_eq!(w.check(spent(150), &b, t0 + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn what_a_new_tenant_spent_before_its_first_check_counts() {
+        let b = Budgets {
+            tts_chars_per_day: 3,
+            ..Budgets::default()
+        };
+        // The aggregator's first look came after the tenant's first request had been
+        // counted: that request is still this day's.
+        let mut w = Windows::default();
+        let spent = Spent {
+            audio_ms: 0,
+            tts_chars: 5,
+        };
+        assert!(w.check(spent, &b, SystemTime::now()).is_some());
     }
 
     #[test]
