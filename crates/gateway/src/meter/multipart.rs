@@ -215,13 +215,40 @@ fn names_file(line: &[u8]) -> bool {
     };
     let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
     if name.eq_ignore_ascii_case(b"content-disposition") {
-        return value
-            .windows(8)
-            .any(|w| w.eq_ignore_ascii_case(b"filename"));
+        return disposition_params(value)
+            .any(|k| k.eq_ignore_ascii_case(b"filename") || k.eq_ignore_ascii_case(b"filename*"));
     }
     name.eq_ignore_ascii_case(b"content-type")
         && value.len() >= 6
         && value[..6].eq_ignore_ascii_case(b"audio/")
+}
+
+/// The parameter names of a `Content-Disposition` value (RFC 6266: `form-data; name="a";
+/// filename="b"`), after its type; a `;` or `=` inside a quoted string is not a separator,
+/// so `name="filename"` names no file.
+fn disposition_params(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut segments = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b';' if !quoted => {
+                segments.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    segments.push(&value[start..]);
+    segments.into_iter().skip(1).map(|seg| {
+        let key = seg
+            .iter()
+            .position(|&b| b == b'=')
+            .map_or(seg, |eq| &seg[..eq]);
+        key.trim_ascii()
+    })
 }
 
 /// The KMP failure table of `pattern` (see [`Multipart::fallback`]).
@@ -238,4 +265,28 @@ fn kmp_table(pattern: &[u8]) -> Vec<usize> {
         table[i] = k;
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_file;
+
+    #[test]
+    fn a_file_is_named_by_a_filename_parameter_not_by_the_word() {
+        for file in [
+            &b"Content-Disposition: form-data; name=\"file\"; filename=\"a.wav\""[..],
+            b"content-disposition: form-data; name=file; FILENAME*=UTF-8''a%20b.wav",
+            b"Content-Type: audio/wav",
+        ] {
+            assert!(names_file(file), "{}", String::from_utf8_lossy(file));
+        }
+        for field in [
+            &b"Content-Disposition: form-data; name=\"filename\""[..],
+            b"Content-Disposition: form-data; name=\"a;filename=x\"",
+            b"Content-Disposition: form-data; name=\"q\\\";filename=\"",
+            b"Content-Type: text/plain",
+        ] {
+            assert!(!names_file(field), "{}", String::from_utf8_lossy(field));
+        }
+    }
 }
