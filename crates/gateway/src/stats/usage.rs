@@ -319,7 +319,7 @@ impl UsageView {
 
     pub(super) fn metrics(&self, p: &mut Prom, providers: &[String]) {
         type Get = fn(&UsageCounters) -> u64;
-        let families: [(&str, &str, Get); 10] = [
+        let families: [(&str, &str, Get); 18] = [
             (
                 "coregate_usage_realtime_input_tokens_total",
                 "Input tokens reported by realtime response.done events.",
@@ -369,6 +369,46 @@ impl UsageView {
                 "coregate_usage_ws_messages_down_total",
                 "WebSocket data messages to the client.",
                 |c| c.ws_messages_down,
+            ),
+            (
+                "coregate_usage_ws_milliseconds_total",
+                "Time of the WebSocket sessions that ended.",
+                |c| c.ws_duration_ms,
+            ),
+            (
+                "coregate_usage_ws_payload_bytes_up_total",
+                "WebSocket data payload bytes from the client (frame headers read, not unmasked).",
+                |c| c.ws_payload_up,
+            ),
+            (
+                "coregate_usage_ws_payload_bytes_down_total",
+                "WebSocket data payload bytes to the client.",
+                |c| c.ws_payload_down,
+            ),
+            (
+                "coregate_usage_unmetered_bytes_total",
+                "Request body bytes in no format the meter reads (counted as bytes only).",
+                |c| c.unmetered_bytes,
+            ),
+            (
+                "coregate_usage_refused_total",
+                "Of the requests, those the tenant gate refused (403, 429).",
+                |c| c.refused,
+            ),
+            (
+                "coregate_usage_realtime_responses_total",
+                "Realtime response.done events.",
+                |c| c.rt_responses,
+            ),
+            (
+                "coregate_usage_realtime_input_audio_tokens_total",
+                "Of the realtime input tokens, audio tokens.",
+                |c| c.rt_input_audio_tokens,
+            ),
+            (
+                "coregate_usage_realtime_output_audio_tokens_total",
+                "Of the realtime output tokens, audio tokens.",
+                |c| c.rt_output_audio_tokens,
             ),
         ];
         self.refused_metrics(p);
