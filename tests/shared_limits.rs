@@ -235,6 +235,18 @@ fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
     wait_for_leases(&a);
     wait_for_leases(&b);
     assert_shared_rate(&a, &b, rate, burst, secs, "after Redis hung and resumed");
+
+    // A reload starts new leases; the failure counter, a Prometheus counter, goes on.
+    let failures = metric(&a, "coregate_limits_redis_failures_total");
+    a.proc.signal(libc::SIGHUP);
+    let s = a.stats_until(|s| {
+        s["shards"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|sh| sh["config_generation"] == 2))
+    });
+    assert!(s["shards"][0]["config_generation"] == 2, "{}", s["shards"]);
+    drive(a.port, 0.3);
+    assert!(metric(&a, "coregate_limits_redis_failures_total") >= failures);
 }
 
 /// `INFO commandstats`' call count of `command` (`evalsha`, `eval`), 0 when never called.

@@ -151,8 +151,12 @@ pub fn switch(shard: &Shard, new: &NewConfig, connection_cap: usize) {
         next.providers.register_endpoints(&mut stats.providers);
     }
     shard.budget_until.borrow_mut().clear();
-    *shard.redis_limits.borrow_mut() =
-        crate::tenants::redis::for_config(&new.config, next.tenants.names.len());
+    let redis = crate::tenants::redis::for_config(&new.config, next.tenants.names.len());
+    // The failure count is a Prometheus counter: it goes on across generations.
+    if let (Some(old), Some(r)) = (shard.redis_limits.borrow().as_ref(), &redis) {
+        r.failures.set(old.failures.get());
+    }
+    *shard.redis_limits.borrow_mut() = redis;
     *shard.tenant_limits.borrow_mut() = Rc::new(ShardLimits::new(
         next.tenants.names.len(),
         shard.shard_count,
