@@ -486,3 +486,33 @@ fn a_name_that_does_not_resolve_stops_the_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_provider_ca_file_rewritten_in_place_is_read_again_on_reload() {
+    let dir = tmpdir("tls-ca-rotate");
+    let (old, new) = (TestCa::new(&dir, "old"), TestCa::new(&dir, "new"));
+    let leaf = new.leaf(&dir, "localhost", &["localhost"], false);
+    let mp = free_port();
+    let _mock = mock_tls(mp, &leaf);
+    let ca_file = dir.join("provider-ca.pem");
+    std::fs::copy(&old.pem, &ca_file).unwrap();
+    let gw = gateway(
+        "tls-ca-rotate-gw",
+        "0",
+        &format!(
+            "[[providers]]\nname = \"p\"\nendpoints = [\"https://localhost:{mp}\"]\n\
+             ca_file = \"{}\"\n[[routes]]\nprefix = \"/\"\nprovider = \"p\"\n",
+            ca_file.display()
+        ),
+    );
+    let get = || request(gw.port, "GET /bytes?size=3 HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let r = get();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "tls_unknown_ca");
+    // The provider's CA rotates: same path, same config, new roots.
+    std::fs::copy(&new.pem, &ca_file).unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.stats_until(|s| s["shards"][0]["config_generation"] == 2);
+    let r = get();
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -44,7 +44,7 @@ pub struct NewConfig {
     pub addresses: Addresses,
     /// Each provider's TLS client config (`upstream::providers::client_tls`): the CA files
     /// were read once, here, so that every shard switches to the same roots.
-    pub client_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+    pub client_tls: Vec<Option<crate::upstream::providers::ClientTls>>,
     pub tls: Option<ServerCerts>,
     /// Each provider's stats slot (stable across reloads for a provider name).
     pub slots: Vec<usize>,

@@ -40,6 +40,8 @@ pub struct Provider {
     rng: Cell<u64>,
     /// Every endpoint has the same weight (ties are broken by recent latency).
     equal_weights: bool,
+    /// Its TLS roots' fingerprint (`ClientTls::roots`), when it speaks TLS.
+    tls_roots: Option<u64>,
 }
 
 pub struct Providers {
@@ -84,7 +86,7 @@ impl Drop for Pick {
 pub struct ProviderInputs<'a> {
     pub cfgs: &'a [ProviderConfig],
     /// Each provider's TLS client config, built once off the shards ([`client_tls`]).
-    pub tls: &'a [Option<Arc<rustls::ClientConfig>>],
+    pub tls: &'a [Option<ClientTls>],
     pub addresses: &'a [Vec<Vec<SocketAddr>>],
     pub slots: &'a [usize],
     pub connection_cap: usize,
@@ -95,8 +97,8 @@ impl ProviderInputs<'_> {
         self.addresses.get(p).map_or(&[][..], |a| a.as_slice())
     }
 
-    fn tls(&self, p: usize) -> Option<&rustls::ClientConfig> {
-        self.tls.get(p)?.as_deref()
+    fn tls(&self, p: usize) -> Option<&ClientTls> {
+        self.tls.get(p)?.as_ref()
     }
 
     fn slot(&self, p: usize) -> usize {
@@ -122,7 +124,10 @@ impl Providers {
             let kept = old
                 .and_then(|o| o.list.iter().find(|p| p.name == c.name))
                 .filter(|p| p.stat == slot && same_settings(&p.cfg, &cfg))
-                .filter(|p| p.credential == c.credential_header());
+                .filter(|p| p.credential == c.credential_header())
+                // A CA file rewritten in place is a new provider: its connections were
+                // verified against the roots it replaces.
+                .filter(|p| p.tls_roots == inputs.tls(i).map(|t| t.roots));
             match kept {
                 Some(p) => {
                     for (e, addrs) in p.endpoints.iter().zip(inputs.resolved(i)) {
@@ -231,20 +236,41 @@ impl Providers {
     }
 }
 
+/// A provider's TLS client config as the shards get it.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// What the roots were built from: a hash of the `ca_file`'s bytes (0 for the public
+    /// roots or no verification), so that a reload tells a rewritten CA file from the same.
+    pub roots: u64,
+}
+
 /// Each provider's TLS client config (`None` for a provider without `https` endpoints),
 /// built where a config is loaded: the CA files are read there, once, and every shard gets
 /// the same roots.
-pub fn client_tls(
-    cfgs: &[ProviderConfig],
-) -> Result<Vec<Option<Arc<rustls::ClientConfig>>>, String> {
+pub fn client_tls(cfgs: &[ProviderConfig]) -> Result<Vec<Option<ClientTls>>, String> {
     cfgs.iter()
         .map(|c| match c.uses_tls() {
-            true => coregate_runtime::tls::client_config(c.verify())
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", c.name)),
+            true => {
+                let named = |e: String| format!("{}: {e}", c.name);
+                let roots = roots_fingerprint(c).map_err(named)?;
+                let config = coregate_runtime::tls::client_config(c.verify()).map_err(named)?;
+                Ok(Some(ClientTls { config, roots }))
+            }
             false => Ok(None),
         })
         .collect()
+}
+
+fn roots_fingerprint(c: &ProviderConfig) -> Result<u64, String> {
+    use std::hash::{Hash, Hasher};
+    if !c.tls_verify || c.ca_file.is_empty() {
+        return Ok(0);
+    }
+    let bytes = std::fs::read(&c.ca_file).map_err(|e| format!("{}: {e}", c.ca_file))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Ok(h.finish())
 }
 
 /// A seed of its own for each provider on each shard (and each process), so that shards do
@@ -281,7 +307,7 @@ impl Provider {
         cfg: ProviderConfig,
         resolved: &[Vec<SocketAddr>],
         stat: usize,
-        tls: Option<&rustls::ClientConfig>,
+        tls: Option<&ClientTls>,
     ) -> Result<Provider, String> {
         let c = &cfg;
         let specs = c
@@ -291,7 +317,7 @@ impl Provider {
             .collect::<Result<Vec<_>, _>>()?;
         // One client config (and session cache) per provider per shard.
         let tls_config = match (c.uses_tls(), tls) {
-            (true, Some(template)) => Some(coregate_runtime::tls::with_own_sessions(template)),
+            (true, Some(t)) => Some(coregate_runtime::tls::with_own_sessions(&t.config)),
             (true, None) => return Err(format!("{}: no TLS client config", c.name)),
             (false, _) => None,
         };
@@ -335,6 +361,7 @@ impl Provider {
             failures: Default::default(),
             rng: Cell::new(random_seed(&c.name)),
             equal_weights: (0..c.endpoints.len()).all(|j| c.weight(j) == c.weight(0)),
+            tls_roots: tls.filter(|_| c.uses_tls()).map(|t| t.roots),
             cfg,
         })
     }
