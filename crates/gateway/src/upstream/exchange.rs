@@ -53,6 +53,20 @@ impl<'a> Job<'a> {
             .record(shard.id, &self.provider.name, e);
     }
 
+    /// When every endpoint of this provider is out (`pick` is not in service), the same
+    /// request for its fallback provider, if it has one: a fallback beats a likely failure.
+    /// Nothing was tried, so no endpoint and no failover is counted; the move is.
+    pub(super) fn past_an_all_out_provider(
+        self,
+        shard: &Shard,
+        pick: &super::providers::Pick,
+    ) -> Option<Job<'a>> {
+        match pick.in_service {
+            true => None,
+            false => self.fall_back(shard, UpstreamError::NoHealthyEndpoint),
+        }
+    }
+
     /// The same request for the next provider of the fallback chain, when the failure `e`
     /// sent nothing (no endpoint of this provider could be reached). Counts the failure on
     /// this provider and the move.
@@ -216,14 +230,13 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
             let e = UpstreamError::ConnectError;
             return fail(session, job, &mut body, sent_continue, e).await;
         };
+        if let Some(next) = job.past_an_all_out_provider(&shard, &pick) {
+            (job, tried) = (next, 0);
+            leg.follow(job, session);
+            continue;
+        }
         let (ei, ep) = (pick.index, pick.ep.clone());
-        let e = match pick.in_service {
-            true => acquire(&shard, job.provider, &ep, retried).await,
-            // Every endpoint is out: a fallback provider beats a likely failure.
-            false if !job.fallbacks.is_empty() => Err(UpstreamError::NoHealthyEndpoint),
-            false => acquire(&shard, job.provider, &ep, retried).await,
-        };
-        let mut lease = match e {
+        let mut lease = match acquire(&shard, job.provider, &ep, retried).await {
             Ok(l) => l,
             Err(e) => {
                 record_outcome(&shard, job.provider, &ep, Outcome::Failed(e));
@@ -231,10 +244,8 @@ async fn exchange(session: &mut Session, job: Job<'_>, headers: &mut Vec<HeaderR
                     continue;
                 }
                 if let Some(next) = job.fall_back(&shard, e) {
-                    job = next;
-                    leg.stat = job.provider.stat;
-                    leg.limits = Limits::of(&job.provider.cfg, session);
-                    tried = 0;
+                    (job, tried) = (next, 0);
+                    leg.follow(job, session);
                     continue;
                 }
                 return fail(session, job, &mut body, sent_continue, e).await;

@@ -169,6 +169,15 @@ pub(super) struct Leg<'a> {
     pub(super) facts: &'a Facts,
 }
 
+impl Leg<'_> {
+    /// The leg of `job` now that the request moved to its provider (down the fallback
+    /// chain): that provider's stats slot and timeouts.
+    pub(super) fn follow(&mut self, job: super::exchange::Job<'_>, session: &Session) {
+        self.stat = job.provider.stat;
+        self.limits = Limits::of(&job.provider.cfg, session);
+    }
+}
+
 /// What the two streams of an exchange tell each other while both run.
 #[derive(Default)]
 pub(super) struct Progress {

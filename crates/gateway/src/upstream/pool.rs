@@ -214,6 +214,10 @@ pub enum Outcome {
 /// Records how an attempt on `ep` ended: a failure that says something about the endpoint
 /// counts towards its ejection (logged when it happens), a response puts it back in service.
 pub fn record_outcome(shard: &Shard, provider: &Provider, ep: &Endpoint, outcome: Outcome) {
+    // A full or slow queue is the shard's own pool: the endpoint was not asked.
+    if matches!(outcome, Outcome::Failed(e) if !e.counts_against_endpoint()) {
+        return;
+    }
     let failed = match outcome {
         Outcome::Answered(status) => status >= 500 && provider.cfg.eject_on_5xx,
         Outcome::Failed(_) => true,
@@ -235,8 +239,7 @@ pub fn record_outcome(shard: &Shard, provider: &Provider, ep: &Endpoint, outcome
             }
             return ep.health.success();
         }
-        Outcome::Failed(e) if e.counts_against_endpoint() => e.label().to_string(),
-        Outcome::Failed(_) => return,
+        Outcome::Failed(e) => e.label().to_string(),
     };
     if let Some(time) = ep.health.failure(&provider.cfg, Instant::now()) {
         // Its latency from before says nothing about it after the ejection: kept, it could

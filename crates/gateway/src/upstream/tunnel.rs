@@ -69,15 +69,13 @@ pub(super) async fn upgrade(
             let e = UpstreamError::ConnectError;
             return fail(session, job, &mut no_body, false, e).await;
         };
+        if let Some(next) = job.past_an_all_out_provider(&shard, &pick) {
+            (job, tried) = (next, 0);
+            continue;
+        }
         let (ei, ep) = (pick.index, pick.ep.clone());
         let timeout = Duration::from_millis(job.provider.cfg.connect_timeout_ms);
-        let opened = match pick.in_service {
-            true => open(&shard, job.provider, &ep, timeout).await,
-            // Every endpoint is out: a fallback provider beats a likely failure.
-            false if !job.fallbacks.is_empty() => Err(UpstreamError::NoHealthyEndpoint),
-            false => open(&shard, job.provider, &ep, timeout).await,
-        };
-        match opened {
+        match open(&shard, job.provider, &ep, timeout).await {
             Ok((s, addr)) => {
                 facts.upstream.set(Some(addr));
                 break (pick, s);
