@@ -210,7 +210,7 @@ impl Reloader {
             .queries
             .send(Query::ProviderNames(self.slots.names().to_vec()));
         let tenants = crate::tenants::for_aggregator(&new.config);
-        let _ = self.queries.send(Query::Tenants(tenants));
+        let _ = self.queries.send(Query::Tenants(new.number, tenants));
         self.generation = new.number;
         self.resolver.store(new.number, Ordering::SeqCst);
         if let Err(e) = crate::resolver::spawn(

@@ -272,7 +272,7 @@ fn start_helpers(
 ) -> Result<Arc<AtomicU64>, String> {
     let config = &start.config;
     let _ = queries.send(Query::ShardControls(controls.to_vec()));
-    let _ = queries.send(Query::Tenants(crate::tenants::for_aggregator(config)));
+    let _ = queries.send(Query::Tenants(1, crate::tenants::for_aggregator(config)));
     if config.limits.backend == crate::tenants::redis::Backend::Redis {
         let fleet = crate::tenants::redis_target::RedisTarget::of(&config.limits)
             .and_then(crate::stats::fleet::start);

@@ -23,8 +23,8 @@ pub enum Query {
     Reloaded(ReloadEvent),
     /// The provider names of the stats slots, after a reload added providers.
     ProviderNames(Vec<String>),
-    /// The tenants of the config the shards (now) serve, with their budgets.
-    Tenants(Vec<crate::tenants::AggregatorTenant>),
+    /// The tenants of the config generation the shards (now) serve, with their budgets.
+    Tenants(u64, Vec<crate::tenants::AggregatorTenant>),
     /// `/usage`, and whether to start a new window after answering.
     Usage {
         reset: bool,
@@ -248,7 +248,7 @@ impl Aggregator {
             Query::Draining => self.draining = true,
             Query::Reloaded(event) => self.config.record(event),
             Query::ProviderNames(names) => self.provider_names = names,
-            Query::Tenants(t) => self.tenants.set_tenants(t),
+            Query::Tenants(generation, t) => self.tenants.set_tenants(generation, t),
             Query::FleetUsage(tx) => self.fleet = Some((tx, Default::default())),
             Query::Usage { reset, reply } => {
                 let doc = self.usage.json(&self.provider_names, reset);

@@ -37,6 +37,12 @@ pub struct TenantBalance {
     shards: BTreeMap<usize, (u64, Vec<TenantCounters>)>,
     /// Per shard: the attempts at the last rebalance.
     seen: BTreeMap<usize, Vec<u64>>,
+    /// The tenant names of the last few config generations (a shard's counts are in its
+    /// generation's table order).
+    names_of: BTreeMap<u64, Vec<String>>,
+    /// By tenant name: what shards counted under generations they have left (a reload
+    /// starts a shard's counts afresh; the totals, Prometheus counters, go on).
+    carried: std::collections::HashMap<String, TenantCounters>,
     /// Per shard: each tenant's demand (attempts per second), smoothed over intervals.
     demand: BTreeMap<usize, Vec<f64>>,
     /// When the last rebalance ran.
@@ -46,7 +52,13 @@ pub struct TenantBalance {
 }
 
 impl TenantBalance {
-    pub fn set_tenants(&mut self, tenants: Vec<AggregatorTenant>) {
+    pub fn set_tenants(&mut self, generation: u64, tenants: Vec<AggregatorTenant>) {
+        self.names_of
+            .insert(generation, tenants.iter().map(|t| t.name.clone()).collect());
+        // A shard is at most one reload behind the others for long; keep a few.
+        while self.names_of.len() > 4 {
+            self.names_of.pop_first();
+        }
         let old_names = std::mem::replace(
             &mut self.names,
             tenants.iter().map(|t| t.name.clone()).collect(),
@@ -111,7 +123,24 @@ impl TenantBalance {
     }
 
     pub fn record(&mut self, shard: usize, generation: u64, counts: Vec<TenantCounters>) {
-        self.shards.insert(shard, (generation, counts));
+        let Some((was, old)) = self.shards.insert(shard, (generation, counts)) else {
+            return;
+        };
+        if was == generation {
+            return;
+        }
+        // The shard switched generation: its counts start again from zero, in the new
+        // table's order. Its old counts are kept by name, and its demand starts over.
+        if let Some(names) = self.names_of.get(&was) {
+            for (name, c) in names.iter().zip(old) {
+                let kept = self.carried.entry(name.clone()).or_default();
+                kept.attempts += c.attempts;
+                kept.admitted += c.admitted;
+                kept.limited += c.limited;
+            }
+        }
+        self.seen.remove(&shard);
+        self.demand.remove(&shard);
     }
 
     /// Gives every shard a share of each tenant's limits from its demand since the last
@@ -182,16 +211,25 @@ impl TenantBalance {
         }
     }
 
+    /// Each current tenant's counts since start: every shard's, by its generation's
+    /// names, plus what generations left behind carried.
     fn totals(&self) -> Vec<TenantCounters> {
-        let mut sum = vec![TenantCounters::default(); self.names.len()];
-        for (_, counts) in self.shards.values() {
-            for (a, b) in sum.iter_mut().zip(counts) {
-                a.attempts += b.attempts;
-                a.admitted += b.admitted;
-                a.limited += b.limited;
+        let mut by_name = self.carried.clone();
+        for (generation, counts) in self.shards.values() {
+            let Some(names) = self.names_of.get(generation) else {
+                continue;
+            };
+            for (name, c) in names.iter().zip(counts) {
+                let sum = by_name.entry(name.clone()).or_default();
+                sum.attempts += c.attempts;
+                sum.admitted += c.admitted;
+                sum.limited += c.limited;
             }
         }
-        sum
+        self.names
+            .iter()
+            .map(|n| by_name.get(n).copied().unwrap_or_default())
+            .collect()
     }
 
     pub fn json(&self) -> Value {
@@ -216,5 +254,52 @@ impl TenantBalance {
             p.sample("coregate_tenant_requests_total", &l("admitted"), c.admitted);
             p.sample("coregate_tenant_requests_total", &l("limited"), c.limited);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenants(names: &[&str]) -> Vec<AggregatorTenant> {
+        names
+            .iter()
+            .map(|n| AggregatorTenant {
+                name: n.to_string(),
+                budgets: Budgets::default(),
+                rate_per_s: 10.0,
+            })
+            .collect()
+    }
+
+    fn counts(attempts: &[u64]) -> Vec<TenantCounters> {
+        attempts
+            .iter()
+            .map(|&a| TenantCounters {
+                attempts: a,
+                admitted: a,
+                limited: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_totals_by_name_and_restarts_the_demand() {
+        let mut b = TenantBalance::default();
+        b.set_tenants(1, tenants(&["a", "b"]));
+        b.record(0, 1, counts(&[100, 7]));
+        b.record(1, 1, counts(&[5, 0]));
+        b.update_demand(2, 1.0);
+        // The reload puts a new tenant first: shard 0 switches, shard 1 not yet.
+        b.set_tenants(2, tenants(&["new", "a", "b"]));
+        b.record(0, 2, counts(&[1, 3, 0]));
+        let totals: Vec<u64> = b.totals().iter().map(|c| c.attempts).collect();
+        // a: 100 carried + 3 now on shard 0 + 5 still on shard 1 (generation 1).
+        assert_eq!(totals, vec![1, 108, 7]);
+        // Shard 0's demand starts over from its new counts, not from the old ones.
+        assert!(!b.seen.contains_key(&0) && !b.demand.contains_key(&0));
+        b.record(1, 2, counts(&[0, 1, 0]));
+        let totals: Vec<u64> = b.totals().iter().map(|c| c.attempts).collect();
+        assert_eq!(totals, vec![1, 109, 7], "no count goes down");
     }
 }
