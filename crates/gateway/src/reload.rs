@@ -289,6 +289,8 @@ fn restart_only() -> Vec<Setting> {
         ("stats.interval_ms", |c| c.stats.interval_ms.to_string()),
         ("access_log", |c| format!("{:?}", c.access_log)),
         ("usage.export", |c| c.usage.export.clone()),
+        // The fleet-usage writer holds the Redis target and password it started with.
+        ("limits", |c| format!("{:?}", c.limits)),
     ]
 }
 
@@ -321,4 +323,5 @@ fn keep_restart_only(new: &mut Config, running: &Config) {
     new.stats = running.stats.clone();
     new.access_log = running.access_log.clone();
     new.usage = running.usage.clone();
+    new.limits = running.limits.clone();
 }
