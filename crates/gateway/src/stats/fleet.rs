@@ -14,7 +14,7 @@
 
 use crate::tenants::redis::encode_command;
 use crate::tenants::redis_target::RedisTarget;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use std::collections::BTreeMap;
@@ -67,13 +67,26 @@ struct Batch {
     increments: Increments,
 }
 
+/// How soon a batch that Redis did not take is sent again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
 fn run(mut target: RedisTarget, rx: Receiver<Increments>) {
     let node = node_id();
     let mut sequence = 0u64;
     let (mut waiting, mut batch) = (Increments::new(), None::<Batch>);
     let mut conn: Option<TcpStream> = None;
-    while let Ok(more) = rx.recv() {
-        merge(&mut waiting, more);
+    loop {
+        // A failed batch is tried again within RETRY_EVERY, traffic or not; the last try
+        // is made when the process ends (the channel closes).
+        let last = match rx.recv_timeout(RETRY_EVERY) {
+            Ok(more) => {
+                merge(&mut waiting, more);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) if batch.is_none() => continue,
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
         // The batch in hand (one that failed) goes first, as it was; then the waiting ones.
         for _ in 0..2 {
             if batch.is_none() && !waiting.is_empty() {
@@ -91,7 +104,7 @@ fn run(mut target: RedisTarget, rx: Receiver<Increments>) {
                     conn = None;
                     coregate_runtime::log::warn(&format!(
                         "usage: cannot add the fleet totals in Redis at {} ({e}); the batch is \
-                         sent again with the next interval",
+                         sent again within {RETRY_EVERY:?}",
                         target.name
                     ));
                     // This thread may block: a DNS name is resolved again at once.
@@ -103,6 +116,9 @@ fn run(mut target: RedisTarget, rx: Receiver<Increments>) {
                     break;
                 }
             }
+        }
+        if last {
+            return;
         }
     }
 }
