@@ -167,6 +167,9 @@ impl Session {
         self.logged.path.clear();
         self.logged.method.push(b'-');
         self.logged.path.push(b'-');
+        // No head was read: nothing of the connection's previous request may show.
+        self.logged.user_agent = None;
+        self.logged.referer = None;
         self.facts.error.set(Some(e.code));
         self.started_at = Instant::now();
         let (bytes_in, bytes_out) = self.sync_bytes();
