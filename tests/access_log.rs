@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 /// The log's lines once it has at least `n` (shards hand them over every 100 ms).
 fn lines(path: &Path, n: usize) -> Vec<String> {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        if lines.len() >= n || Instant::now() > end {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_lines(path, n).lines().map(str::to_string).collect()
 }
 
 fn json(line: &str) -> serde_json::Value {

@@ -240,7 +240,7 @@ fn an_endpoint_that_starts_failing_is_ejected_within_its_threshold_and_comes_bac
         &format!(
             "[[providers]]\nname = \"p\"\nendpoints = [\"127.0.0.1:{live}\", \"127.0.0.1:{}\"]\n\
              weights = [2, 1]\n\
-             eject_after_failures = 3\neject_base_ms = 1500\neject_max_ms = 1500\n\
+             eject_after_failures = 3\neject_base_ms = 3000\neject_max_ms = 3000\n\
              [[routes]]\nprefix = \"/\"\nprovider = \"p\"\n",
             flaky.port
         ),
@@ -264,7 +264,7 @@ fn an_endpoint_that_starts_failing_is_ejected_within_its_threshold_and_comes_bac
 
     // It recovers: once its ejection is over a probe puts it back, and traffic returns.
     flaky.set(200);
-    std::thread::sleep(Duration::from_millis(1600));
+    std::thread::sleep(Duration::from_millis(3100));
     let before = flaky.seen();
     assert!(statuses(gw.port, 20).iter().all(|&s| s == 200));
     let share = flaky.seen() - before;

@@ -145,9 +145,9 @@ fn wait_for_leases(gw: &Gateway) {
     }
 }
 
-/// No request waited for Redis: every answer within this, under the 250 ms Redis timeout a
-/// request waiting on Redis would take (with room for a loaded 2-core CI machine).
-const NO_STALL: Duration = Duration::from_millis(200);
+/// No request waited for Redis: every answer under the 250 ms Redis timeout, which a request
+/// that waited on Redis would take at least (the rest is room for a loaded CI machine).
+const NO_STALL: Duration = Duration::from_millis(250);
 
 #[test]
 fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {

@@ -4,69 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
+use common::tenants::*;
 use common::*;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A key file holding `key`, for `keys = ["file:..."]`.
-fn key_file(dir: &Path, name: &str, key: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{key}\n")).unwrap();
-    format!("file:{}", path.display())
-}
-
-/// Two tenants over a mock provider: `acme` (every route) and `lim` (only `/v1/mock/`, with
-/// `limits`), routes `/other/` and `/v1/mock/` to the same mock (in this order, which is
-/// not the route table's: longest prefix first), and an admin token.
-fn tenants_gateway(name: &str, cores: &str, limits: &str) -> (Gateway, Proc) {
-    let dir = tmpdir(name);
-    let acme = key_file(&dir, "acme.key", "sk-acme-1");
-    let lim = key_file(&dir, "lim.key", "sk-lim-1");
-    let admin_key = key_file(&dir, "admin.key", "admin-secret");
-    let (port, admin, mock) = (free_port(), free_port(), free_port());
-    let export = dir.join("usage.jsonl").display().to_string();
-    let access = dir.join("access.jsonl").display().to_string();
-    let mock_proc = mock_provider(name, mock);
-    wait_port(mock, Duration::from_secs(10));
-    let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\ncores = \"{cores}\"\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{admin_key}\"\n\
-         [stats]\ninterval_ms = 100\n[auth]\nmode = \"keys\"\n\
-         [usage]\nexport = \"{export}\"\n[access_log]\npath = \"{access}\"\n\
-         [[providers]]\nname = \"mock\"\nendpoints = [\"127.0.0.1:{mock}\"]\n\
-         [[routes]]\nprefix = \"/other/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
-         [[routes]]\nprefix = \"/v1/mock/\"\nprovider = \"mock\"\nrewrite = \"/\"\n\
-         [[tenants]]\nname = \"acme\"\nkeys = [\"{acme}\"]\n\
-         [[tenants]]\nname = \"lim\"\nkeys = [\"{lim}\"]\nroutes = [\"/v1/mock/\"]\n{limits}\n"
-    );
-    (gateway_from_config(dir, port, admin, &cfg), mock_proc)
-}
-
-/// An admin document with the admin token.
-fn admin_json(gw: &Gateway, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer admin-secret\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn stats(gw: &Gateway) -> serde_json::Value {
-    admin_json(gw, "/stats")
-}
-
-fn get(port: u16, path: &str, headers: &str) -> Response {
-    request(
-        port,
-        &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"),
-    )
-}
 
 #[test]
 fn keys_in_every_carrier_reach_no_provider() {
@@ -96,14 +36,7 @@ fn keys_in_every_carrier_reach_no_provider() {
     assert!(!body.contains("sk-acme-1"), "{body}");
     assert!(body.contains("\"target\":\"/headers?a=1&b=2\""), "{body}");
     // Nor does the access log get the key: the query's is redacted there.
-    let end = Instant::now() + Duration::from_secs(5);
-    let log = loop {
-        let text = std::fs::read_to_string(gw.dir.join("access.jsonl")).unwrap_or_default();
-        if text.lines().count() >= 4 || Instant::now() > end {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log = wait_lines(&gw.dir.join("access.jsonl"), 4);
     assert_eq!(log.lines().count(), 4, "{log}");
     assert!(!log.contains("sk-acme-1"), "{log}");
     assert!(log.contains("access_token=[redacted]"), "{log}");
@@ -467,14 +400,7 @@ fn voice_units_come_from_wav_headers_json_text_and_audio_streams() {
     assert_eq!(route["websocket"]["messages_up"], 2, "{route}");
 
     // The export has one line per request or session, with the same figures.
-    let end = Instant::now() + Duration::from_secs(5);
-    let export = loop {
-        let text = std::fs::read_to_string(gw.dir.join("usage.jsonl")).unwrap_or_default();
-        if text.lines().count() >= 3 || Instant::now() > end {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let export = wait_lines(&gw.dir.join("usage.jsonl"), 3);
     let lines: Vec<serde_json::Value> = export
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -530,136 +456,4 @@ fn realtime_usage_is_read_from_response_done_events() {
     assert_eq!(realtime["output_tokens"], 50, "{realtime}");
     assert_eq!(realtime["input_audio_tokens"], 60, "{realtime}");
     assert_eq!(realtime["output_audio_tokens"], 40, "{realtime}");
-}
-
-#[test]
-fn an_audio_budget_closes_the_running_session_with_1008_and_refuses_new_requests() {
-    let (gw, _mock) = tenants_gateway(
-        "tenants-budget",
-        "0-1",
-        "budget_audio_seconds_per_day = 0.5\n",
-    );
-    let mut ws = Reader::new(gw.connect());
-    let path = "/v1/mock/ws?encoding=linear16&sample_rate=8000";
-    ws.send(ws_handshake(path, "x-api-key: sk-lim-1\r\n").as_bytes());
-    assert_eq!(ws.response(false).unwrap().status, 101);
-    ws.stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    // 1,000 bytes of linear16 at 8 kHz is 62.5 ms of audio: the budget is gone after 8.
-    let mut frame = vec![0x82, 0xFE, 0x03, 0xE8, 0, 0, 0, 0];
-    frame.extend(std::iter::repeat_n(0u8, 1000));
-    let (mut received, mut sent) = (Vec::new(), 0);
-    let end = Instant::now() + Duration::from_secs(10);
-    let close = loop {
-        assert!(Instant::now() < end, "no Close after {sent} messages");
-        if sent < 40 {
-            ws.send(&frame);
-            sent += 1;
-        }
-        let mut buf = [0u8; 8192];
-        match std::io::Read::read(&mut ws.stream, &mut buf) {
-            Ok(0) => panic!("cut without a Close after {sent} messages"),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-        // Echoes are 4 + 1,000 bytes; a Close starts where they end.
-        while received.len() >= 1004 && received[0] == 0x82 {
-            received.drain(..1004);
-        }
-        if received.first() == Some(&0x88) && received.len() >= 4 {
-            break u16::from_be_bytes([received[2], received[3]]);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(close, 1008);
-    assert!(sent >= 8, "closed after only {sent} messages");
-    // Every shard hears of it within a tick (a new connection may land on another shard).
-    let end = Instant::now() + Duration::from_secs(3);
-    let r = loop {
-        let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
-        if r.status == 429 || Instant::now() > end {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(r.status, 429);
-    assert_eq!(r.json()["error"]["code"], "budget_exhausted");
-    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() <= 86_400);
-    // Another tenant is not affected.
-    assert_eq!(
-        get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-acme-1\r\n").status,
-        200
-    );
-}
-
-/// Sends `text` for speech as tenant `lim`.
-fn tts_as_lim(port: u16, text: &str) -> Response {
-    let body = format!(r#"{{"model":"m","input":"{text}","voice":"v"}}"#);
-    request(
-        port,
-        &format!(
-            "POST /v1/mock/tts HTTP/1.1\r\nHost: t\r\nx-api-key: sk-lim-1\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
-
-#[test]
-fn a_reload_keeps_what_a_tenant_spent_of_its_daily_budget() {
-    let (gw, _mock) = tenants_gateway(
-        "tenants-budget-reload",
-        "0-1",
-        "budget_tts_chars_per_day = 10\n",
-    );
-    assert_eq!(tts_as_lim(gw.port, "abcdef").status, 200);
-    let spent = |gw: &Gateway| {
-        admin_json(gw, "/usage")["tenants"]["lim"]["by_provider"]["mock"]["by_route"]["/v1/mock/"]
-            ["tts_characters"]
-            .as_u64()
-    };
-    let end = Instant::now() + Duration::from_secs(5);
-    while spent(&gw) != Some(6) {
-        assert!(Instant::now() < end, "6 characters never counted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // A few budget checks see the 6 characters before the reload.
-    std::thread::sleep(Duration::from_millis(300));
-
-    // An unrelated change: a new tenant ahead of `lim`, which moves its place in the table.
-    let path = gw.dir.join("coregate.toml");
-    let cfg = std::fs::read_to_string(&path).unwrap();
-    let new_tenant = format!(
-        "[[tenants]]\nname = \"newcomer\"\nkeys = [\"sha256:{}\"]\n[[tenants]]\nname = \"acme\"",
-        "ab".repeat(32)
-    );
-    std::fs::write(
-        &path,
-        cfg.replace("[[tenants]]\nname = \"acme\"", &new_tenant),
-    )
-    .unwrap();
-    gw.proc.signal(libc::SIGHUP);
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let c = stats(&gw)["config"].clone();
-        if c["reloads_applied"] == 1 && c["applied_by_all_shards"] == true {
-            break;
-        }
-        assert!(Instant::now() < end, "the reload never applied: {c}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
-    // 4 more characters make 10: the day's budget is gone, as it would be without the reload.
-    assert_eq!(tts_as_lim(gw.port, "wxyz").status, 200);
-    let end = Instant::now() + Duration::from_secs(3);
-    let r = loop {
-        let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
-        if r.status == 429 || Instant::now() > end {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(r.status, 429, "{}", r.text());
-    assert_eq!(r.json()["error"]["code"], "budget_exhausted");
 }

@@ -71,7 +71,7 @@ fn export_until(
 ) -> Vec<serde_json::Value> {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = std::fs::read_to_string(gw.dir.join("usage.jsonl")).unwrap_or_default();
+        let text = whole_lines(&gw.dir.join("usage.jsonl"));
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

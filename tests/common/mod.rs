@@ -8,15 +8,26 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod certs;
+pub mod tenants;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coregate");
 
-/// A free loopback port (bound then released; the kernel will not hand it out again soon).
+/// A free loopback port (bound then released), never one this test binary was given
+/// before: the kernel may hand a released ephemeral port out again at once, and a gateway
+/// whose listen and admin ports came out equal refuses to start (seen in CI).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh scratch directory for one test, removed when the test binary exits (passed or
@@ -592,4 +603,24 @@ pub fn wav(rate: u32, data: usize) -> Vec<u8> {
     b.extend_from_slice(&(data as u32).to_le_bytes());
     b.extend(std::iter::repeat_n(0u8, data));
     b
+}
+
+/// The whole lines of a file a gateway thread appends to (up to its last newline: the
+/// writer may be halfway through the next line); empty when it does not exist yet.
+pub fn whole_lines(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text[..text.rfind('\n').map_or(0, |i| i + 1)].to_string()
+}
+
+/// [`whole_lines`] once there are at least `n` of them, or after 5 s (shards hand their
+/// lines to the writer every tick).
+pub fn wait_lines(path: &std::path::Path, n: usize) -> String {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = whole_lines(path);
+        if text.lines().count() >= n || Instant::now() > end {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
