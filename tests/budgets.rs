@@ -50,14 +50,7 @@ fn an_audio_budget_closes_the_running_session_with_1008_and_refuses_new_requests
     assert_eq!(close, 1008);
     assert!(sent >= 8, "closed after only {sent} messages");
     // Every shard hears of it within a tick (a new connection may land on another shard).
-    let end = Instant::now() + Duration::from_secs(3);
-    let r = loop {
-        let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
-        if r.status == 429 || Instant::now() > end {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let r = lim_refused_within(&gw, Duration::from_secs(3));
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "budget_exhausted");
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() <= 86_400);
@@ -69,6 +62,19 @@ fn an_audio_budget_closes_the_running_session_with_1008_and_refuses_new_requests
 }
 
 /// Sends `text` for speech as tenant `lim`.
+/// Tenant `lim`'s next request once a shard refuses it, or after `wait` (every shard hears
+/// of a budget within a tick; a new connection may land on any shard).
+fn lim_refused_within(gw: &Gateway, wait: Duration) -> Response {
+    let end = Instant::now() + wait;
+    loop {
+        let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
+        if r.status == 429 || Instant::now() > end {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn tts_as_lim(port: u16, text: &str) -> Response {
     let body = format!(r#"{{"model":"m","input":"{text}","voice":"v"}}"#);
     request(
@@ -127,14 +133,7 @@ fn a_reload_keeps_what_a_tenant_spent_of_its_daily_budget() {
 
     // 4 more characters make 10: the day's budget is gone, as it would be without the reload.
     assert_eq!(tts_as_lim(gw.port, "wxyz").status, 200);
-    let end = Instant::now() + Duration::from_secs(3);
-    let r = loop {
-        let r = get(gw.port, "/v1/mock/bytes?size=1", "x-api-key: sk-lim-1\r\n");
-        if r.status == 429 || Instant::now() > end {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let r = lim_refused_within(&gw, Duration::from_secs(3));
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "budget_exhausted");
 }

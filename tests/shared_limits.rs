@@ -10,22 +10,55 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn redis(port: u16, dir: &std::path::Path) -> Proc {
+/// A redis-server on `port` with `extra` arguments, persisting nothing; its log in `dir`.
+fn redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Proc {
+    let port_arg = port.to_string();
+    let mut args = vec![
+        "--port",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    args.extend_from_slice(extra);
     let proc = spawn_command(
-        Command::new("redis-server").args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]),
+        Command::new("redis-server").args(args),
         dir.join(format!("redis-{port}.log")),
     );
     wait_port(port, Duration::from_secs(10));
     proc
+}
+
+/// What a shared-limits test runs against: a Redis (killed when dropped, a panic included:
+/// SIGKILL ends a stopped one too) and a mock provider, on ports of their own.
+struct Bed {
+    dir: std::path::PathBuf,
+    rport: u16,
+    mport: u16,
+    redis: Proc,
+    _mock: Proc,
+}
+
+/// The test bed `name`, or `None` (the test passes, saying so) when `tools` are missing.
+fn bed(name: &str, tools: &[&str]) -> Option<Bed> {
+    if !tools.iter().all(|t| require_tool(t)) {
+        return None;
+    }
+    let dir = tmpdir(name);
+    let (rport, mport) = (free_port(), free_port());
+    let redis = redis(rport, &dir, &[]);
+    let _mock = mock_provider(name, mport);
+    wait_port(mport, Duration::from_secs(10));
+    Some(Bed {
+        dir,
+        rport,
+        mport,
+        redis,
+        _mock,
+    })
 }
 
 /// A gateway on one shard whose tenant `t` (key `sk-t`) has `rate`/s shared through Redis.
@@ -151,15 +184,16 @@ const NO_STALL: Duration = Duration::from_millis(250);
 
 #[test]
 fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
-    if !require_tool("redis-server") {
+    let Some(Bed {
+        dir,
+        rport,
+        mport,
+        redis: redis_proc,
+        _mock,
+    }) = bed("shared-limits", &["redis-server"])
+    else {
         return;
-    }
-    let dir = tmpdir("shared-limits");
-    let (rport, mport) = (free_port(), free_port());
-    // Killed when dropped, a panic included (SIGKILL ends a stopped process too).
-    let redis_proc = redis(rport, &dir);
-    let _mock = mock_provider("shared-limits", mport);
-    wait_port(mport, Duration::from_secs(10));
+    };
     let (rate, burst, secs) = (50u32, 10u32, 4.0);
     let a = gateway_on("shared-limits-a", rport, mport, rate, burst);
     let b = gateway_on("shared-limits-b", rport, mport, rate, burst);
@@ -208,7 +242,7 @@ fn two_gateways_share_a_tenant_rate_through_redis_and_survive_its_loss() {
     }
 
     // Redis is back on the same port: leases resume, and the shared limit holds again.
-    let redis_proc = redis(rport, &dir);
+    let redis_proc = redis(rport, &dir, &[]);
     wait_for_leases(&a);
     wait_for_leases(&b);
     assert!(a.proc.log_text().contains("Redis answers again"));
@@ -279,14 +313,10 @@ fn one_request(port: u16) -> u16 {
 
 #[test]
 fn leases_start_without_refusing_and_a_dry_bucket_costs_one_call_per_batch() {
-    if !require_tool("redis-server") || !require_tool("redis-cli") {
+    let Some(b) = bed("shared-leases", &["redis-server", "redis-cli"]) else {
         return;
-    }
-    let dir = tmpdir("shared-leases");
-    let (rport, mport) = (free_port(), free_port());
-    let _redis = redis(rport, &dir);
-    let _mock = mock_provider("shared-leases", mport);
-    wait_port(mport, Duration::from_secs(10));
+    };
+    let (rport, mport) = (b.rport, b.mport);
     let (rate, secs) = (50u32, 2.0);
     let gw = gateway_on("shared-leases-gw", rport, mport, rate, 10);
 
@@ -331,22 +361,7 @@ fn redis_by_dns_name_with_a_password_from_a_file() {
     let dir = tmpdir("shared-auth");
     let (rport, mport) = (free_port(), free_port());
     let password = "s3cret-redis-pw";
-    let _redis = spawn_command(
-        Command::new("redis-server").args([
-            "--port",
-            &rport.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--requirepass",
-            password,
-        ]),
-        dir.join("redis.log"),
-    );
-    wait_port(rport, Duration::from_secs(10));
+    let _redis = redis(rport, &dir, &["--requirepass", password]);
     let _mock = mock_provider("shared-auth", mport);
     wait_port(mport, Duration::from_secs(10));
     let pw_file = dir.join("redis.pw");
@@ -425,14 +440,10 @@ fn paced(port: u16, n: usize, gap: Duration) -> u64 {
 
 #[test]
 fn a_fleet_batch_retried_after_a_lost_answer_counts_once() {
-    if !require_tool("redis-server") || !require_tool("redis-cli") {
+    let Some(b) = bed("shared-fleet", &["redis-server", "redis-cli"]) else {
         return;
-    }
-    let dir = tmpdir("shared-fleet");
-    let (rport, mport) = (free_port(), free_port());
-    let redis_proc = redis(rport, &dir);
-    let _mock = mock_provider("shared-fleet", mport);
-    wait_port(mport, Duration::from_secs(10));
+    };
+    let (rport, mport, redis_proc) = (b.rport, b.mport, &b.redis);
     let gw = gateway_on("shared-fleet-gw", rport, mport, 1000, 1000);
     let settled = |want: u64| {
         let end = Instant::now() + Duration::from_secs(5);
