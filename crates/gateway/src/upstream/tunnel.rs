@@ -25,6 +25,7 @@ use super::forward::{
 };
 use super::heads::{interim_head, select_key_protocol};
 use super::pool::{provider_stats, record_outcome, Outcome};
+use super::providers::Pick;
 use super::realtime::RealtimeUsage;
 use crate::facts::WsUsage;
 use crate::session::{BodyState, Flow, Session};
@@ -33,7 +34,7 @@ use crate::stats::usage::UsageKey;
 use coregate_http1::request::HeaderRange;
 use coregate_http1::websocket::{close_frame, FrameTracker};
 use coregate_runtime::deadline::WaitClass;
-use coregate_runtime::wire::{Rx, Tx, Wire};
+use coregate_runtime::wire::{Rx, Stream, Tx, Wire};
 use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
@@ -49,25 +50,62 @@ pub(super) async fn upgrade(
     headers: &mut Vec<HeaderRange>,
 ) -> Flow {
     let shard = session.shard().clone();
-    let cfg = &job.provider.cfg;
     let facts = session.facts();
+    let (job, pick, stream) = match connect(session, job).await {
+        Ok(connected) => connected,
+        Err(flow) => return flow,
+    };
     let leg = Leg {
         shard: &shard,
         stat: job.provider.stat,
         req: job.req,
-        limits: Limits::of(cfg, session),
+        limits: Limits::of(&job.provider.cfg, session),
         facts: &facts,
     };
+    provider_stats(&shard, job.provider.stat, |s| {
+        s.counters.new_connections += 1
+    });
+    let mut up = Wire::over(stream, TUNNEL_BUF);
+    if let Some(flow) = handshake(session, leg, job, &pick, &mut up, headers).await {
+        return flow;
+    }
+    if session.flush().await.is_err() {
+        return Flow::Close;
+    }
+    session.mark_answered();
+    let _open = OpenTunnel::new(&shard);
+    let websocket = job
+        .upgrade
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(b"websocket"));
+    let usage_key = facts.usage_key.borrow().clone();
+    let ends = Ends {
+        shard: &shard,
+        idle: Duration::from_millis(job.provider.cfg.tunnel_idle_timeout_ms),
+        websocket,
+        tenant: facts.tenant.get().map(|(t, _)| t),
+        usage_key: usage_key.as_ref(),
+        audio_rate: facts.ws_audio_rate.get(),
+    };
+    let (client_rx, client_tx) = session.client_io();
+    let (carried, audio_counted) = relay(client_rx, client_tx, &mut up, ends).await;
+    facts.ws.set(carried);
+    facts.ws_audio_counted_ms.set(audio_counted);
+    Flow::Close
+}
+
+/// Opens the provider connection for a handshake: a connect that failed goes on to the next
+/// endpoint, then to the fallback provider. Returns the job as it ended up (its provider may
+/// be a fallback), the pick (kept until the handshake's outcome is recorded: see `Pick`) and
+/// the stream; or the flow of the error answer the client got.
+async fn connect<'a>(session: &mut Session, job: Job<'a>) -> Result<(Job<'a>, Pick, Stream), Flow> {
+    let shard = session.shard().clone();
     let mut no_body = BodyState::Done;
-    let mut tried = 0u64;
-    let mut job = job;
-    // A handshake that could not reach an endpoint goes on to the next one, then to the
-    // fallback provider.
-    // The pick is kept until the handshake's outcome is recorded (see `Pick`).
-    let (pick, stream) = loop {
+    let (mut job, mut tried) = (job, 0u64);
+    loop {
         let Some(pick) = job.provider.pick(tried) else {
             let e = UpstreamError::ConnectError;
-            return fail(session, job, &mut no_body, false, e).await;
+            return Err(fail(session, job, &mut no_body, false, e).await);
         };
         if let Some(next) = job.past_an_all_out_provider(&shard, &pick) {
             (job, tried) = (next, 0);
@@ -77,8 +115,8 @@ pub(super) async fn upgrade(
         let timeout = Duration::from_millis(job.provider.cfg.connect_timeout_ms);
         match open(&shard, job.provider, &ep, timeout).await {
             Ok((s, addr)) => {
-                facts.upstream.set(Some(addr));
-                break (pick, s);
+                session.facts().upstream.set(Some(addr));
+                return Ok((job, pick, s));
             }
             Err(e) => {
                 record_outcome(&shard, job.provider, &ep, Outcome::Failed(e));
@@ -86,29 +124,32 @@ pub(super) async fn upgrade(
                     continue;
                 }
                 match job.fall_back(&shard, e) {
-                    Some(next) => {
-                        job = next;
-                        tried = 0;
-                    }
-                    None => return fail(session, job, &mut no_body, false, e).await,
+                    Some(next) => (job, tried) = (next, 0),
+                    None => return Err(fail(session, job, &mut no_body, false, e).await),
                 }
             }
         }
-    };
-    let leg = Leg {
-        stat: job.provider.stat,
-        limits: Limits::of(&job.provider.cfg, session),
-        ..leg
-    };
-    provider_stats(&shard, job.provider.stat, |s| {
-        s.counters.new_connections += 1
-    });
-    let mut up = Wire::over(stream, TUNNEL_BUF);
+    }
+}
+
+/// Sends the handshake and reads the provider's answer: `None` when it switched (its 101
+/// queued for the client), else the flow after the answer the client got (the provider's
+/// own, relayed, or the gateway's error).
+async fn handshake(
+    session: &mut Session,
+    leg: Leg<'_>,
+    job: Job<'_>,
+    pick: &Pick,
+    up: &mut Wire,
+    headers: &mut Vec<HeaderRange>,
+) -> Option<Flow> {
+    let shard = leg.shard;
+    let mut no_body = BodyState::Done;
     up.tx.stream.set_write_timeout(leg.limits.idle);
     if up.tx.stream.write_all(job.up_head).await.is_err() {
         let e = UpstreamError::Reset;
-        record_outcome(&shard, job.provider, &pick.ep, Outcome::Failed(e));
-        return fail(session, job, &mut no_body, false, e).await;
+        record_outcome(shard, job.provider, &pick.ep, Outcome::Failed(e));
+        return Some(fail(session, job, &mut no_body, false, e).await);
     }
     let (_, client_tx) = session.client_io();
     let outcome =
@@ -146,47 +187,18 @@ pub(super) async fn upgrade(
         Some(Download::BeforeHead(e, _)) => Outcome::Failed(*e),
         Some(Download::MidBody(_)) => Outcome::Answered(200),
     };
-    record_outcome(&shard, job.provider, &pick.ep, health);
-    match outcome {
-        None => {}
-        Some(Download::Done { close, .. }) => {
-            return if close { Flow::Close } else { Flow::KeepAlive };
-        }
-        Some(Download::BeforeHead(e, _)) => {
-            return fail(session, job, &mut no_body, false, e).await;
-        }
-        Some(Download::MidBody(e)) => {
+    record_outcome(shard, job.provider, &pick.ep, health);
+    match outcome? {
+        Download::Done { close, .. } => Some(if close { Flow::Close } else { Flow::KeepAlive }),
+        Download::BeforeHead(e, _) => Some(fail(session, job, &mut no_body, false, e).await),
+        Download::MidBody(e) => {
             if let Some(e) = e {
-                provider_stats(&shard, job.provider.stat, |s| s.error(e));
+                provider_stats(shard, job.provider.stat, |s| s.error(e));
             }
             let _ = session.flush().await;
-            return Flow::Close;
+            Some(Flow::Close)
         }
     }
-    if session.flush().await.is_err() {
-        return Flow::Close;
-    }
-    session.mark_answered();
-    let idle = Duration::from_millis(cfg.tunnel_idle_timeout_ms);
-    let _open = OpenTunnel::new(&shard);
-    let websocket = job
-        .upgrade
-        .iter()
-        .any(|p| p.eq_ignore_ascii_case(b"websocket"));
-    let usage_key = facts.usage_key.borrow().clone();
-    let ends = Ends {
-        shard: &shard,
-        idle,
-        websocket,
-        tenant: facts.tenant.get().map(|(t, _)| t),
-        usage_key: usage_key.as_ref(),
-        audio_rate: facts.ws_audio_rate.get(),
-    };
-    let (client_rx, client_tx) = session.client_io();
-    let (carried, audio_counted) = relay(client_rx, client_tx, &mut up, ends).await;
-    facts.ws.set(carried);
-    facts.ws_audio_counted_ms.set(audio_counted);
-    Flow::Close
 }
 
 /// Counts a tunnel in the shard's gauge while it is open.
