@@ -3,7 +3,7 @@
 #
 #   fuzz/run.sh <target|all> <seconds> [extra libFuzzer flags...]
 #
-# Targets: request_head chunked response_head websocket_frames config. Each runs with its
+# Targets: request_head chunked response_head websocket_frames config meter. Each runs with its
 # corpus fuzz/corpus/<target> (grown in place), its dictionary, a max input length, and
 # limits that turn a hang (-timeout) or an unbounded allocation into a crash: -rss_limit_mb,
 # and a cap on single allocations (256 MiB) in fuzz/src/lib.rs, because -malloc_limit_mb
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-all=(request_head chunked response_head websocket_frames config)
+all=(request_head chunked response_head websocket_frames config meter)
 
 usage() {
     echo "usage: $0 <target|all> <seconds> [libFuzzer flags...]; targets: ${all[*]}" >&2
@@ -44,11 +44,11 @@ export RUSTFLAGS="-Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares \
 --cfg fuzzing"
-# The gateway (for the config target) is built only when that target is asked for.
+# The gateway (for the config and meter targets) is built only when one is asked for.
 bins=(--no-default-features)
 for t in "${targets[@]}"; do
     bins+=(--bin "$t")
-    if [[ $t == config ]]; then
+    if [[ $t == config || $t == meter ]]; then
         bins[0]=--features=config
     fi
 done
@@ -70,6 +70,7 @@ max_len() {
     chunked) echo 8192 ;;
     websocket_frames) echo 4096 ;;
     config) echo 8192 ;;
+    meter) echo 8192 ;;
     esac
 }
 
@@ -79,6 +80,7 @@ dict() {
     chunked) echo chunked ;;
     websocket_frames) echo websocket ;;
     config) echo toml ;;
+    meter) echo meter ;;
     esac
 }
 

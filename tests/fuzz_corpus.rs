@@ -1,6 +1,6 @@
 //! Replays the fuzz corpus (fuzz/corpus/<target>/) and any crash artifacts a local fuzz run
 //! left (fuzz/artifacts/<target>/, not committed) through the very code the fuzz targets
-//! run: coregate_http1::fuzzing::* and the config loader. So every input the fuzzer ever
+//! run: coregate_http1::fuzzing::*, the config loader and coregate_gateway::meter::fuzzing. So every input the fuzzer ever
 //! kept stays a regression test without libFuzzer or a nightly toolchain. A panicking input
 //! fails the test with its file name; so does one that runs too long (a hang).
 //! docs/fuzzing.md describes the targets and how to grow the corpus.
@@ -18,7 +18,7 @@ const PER_INPUT: Duration = Duration::from_secs(10);
 /// A fuzz target: its name (its directories' name) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     ("request_head", coregate_http1::fuzzing::request_head),
     ("chunked", coregate_http1::fuzzing::chunked),
     ("response_head", coregate_http1::fuzzing::response_head),
@@ -27,6 +27,7 @@ const TARGETS: [Target; 5] = [
         coregate_http1::fuzzing::websocket_frames,
     ),
     ("config", config),
+    ("meter", coregate_gateway::meter::fuzzing::body),
 ];
 
 /// The config target's body, as in fuzz/fuzz_targets/config.rs.

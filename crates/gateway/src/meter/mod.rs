@@ -136,6 +136,7 @@ fn query_byte_rate(target: &[u8]) -> Option<u64> {
         .filter(|r| *r > 0)
 }
 
+pub mod fuzzing;
 mod json;
 mod multipart;
 mod wav;
