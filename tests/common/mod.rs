@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod certs;
 pub mod tenants;
+pub mod upstream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coregate");
 
