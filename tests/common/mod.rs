@@ -8,6 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod certs;
+mod files;
+// Re-exported beside the rest: each test binary uses only some of the helpers.
+#[allow(unused_imports)]
+pub use files::*;
 pub mod load;
 pub mod tenants;
 pub mod upstream;
@@ -569,16 +573,6 @@ pub fn request(port: u16, raw: &str) -> Response {
     r.response(raw.starts_with("HEAD ")).expect("response")
 }
 
-/// VmRSS of a process in KiB.
-pub fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A WebSocket handshake for `path` (RFC 6455 §1.3's example key), with `extra` header
 /// lines (each ending in CRLF).
 pub fn ws_handshake(path: &str, extra: &str) -> String {
@@ -594,35 +588,4 @@ pub fn ws_echo(r: &mut Reader) {
     let mut got = [0u8; 4];
     r.stream.read_exact(&mut got).expect("echo");
     assert_eq!(got, [0x81, 2, b'h', b'i']);
-}
-
-/// A WAV file of `data` bytes of 16-bit mono audio at `rate` Hz.
-pub fn wav(rate: u32, data: usize) -> Vec<u8> {
-    let mut b = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0".to_vec();
-    b.extend_from_slice(&rate.to_le_bytes());
-    b.extend_from_slice(&(rate * 2).to_le_bytes());
-    b.extend_from_slice(b"\x02\0\x10\0data");
-    b.extend_from_slice(&(data as u32).to_le_bytes());
-    b.extend(std::iter::repeat_n(0u8, data));
-    b
-}
-
-/// The whole lines of a file a gateway thread appends to (up to its last newline: the
-/// writer may be halfway through the next line); empty when it does not exist yet.
-pub fn whole_lines(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text[..text.rfind('\n').map_or(0, |i| i + 1)].to_string()
-}
-
-/// [`whole_lines`] once there are at least `n` of them, or after 5 s (shards hand their
-/// lines to the writer every tick).
-pub fn wait_lines(path: &std::path::Path, n: usize) -> String {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = whole_lines(path);
-        if text.lines().count() >= n || Instant::now() > end {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
