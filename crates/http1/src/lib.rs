@@ -85,15 +85,12 @@ pub fn field_elements<'a>(
         .flat_map(move |h| list_elements(&buf[h.value.clone()]))
 }
 
-/// A `Max-Forwards` value (1*DIGIT), saturating at `u64::MAX`.
+/// A `Max-Forwards` value (1*DIGIT), saturating at `u64::MAX` (a valid value too large for
+/// a u64 is as good as unbounded).
 pub fn max_forwards(value: &[u8]) -> Option<u64> {
     let v = trim_ows(value);
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, d| {
-        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-    }))
+    let digits = !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+    parse_decimal(v).or(digits.then_some(u64::MAX))
 }
 
 /// Strips leading and trailing SP / HTAB.
