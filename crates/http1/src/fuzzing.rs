@@ -28,7 +28,7 @@ const BYTEWISE_MAX: usize = 512;
 /// Cut offsets in `1..data.len()`, ascending, from a PRNG seeded by the input: an input
 /// always splits the same way (so a replay reproduces a failure), and another input splits
 /// differently (so the fuzzer explores the splits as it explores the bytes).
-fn cuts(data: &[u8], n: usize) -> Vec<usize> {
+pub fn cuts(data: &[u8], n: usize) -> Vec<usize> {
     if data.len() < 2 {
         return Vec::new();
     }
@@ -50,7 +50,7 @@ fn cuts(data: &[u8], n: usize) -> Vec<usize> {
 }
 
 /// `data` cut at `at` (ascending offsets inside it).
-fn pieces<'a>(data: &'a [u8], at: &[usize]) -> Vec<&'a [u8]> {
+pub fn pieces<'a>(data: &'a [u8], at: &[usize]) -> Vec<&'a [u8]> {
     let mut out = Vec::with_capacity(at.len() + 1);
     let mut from = 0;
     for &cut in at {

@@ -9,6 +9,7 @@
 //!   length.
 
 use super::{BodyMeter, Measured};
+use coregate_http1::fuzzing::{cuts, pieces};
 
 /// The request shapes the first byte of an input picks: (Content-Type, request target).
 const SHAPES: [(&[u8], &[u8]); 6] = [
@@ -29,19 +30,19 @@ const SHAPES: [(&[u8], &[u8]); 6] = [
     ),
 ];
 
-/// One input: its first byte picks the shape, its second a way to split the rest into
-/// reads; the rest is the body.
+/// One input: its first byte picks the shape, its second how many cuts split the rest into
+/// reads (at offsets `coregate_http1::fuzzing::cuts` derives from it); the rest is the body.
 pub fn body(data: &[u8]) {
     let [shape, split, body @ ..] = data else {
         return;
     };
     let (ct, target) = SHAPES[usize::from(*shape) % SHAPES.len()];
-    let whole = measure(ct, target, [body].into_iter());
-    let pieces = Pieces {
-        rest: body,
-        seed: u32::from(*split) + 1,
-    };
-    let split_up = measure(ct, target, pieces);
+    let whole = measure(ct, target, &[body]);
+    let split_up = measure(
+        ct,
+        target,
+        &pieces(body, &cuts(body, 1 + usize::from(*split))),
+    );
     assert_eq!(whole, split_up, "the split changed the figures");
     let len = body.len() as u64;
     assert!(
@@ -50,31 +51,10 @@ pub fn body(data: &[u8]) {
     );
 }
 
-fn measure<'a>(ct: &[u8], target: &[u8], reads: impl Iterator<Item = &'a [u8]>) -> Measured {
+fn measure(ct: &[u8], target: &[u8], reads: &[&[u8]]) -> Measured {
     let mut m = BodyMeter::for_request(ct, target);
     for r in reads {
         m.feed(r);
     }
     m.finish()
-}
-
-/// The body in reads of 1 to 97 bytes, their sizes drawn from `seed`.
-struct Pieces<'a> {
-    rest: &'a [u8],
-    seed: u32,
-}
-
-impl<'a> Iterator for Pieces<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        self.seed = self.seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let n = ((self.seed >> 16) % 97 + 1) as usize;
-        let (piece, rest) = self.rest.split_at(n.min(self.rest.len()));
-        self.rest = rest;
-        Some(piece)
-    }
 }
