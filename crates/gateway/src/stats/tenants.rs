@@ -21,6 +21,14 @@ pub struct TenantCounters {
     pub limited: u64,
 }
 
+impl TenantCounters {
+    fn add(&mut self, o: &TenantCounters) {
+        self.attempts += o.attempts;
+        self.admitted += o.admitted;
+        self.limited += o.limited;
+    }
+}
+
 #[derive(Default)]
 pub struct TenantBalance {
     /// The current generation's tenants, in table order.
@@ -133,10 +141,7 @@ impl TenantBalance {
         // table's order. Its old counts are kept by name, and its demand starts over.
         if let Some(names) = self.names_of.get(&was) {
             for (name, c) in names.iter().zip(old) {
-                let kept = self.carried.entry(name.clone()).or_default();
-                kept.attempts += c.attempts;
-                kept.admitted += c.admitted;
-                kept.limited += c.limited;
+                self.carried.entry(name.clone()).or_default().add(&c);
             }
         }
         self.seen.remove(&shard);
@@ -220,10 +225,7 @@ impl TenantBalance {
                 continue;
             };
             for (name, c) in names.iter().zip(counts) {
-                let sum = by_name.entry(name.clone()).or_default();
-                sum.attempts += c.attempts;
-                sum.admitted += c.admitted;
-                sum.limited += c.limited;
+                by_name.entry(name.clone()).or_default().add(c);
             }
         }
         self.names
